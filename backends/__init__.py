@@ -1,0 +1,1 @@
+"""Style-transfer backends behind one small interface; frameworks load only when used."""

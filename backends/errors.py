@@ -1,0 +1,59 @@
+"""The domain's error tree. Every failure a caller can see is one of these.
+
+    StyleTransferError              a failure with a message safe to show the caller
+    ├── InvalidArgument             a request field is wrong (names the field)
+    ├── Unavailable                 a backend or device cannot run jobs here (FAILED_PRECONDITION)
+    ├── ResourceExhausted           a limit was hit: memory, queue, size
+    ├── Cancelled                   the job was cancelled before it finished
+    └── BackendFailure              the computation broke (NaN losses, a framework error)
+
+The service maps this tree to gRPC status codes in one table (service/errors.py). Anything that is
+not a StyleTransferError is a bug and reaches the caller only as a generic INTERNAL.
+"""
+
+from __future__ import annotations
+
+
+class StyleTransferError(Exception):
+    """Base of the tree; `message` is short and safe to send to a caller."""
+
+    reason = "STYLE_TRANSFER_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(StyleTransferError):
+    """A request field has a value the service cannot use."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class Unavailable(StyleTransferError):
+    """A backend or device named by the request or the settings cannot run jobs here."""
+
+    reason = "BACKEND_UNAVAILABLE"
+
+
+class ResourceExhausted(StyleTransferError):
+    """A limit was hit: device memory, queue capacity or an input size bound."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class Cancelled(StyleTransferError):
+    """The job was cancelled (by the caller or the server) before it finished."""
+
+    reason = "CANCELLED"
+
+
+class BackendFailure(StyleTransferError):
+    """The computation failed in a way that is not the caller's fault."""
+
+    reason = "BACKEND_FAILURE"

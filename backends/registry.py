@@ -1,0 +1,57 @@
+"""Backends by name. A backend's framework is imported only when that backend is created."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import cast
+
+from backends.base import Backend
+from backends.errors import Unavailable
+from backends.weights.canonical import VGGWeights
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Where a backend lives and what it needs."""
+
+    name: str
+    module: str  # imported on first use
+    factory: str  # class in `module`, called with the weights
+    framework: str  # top-level package it needs
+    install_hint: str
+
+
+REGISTRY: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec("pytorch", "backends.pytorch", "PyTorchBackend", "torch",
+                    "pip install 'styletransfer-server[torch]'"),
+    )
+}
+
+
+def names() -> list[str]:
+    """Every backend this build knows, available or not."""
+    return list(REGISTRY)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why a backend cannot be used here, or None when it can (checked without importing it)."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        return f"unknown backend {name!r}; known: {', '.join(REGISTRY)}"
+    if importlib.util.find_spec(spec.framework) is None:
+        return f"{spec.framework} is not installed ({spec.install_hint})"
+    return None
+
+
+def create(name: str, weights: VGGWeights) -> Backend:
+    """Import and construct a backend; raise Unavailable when it cannot run here."""
+    reason = unavailable_reason(name)
+    if reason is not None:
+        raise Unavailable(f"backend {name!r} is unavailable: {reason}")
+    spec = REGISTRY[name]
+    module = importlib.import_module(spec.module)
+    return cast(Backend, getattr(module, spec.factory)(weights))

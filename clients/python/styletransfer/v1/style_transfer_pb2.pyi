@@ -1,0 +1,275 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Optimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPTIMIZER_UNSPECIFIED: _ClassVar[Optimizer]
+    OPTIMIZER_LBFGS: _ClassVar[Optimizer]
+    OPTIMIZER_ADAM: _ClassVar[Optimizer]
+
+class Init(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INIT_UNSPECIFIED: _ClassVar[Init]
+    INIT_CONTENT: _ClassVar[Init]
+    INIT_NOISE: _ClassVar[Init]
+    INIT_STYLE: _ClassVar[Init]
+
+class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_FORMAT_UNSPECIFIED: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+OPTIMIZER_UNSPECIFIED: Optimizer
+OPTIMIZER_LBFGS: Optimizer
+OPTIMIZER_ADAM: Optimizer
+INIT_UNSPECIFIED: Init
+INIT_CONTENT: Init
+INIT_NOISE: Init
+INIT_STYLE: Init
+IMAGE_FORMAT_UNSPECIFIED: ImageFormat
+IMAGE_FORMAT_PNG: ImageFormat
+IMAGE_FORMAT_JPEG: ImageFormat
+IMAGE_FORMAT_WEBP: ImageFormat
+
+class Image(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class StyleImage(_message.Message):
+    __slots__ = ("image", "weight")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    weight: float
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class TransferOptions(_message.Message):
+    __slots__ = ("iterations", "max_size", "content_weight", "style_weight", "tv_weight", "content_layers", "style_layers", "style_layer_weights", "optimizer", "learning_rate", "init", "seed", "output_format", "output_quality", "preview_every", "preview_max_size", "backend", "device")
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    STYLE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TV_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    STYLE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    STYLE_LAYER_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    iterations: int
+    max_size: int
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+    content_layers: _containers.RepeatedScalarFieldContainer[str]
+    style_layers: _containers.RepeatedScalarFieldContainer[str]
+    style_layer_weights: _containers.RepeatedScalarFieldContainer[float]
+    optimizer: Optimizer
+    learning_rate: float
+    init: Init
+    seed: int
+    output_format: ImageFormat
+    output_quality: int
+    preview_every: int
+    preview_max_size: int
+    backend: str
+    device: str
+    def __init__(self, iterations: _Optional[int] = ..., max_size: _Optional[int] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., style_layer_weights: _Optional[_Iterable[float]] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., output_quality: _Optional[int] = ..., preview_every: _Optional[int] = ..., preview_max_size: _Optional[int] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class TransferRequest(_message.Message):
+    __slots__ = ("content", "styles", "options")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    STYLES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    content: Image
+    styles: _containers.RepeatedCompositeFieldContainer[StyleImage]
+    options: TransferOptions
+    def __init__(self, content: _Optional[_Union[Image, _Mapping]] = ..., styles: _Optional[_Iterable[_Union[StyleImage, _Mapping]]] = ..., options: _Optional[_Union[TransferOptions, _Mapping]] = ...) -> None: ...
+
+class Losses(_message.Message):
+    __slots__ = ("content", "style", "tv", "total")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    STYLE_FIELD_NUMBER: _ClassVar[int]
+    TV_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    content: float
+    style: float
+    tv: float
+    total: float
+    def __init__(self, content: _Optional[float] = ..., style: _Optional[float] = ..., tv: _Optional[float] = ..., total: _Optional[float] = ...) -> None: ...
+
+class EncodedImage(_message.Message):
+    __slots__ = ("data", "format", "width", "height")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    format: ImageFormat
+    width: int
+    height: int
+    def __init__(self, data: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class Accepted(_message.Message):
+    __slots__ = ("job_id", "backend", "device", "options", "width", "height")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    backend: str
+    device: str
+    options: TransferOptions
+    width: int
+    height: int
+    def __init__(self, job_id: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., options: _Optional[_Union[TransferOptions, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("iteration", "total_iterations", "losses", "elapsed_seconds")
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    total_iterations: int
+    losses: Losses
+    elapsed_seconds: float
+    def __init__(self, iteration: _Optional[int] = ..., total_iterations: _Optional[int] = ..., losses: _Optional[_Union[Losses, _Mapping]] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+
+class Preview(_message.Message):
+    __slots__ = ("iteration", "image")
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    image: EncodedImage
+    def __init__(self, iteration: _Optional[int] = ..., image: _Optional[_Union[EncodedImage, _Mapping]] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("queued_seconds", "setup_seconds", "optimize_seconds", "encode_seconds", "total_seconds", "iteration_mean_ms")
+    QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SETUP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_MEAN_MS_FIELD_NUMBER: _ClassVar[int]
+    queued_seconds: float
+    setup_seconds: float
+    optimize_seconds: float
+    encode_seconds: float
+    total_seconds: float
+    iteration_mean_ms: float
+    def __init__(self, queued_seconds: _Optional[float] = ..., setup_seconds: _Optional[float] = ..., optimize_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., iteration_mean_ms: _Optional[float] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("image", "losses", "timings", "iterations")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    image: EncodedImage
+    losses: Losses
+    timings: Timings
+    iterations: int
+    def __init__(self, image: _Optional[_Union[EncodedImage, _Mapping]] = ..., losses: _Optional[_Union[Losses, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., iterations: _Optional[int] = ...) -> None: ...
+
+class TransferEvent(_message.Message):
+    __slots__ = ("accepted", "progress", "preview", "result")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    accepted: Accepted
+    progress: Progress
+    preview: Preview
+    result: Result
+    def __init__(self, accepted: _Optional[_Union[Accepted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BackendInfo(_message.Message):
+    __slots__ = ("name", "available", "unavailable_reason", "devices", "framework_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    FRAMEWORK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    available: bool
+    unavailable_reason: str
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    framework_version: str
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., framework_version: _Optional[str] = ...) -> None: ...
+
+class WeightsInfo(_message.Message):
+    __slots__ = ("source", "source_sha256", "sha256", "random", "channel_order", "input_range", "mean", "std")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ORDER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_RANGE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    source_sha256: str
+    sha256: str
+    random: bool
+    channel_order: str
+    input_range: float
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, source: _Optional[str] = ..., source_sha256: _Optional[str] = ..., sha256: _Optional[str] = ..., random: _Optional[bool] = ..., channel_order: _Optional[str] = ..., input_range: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_size", "max_iterations", "max_styles", "max_input_pixels", "max_receive_message_bytes")
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STYLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECEIVE_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_size: int
+    max_iterations: int
+    max_styles: int
+    max_input_pixels: int
+    max_receive_message_bytes: int
+    def __init__(self, max_size: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ...) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("version", "backends", "default_backend", "default_device", "weights", "limits", "defaults", "layers")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    backends: _containers.RepeatedCompositeFieldContainer[BackendInfo]
+    default_backend: str
+    default_device: str
+    weights: WeightsInfo
+    limits: Limits
+    defaults: TransferOptions
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., default_backend: _Optional[str] = ..., default_device: _Optional[str] = ..., weights: _Optional[_Union[WeightsInfo, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[TransferOptions, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The styletransfer gRPC service: settings, server assembly, servicer, job core."""

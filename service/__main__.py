@@ -1,0 +1,69 @@
+"""`python -m service` / `styletransfer-server`: start the gRPC server and serve until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+import structlog
+
+from service import logging as service_logging
+from service.settings import Settings
+
+
+def parse_args(argv: list[str] | None) -> dict[str, object]:
+    """Flags that override settings; unset flags leave the settings (and env vars) alone."""
+    parser = argparse.ArgumentParser(
+        prog="styletransfer-server",
+        description="Serve neural style transfer over gRPC. Every flag can also be set as an "
+                    "environment variable STYLETRANSFER_<NAME> (e.g. STYLETRANSFER_PORT).",
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 50051; 0 picks one)")
+    parser.add_argument("--backend", help="default backend (default pytorch)")
+    parser.add_argument("--device", help="default device: auto, cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--weights", help="canonical weights file, or random:SEED for smoke tests "
+                        "(default: the file `styletransfer-weights download` caches)")
+    parser.add_argument("--log-format", choices=["json", "console"], help="default json")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
+                        help="report SERVING without running a warm-up job first")
+    args = parser.parse_args(argv)
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server until SIGTERM or SIGINT; return the exit code."""
+    settings = Settings(**parse_args(argv))  # type: ignore[arg-type]
+    service_logging.configure(settings.log_format, settings.log_level)
+    log = structlog.get_logger("service")
+
+    # Imported here so that `--help` answers without loading frameworks.
+    from backends.weights.store import WeightsNotFound, resolve
+    from service.server import build
+
+    try:
+        weights = resolve(settings.weights)
+    except (WeightsNotFound, ValueError, OSError) as exc:
+        print(f"styletransfer-server: {exc}", file=sys.stderr)
+        return 2
+    server = build(settings, weights)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"styletransfer-server listening on {settings.host}:{server.port}", flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

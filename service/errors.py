@@ -1,0 +1,61 @@
+"""The one place where domain errors become gRPC statuses with rich details.
+
+The tree itself is drawn in backends/errors.py. A StyleTransferError keeps its message; any other
+exception is a bug, logged with its traceback and sent to the caller as a generic INTERNAL.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from backends.errors import (
+    BackendFailure,
+    Cancelled,
+    InvalidArgument,
+    ResourceExhausted,
+    StyleTransferError,
+    Unavailable,
+)
+
+DOMAIN = "styletransfer"
+
+# Most specific class first.
+STATUS_CODES: tuple[tuple[type[StyleTransferError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (Unavailable, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Cancelled, grpc.StatusCode.CANCELLED),
+    (BackendFailure, grpc.StatusCode.INTERNAL),
+    (StyleTransferError, grpc.StatusCode.INTERNAL),
+)
+
+RETRY_AFTER_SECONDS = 5  # advertised with RESOURCE_EXHAUSTED for a full queue
+
+
+def status_code(error: StyleTransferError) -> grpc.StatusCode:
+    """The gRPC code for a domain error."""
+    for cls, code in STATUS_CODES:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(error: StyleTransferError) -> status_pb2.Status:
+    """A google.rpc.Status with ErrorInfo, plus BadRequest or RetryInfo where they apply."""
+    code = status_code(error)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
+    status.details.add().Pack(info)
+    if isinstance(error, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field,
+                                                                description=error.description)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(error, ResourceExhausted):
+        delay = duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status
+
+
+INTERNAL_MESSAGE = "internal error; the server log has the details"

@@ -1,0 +1,106 @@
+"""Server interceptors: request ids, one access-log line per RPC, and error-to-status mapping.
+
+Handlers raise domain errors; this is the only code that turns an exception into a status.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+from grpc_status import rpc_status
+
+from backends.errors import StyleTransferError
+from service.errors import INTERNAL_MESSAGE, status_code, to_status
+
+log = structlog.get_logger("service.access")
+
+REQUEST_ID_KEY = "x-request-id"
+_UNLOGGED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class _Call:
+    """Book-keeping for one RPC: its request id, and the code it ended with."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
+        self.method = method
+        self.context = context
+        self.started = time.perf_counter()
+        metadata = dict(context.invocation_metadata() or ())
+        supplied = metadata.get(REQUEST_ID_KEY)
+        self.request_id = supplied if isinstance(supplied, str) and 0 < len(supplied) <= 128 else uuid.uuid4().hex
+        context.send_initial_metadata(((REQUEST_ID_KEY, self.request_id),))
+        self.code = grpc.StatusCode.OK
+
+    def fail(self, exc: Exception) -> None:
+        """Record the failure and abort the call with its status (raises)."""
+        if isinstance(exc, StyleTransferError):
+            self.code = status_code(exc)
+            self.context.abort_with_status(rpc_status.to_status(to_status(exc)))
+        self.code = grpc.StatusCode.INTERNAL
+        log.error("unhandled_exception", method=self.method, request_id=self.request_id, exc_info=exc)
+        self.context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    def done(self) -> None:
+        if not self.context.is_active() and self.code is grpc.StatusCode.OK:
+            self.code = grpc.StatusCode.CANCELLED
+        if not self.method.startswith(_UNLOGGED):
+            log.info("rpc", method=self.method, peer=self.context.peer(), code=self.code.name,
+                     duration_s=round(time.perf_counter() - self.started, 4),
+                     request_id=self.request_id)
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort() raises a bare Exception after setting the status; let it through.
+    return type(exc) is Exception
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Wraps unary and server-streaming handlers of the StyleTransfer service."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                call = _Call(method, context)
+                structlog.contextvars.bind_contextvars(request_id=call.request_id)
+                try:
+                    return inner(request, context)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    call.fail(exc)
+                finally:
+                    call.done()
+                    structlog.contextvars.unbind_contextvars("request_id")
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                call = _Call(method, context)
+                structlog.contextvars.bind_contextvars(request_id=call.request_id)
+                try:
+                    yield from inner_stream(request, context)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    call.fail(exc)
+                finally:
+                    call.done()
+                    structlog.contextvars.unbind_contextvars("request_id")
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer)
+        return handler

@@ -1,0 +1,143 @@
+"""Server assembly: weights, backends, job core, servicer, health, reflection, interceptors."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+import numpy as np
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from backends import registry
+from backends.base import Backend, StyleInput
+from backends.errors import StyleTransferError
+from backends.options import StyleOptions
+from backends.weights.canonical import VGGWeights
+from service import convert
+from service.interceptors import ServiceInterceptor
+from service.jobs import Failed, JobCore
+from service.options import JobOptions
+from service.requests import JobSpec
+from service.servicer import StyleTransferServicer
+from service.settings import Settings
+from styletransfer.v1 import style_transfer_pb2 as pb
+from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
+
+
+def server_version() -> str:
+    """The installed distribution's version."""
+    try:
+        return version("styletransfer-server")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class Server:
+    """A running server: its port, health, and the job core behind it."""
+
+    grpc_server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    core: JobCore
+    settings: Settings
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Go NOT_SERVING, refuse new jobs, let running ones finish within `grace`, stop."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        log.info("server_stopping", grace_s=grace)
+        self.core.close(timeout=grace)
+        self.grpc_server.stop(grace=1.0).wait()
+        log.info("server_stopped")
+
+
+def create_backends(settings: Settings, weights: VGGWeights) -> dict[str, Backend]:
+    """Construct every enabled backend; the default must be among them."""
+    if settings.backend not in settings.backends:
+        raise ValueError(f"default backend {settings.backend!r} is not in enabled backends "
+                         f"{list(settings.backends)}")
+    return {name: registry.create(name, weights) for name in settings.backends}
+
+
+def warm_up(core: JobCore, backend: str) -> None:
+    """Run a two-iteration 32 px job so the first caller does not pay for initialization."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    options = core.place(JobOptions(style=StyleOptions(iterations=2), max_size=32, backend=backend))
+    job = core.submit(JobSpec(image, (StyleInput(image, 1.0),), options))
+    for event in job.stream():
+        if isinstance(event, Failed):
+            raise event.error
+
+
+def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] | None = None) -> Server:
+    """Create and start a server; it reports NOT_SERVING until warm-up has run."""
+    if backends is None:
+        backends = create_backends(settings, weights)
+    core = JobCore(backends, settings.backend, settings.device, settings.queue_size)
+    defaults = JobOptions()
+    version_string = server_version()
+
+    def info() -> pb.ServerInfo:
+        return convert.server_info(version_string, settings, replace(defaults, backend=settings.backend,
+                                                                     device=settings.device),
+                                   weights, dict(backends))
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+    ]
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
+        interceptors=[ServiceInterceptor()], options=options,
+    )
+    pb_grpc.add_StyleTransferServicer_to_server(
+        StyleTransferServicer(core, defaults, settings, info), grpc_server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                        grpc_server)
+    port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    server = Server(grpc_server, port, health_servicer, core, settings)
+    server.set_serving(False)
+    grpc_server.start()
+    log.info("server_listening", host=settings.host, port=port, backends=list(backends),
+             weights_source=weights.meta.source, weights_sha256=weights.sha256,
+             random_weights=weights.meta.random)
+    if weights.meta.random:
+        log.warning("random_weights", message="weights are deterministic random numbers: results "
+                    "are meaningless as images; use them for smoke tests only")
+
+    def warm() -> None:
+        try:
+            if settings.warmup:
+                warm_up(core, settings.backend)
+                log.info("warmup_done")
+            server.set_serving(True)
+            server.ready.set()
+        except StyleTransferError as exc:
+            log.error("warmup_failed", error=exc.message)
+        except Exception:
+            log.exception("warmup_failed")
+
+    threading.Thread(target=warm, name="warmup", daemon=True).start()
+    return server

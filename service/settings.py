@@ -1,0 +1,49 @@
+"""Server settings: defaults here, overridden by STYLETRANSFER_* environment variables and flags."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the server can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="STYLETRANSFER_", frozen=True)
+
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 or [::] to accept connections from other hosts."""
+    port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (the chosen port is logged)."""
+    backend: str = "pytorch"
+    """Default backend for requests that name none."""
+    backends: tuple[str, ...] = ("pytorch",)
+    """Backends to enable. Each is imported at start-up, so only list what is installed."""
+    device: str = "auto"
+    """Default device: auto (CUDA when present), cpu, cuda or cuda:N."""
+    weights: str | None = None
+    """Canonical weights file, or random:SEED for smoke tests. Unset: the cached default."""
+    max_size: int = Field(default=2048, ge=16)
+    """Largest output long side a request may ask for."""
+    max_iterations: int = Field(default=10_000, ge=1)
+    """Most iterations a request may ask for."""
+    max_styles: int = Field(default=8, ge=1)
+    """Most style images in one request."""
+    max_input_pixels: int = Field(default=40_000_000, ge=1)
+    """Most pixels an input image may declare in its header; checked before decoding."""
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest request or response message, in bytes."""
+    queue_size: int = Field(default=16, ge=1)
+    """Jobs that may wait per device before requests are refused with RESOURCE_EXHAUSTED."""
+    rpc_threads: int = Field(default=32, ge=2)
+    """Threads serving RPCs; each streaming call holds one while its job runs."""
+    warmup: bool = True
+    """Run a tiny job at start-up before reporting SERVING."""
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    """Seconds running jobs get to finish after SIGTERM."""
+    log_format: Literal["json", "console"] = "json"
+    """JSON lines for production, or readable console output for development."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level that is logged."""
