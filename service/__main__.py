@@ -42,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     log = structlog.get_logger("service")
 
     # Imported here so that `--help` answers without loading frameworks.
-    from backends.weights.store import WeightsNotFound, resolve
+    from backends.weights.errors import WeightsError
+    from backends.weights.store import resolve
     from service.server import build
 
     try:
         weights = resolve(settings.weights)
-    except (WeightsNotFound, ValueError, OSError) as exc:
+    except (WeightsError, ValueError, OSError) as exc:
         print(f"styletransfer-server: {exc}", file=sys.stderr)
         return 2
     server = build(settings, weights)

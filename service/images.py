@@ -28,7 +28,11 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ResourceExhausted(f"{field}: image declares more pixels than Pillow's safety "
+                                "limit") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        # Pillow reports a damaged header with any of these.
         raise InvalidArgument(field, "not a decodable PNG, JPEG or WebP image") from None
     if image.format not in ACCEPTED_FORMATS:
         raise InvalidArgument(field, f"format {image.format} is not accepted; send PNG, JPEG or WebP")
@@ -75,7 +79,7 @@ def to_array(image: Image.Image) -> RGBImage:
 
 def encode(pixels: RGBImage, fmt: ImageFormat, quality: int, long_side: int | None = None) -> tuple[bytes, int, int]:
     """Encode an array, optionally shrunk to a long side first; returns (bytes, width, height)."""
-    image = Image.fromarray(pixels, mode="RGB")
+    image = Image.fromarray(pixels)
     if long_side is not None and max(image.size) > long_side:
         image = fit_long_side(image, long_side)
     buffer = io.BytesIO()

@@ -1,0 +1,123 @@
+"""The server as a process and its lifecycle: start-up, health, reflection, refusal, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from backends.base import BackendJob, CancelToken, Iterate, Outcome
+from backends.pytorch import PyTorchBackend
+from backends.weights.canonical import random_weights
+from service.server import SERVICE_NAME, build
+from service.settings import Settings
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GatedBackend(PyTorchBackend):
+    """The real backend, held at the start of each run until the gate opens."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__(random_weights(0))
+        self.gate = gate
+
+    def run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
+        assert self.gate.wait(60)
+        yield from super().run(job, cancel)
+
+
+def _health(port: int, service: str = "") -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
+def test_health_is_not_serving_until_warm_up_has_run() -> None:
+    """Health says NOT_SERVING while the warm-up job is held, then SERVING once it ran."""
+    gate = threading.Event()
+    server = build(Settings(port=0), random_weights(0), {"pytorch": GatedBackend(gate)})
+    try:
+        assert _health(server.port) == NOT_SERVING
+        assert _health(server.port, SERVICE_NAME) == NOT_SERVING
+        gate.set()
+        assert server.ready.wait(60)
+        assert _health(server.port) == SERVING
+        assert _health(server.port, SERVICE_NAME) == SERVING
+    finally:
+        gate.set()
+        server.stop(grace=5)
+
+
+@pytest.fixture
+def process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", "0", "--weights", "random:0", "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    port = None
+    for line in proc.stdout:  # the server prints its port once it is bound
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if match:
+            port = int(match.group(1))
+            break
+    assert port, "the server never said where it listens"
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _wait_serving(port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for response in stub.Watch(health_pb2.HealthCheckRequest(), timeout=120):
+            if response.status == SERVING:
+                return
+
+
+def test_process_serves_reflection_and_stops_cleanly_on_sigterm(
+        process: tuple[subprocess.Popen[str], int]) -> None:
+    """`python -m service` becomes SERVING, lists its services by reflection, and exits 0 on SIGTERM."""
+    proc, port = process
+    _wait_serving(port)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= services
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
+def test_server_refuses_to_start_without_weights(tmp_path: Path) -> None:
+    """With no weights cached and none named, the server exits non-zero and says how to get them."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("STYLETRANSFER_WEIGHTS", None)
+    done = subprocess.run([sys.executable, "-m", "service", "--port", "0"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert "styletransfer-weights download" in done.stderr
+    assert "random:" in done.stderr
+
+
+def test_weights_come_from_the_environment(tmp_path: Path) -> None:
+    """STYLETRANSFER_WEIGHTS is read like --weights."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "STYLETRANSFER_WEIGHTS": str(tmp_path / "nope.safetensors")}
+    done = subprocess.run([sys.executable, "-m", "service", "--port", "0"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert "nope.safetensors" in done.stderr
