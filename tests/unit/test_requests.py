@@ -1,0 +1,127 @@
+"""Option resolution: defaults fill the gaps, every override is range-checked and named on error."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from backends.errors import InvalidArgument
+from backends.options import Init, Optimizer, StyleOptions
+from imaging import image_bytes
+from service.options import ImageFormat, JobOptions
+from service.requests import JobRequest, StyleSource, build_spec, resolve_options
+from service.settings import Settings
+
+SETTINGS = Settings(max_size=1024, max_iterations=2000, max_styles=2)
+
+
+def _resolve(**overrides: object) -> JobOptions:
+    return resolve_options(overrides, JobOptions(), SETTINGS)
+
+
+def test_no_overrides_gives_the_defaults() -> None:
+    """An empty request uses the documented defaults."""
+    options = _resolve()
+    assert options == JobOptions()
+    assert options.style.iterations == 500 and options.max_size == 512
+    assert options.style.style_weight == 1e3 and options.style.content_weight == 1.0
+    assert options.style.optimizer is Optimizer.LBFGS and options.style.init is Init.CONTENT
+    assert options.output_format is ImageFormat.PNG
+
+
+def test_overrides_reach_their_fields() -> None:
+    """Algorithm overrides land in StyleOptions, output and placement overrides in JobOptions."""
+    options = _resolve(iterations=7, style_weight=5.0, optimizer=Optimizer.ADAM, max_size=128,
+                       output_format=ImageFormat.JPEG, style_layers=["relu1_1", "relu2_1"])
+    assert options.style.iterations == 7 and options.style.style_weight == 5.0
+    assert options.style.optimizer is Optimizer.ADAM
+    assert options.style.style_layers == ("relu1_1", "relu2_1")
+    assert options.max_size == 128 and options.output_format is ImageFormat.JPEG
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("iterations", 0), ("iterations", 2001), ("max_size", 15), ("max_size", 1025),
+    ("content_weight", -0.1), ("style_weight", math.inf), ("tv_weight", math.nan),
+    ("learning_rate", 0.0), ("output_quality", 0), ("preview_max_size", 8),
+])
+def test_out_of_range_values_are_rejected_by_name(field: str, value: float) -> None:
+    """Each numeric option has a range; a value outside it names options.<field>."""
+    with pytest.raises(InvalidArgument) as caught:
+        _resolve(**{field: value})
+    assert caught.value.field == f"options.{field}"
+
+
+def test_unknown_layer_is_named_with_its_index() -> None:
+    """The error points at the exact list element."""
+    with pytest.raises(InvalidArgument) as caught:
+        _resolve(content_layers=["conv4_2", "conv4_9"])
+    assert caught.value.field == "options.content_layers[1]"
+
+
+def test_duplicate_layers_are_rejected() -> None:
+    """A style layer listed twice is an error, not a silent double weight."""
+    with pytest.raises(InvalidArgument, match="twice"):
+        _resolve(style_layers=["conv1_1", "conv1_1"])
+
+
+def test_layer_weights_must_match_the_layers() -> None:
+    """style_layer_weights needs one value per style layer."""
+    with pytest.raises(InvalidArgument) as caught:
+        _resolve(style_layer_weights=[1.0])
+    assert caught.value.field == "options.style_layer_weights"
+
+
+def test_layer_weights_are_normalized() -> None:
+    """w_l are normalized to sum to 1; unset they are equal."""
+    options = _resolve(style_layers=["conv1_1", "conv2_1"], style_layer_weights=[3.0, 1.0])
+    assert options.style.resolved_style_layer_weights == (0.75, 0.25)
+    assert StyleOptions().resolved_style_layer_weights == (0.2,) * 5
+
+
+def _request(*styles: StyleSource, content: bytes | None = None) -> JobRequest:
+    return JobRequest(content or image_bytes(1, 200, 100), styles, {})
+
+
+def test_output_never_exceeds_the_content_size() -> None:
+    """A small content image is not upscaled to max_size."""
+    spec = build_spec(_request(StyleSource(image_bytes(2), None), content=image_bytes(1, 40, 20)),
+                      JobOptions(max_size=512), SETTINGS)
+    assert spec.content.shape == (20, 40, 3)
+
+
+def test_content_is_resized_to_max_size_and_styles_to_match() -> None:
+    """The long side becomes max_size; style images get the same long side."""
+    spec = build_spec(_request(StyleSource(image_bytes(2, 30, 90), None)), JobOptions(max_size=64), SETTINGS)
+    assert spec.content.shape == (32, 64, 3)
+    assert spec.styles[0].image.shape == (64, 21, 3)
+
+
+def test_style_weights_are_normalized() -> None:
+    """Blend weights 3 and 1 become 0.75 and 0.25; an unset weight counts as 1."""
+    spec = build_spec(_request(StyleSource(image_bytes(2), 3.0), StyleSource(image_bytes(3), None)),
+                      JobOptions(max_size=64), Settings(max_styles=4))
+    assert [s.weight for s in spec.styles] == [0.75, 0.25]
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, math.nan])
+def test_bad_style_weight_is_named(weight: float) -> None:
+    """A style weight must be a positive finite number."""
+    with pytest.raises(InvalidArgument) as caught:
+        build_spec(_request(StyleSource(image_bytes(2), weight)), JobOptions(max_size=64), SETTINGS)
+    assert caught.value.field == "styles[0].weight"
+
+
+def test_too_many_styles_are_rejected() -> None:
+    """More style images than max_styles is an error on `styles`."""
+    styles = [StyleSource(image_bytes(i), None) for i in range(3)]
+    with pytest.raises(InvalidArgument) as caught:
+        build_spec(_request(*styles), JobOptions(max_size=64), SETTINGS)
+    assert caught.value.field == "styles"
+
+
+def test_too_thin_output_is_rejected() -> None:
+    """A 400x10 content at max_size 64 would be 64x2: too small for conv5_1, refused up front."""
+    with pytest.raises(InvalidArgument, match="at least 16"):
+        build_spec(_request(StyleSource(image_bytes(2), None), content=image_bytes(1, 400, 10)),
+                   JobOptions(max_size=64), SETTINGS)
