@@ -8,7 +8,7 @@ PORT   ?= 50051
 WEIGHTS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup generate weights run test lint fmt clean
+.PHONY: setup generate weights run test lint fmt clean bench
 
 setup: $(STAMP)
 
@@ -52,3 +52,7 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## Print ms/iteration of the PyTorch backend at 128 and 256 px (random weights unless BENCH_WEIGHTS).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/iteration_speed.py $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS))
