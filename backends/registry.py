@@ -26,8 +26,13 @@ class BackendSpec:
 REGISTRY: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
-        BackendSpec("pytorch", "backends.pytorch", "PyTorchBackend", "torch",
-                    "pip install 'styletransfer-server[torch]'"),
+        BackendSpec(
+            "pytorch",
+            "backends.pytorch",
+            "PyTorchBackend",
+            "torch",
+            "pip install 'styletransfer-server[torch]'",
+        ),
     )
 }
 

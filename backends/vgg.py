@@ -51,9 +51,7 @@ _POSITION = {name: i for i, name in enumerate(LAYER_NAMES)}
 
 # The names a request may use for its losses: every conv and relu output. Pooling outputs are
 # left out because no published setting uses them and they would only blur the vocabulary.
-LOSS_LAYER_NAMES: tuple[str, ...] = tuple(
-    layer.name for layer in LAYERS if layer.kind is not Kind.POOL
-)
+LOSS_LAYER_NAMES: tuple[str, ...] = tuple(layer.name for layer in LAYERS if layer.kind is not Kind.POOL)
 
 
 def position(name: str) -> int:

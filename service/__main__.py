@@ -19,18 +19,26 @@ def parse_args(argv: list[str] | None) -> dict[str, object]:
     parser = argparse.ArgumentParser(
         prog="styletransfer-server",
         description="Serve neural style transfer over gRPC. Every flag can also be set as an "
-                    "environment variable STYLETRANSFER_<NAME> (e.g. STYLETRANSFER_PORT).",
+        "environment variable STYLETRANSFER_<NAME> (e.g. STYLETRANSFER_PORT).",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 50051; 0 picks one)")
     parser.add_argument("--backend", help="default backend (default pytorch)")
     parser.add_argument("--device", help="default device: auto, cpu, cuda, cuda:N (default auto)")
-    parser.add_argument("--weights", help="canonical weights file, or random:SEED for smoke tests "
-                        "(default: the file `styletransfer-weights download` caches)")
+    parser.add_argument(
+        "--weights",
+        help="canonical weights file, or random:SEED for smoke tests "
+        "(default: the file `styletransfer-weights download` caches)",
+    )
     parser.add_argument("--log-format", choices=["json", "console"], help="default json")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
-                        help="report SERVING without running a warm-up job first")
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        default=None,
+        help="report SERVING without running a warm-up job first",
+    )
     args = parser.parse_args(argv)
     return {k: v for k, v in vars(args).items() if v is not None}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from styletransfer.v1 import style_transfer_pb2 as pb
+
 from backends import registry
 from backends.errors import InvalidArgument
 from backends.options import Init, Optimizer
@@ -13,15 +15,19 @@ from service.jobs import EncodedImage, Event, Failed, Finished, Job, Preview, Pr
 from service.options import ImageFormat, JobOptions
 from service.requests import JobRequest, StyleSource
 from service.settings import Settings
-from styletransfer.v1 import style_transfer_pb2 as pb
 
 _ENUMS: dict[str, dict[int, Any]] = {
     "optimizer": {pb.OPTIMIZER_LBFGS: Optimizer.LBFGS, pb.OPTIMIZER_ADAM: Optimizer.ADAM},
     "init": {pb.INIT_CONTENT: Init.CONTENT, pb.INIT_NOISE: Init.NOISE, pb.INIT_STYLE: Init.STYLE},
-    "output_format": {pb.IMAGE_FORMAT_PNG: ImageFormat.PNG, pb.IMAGE_FORMAT_JPEG: ImageFormat.JPEG,
-                      pb.IMAGE_FORMAT_WEBP: ImageFormat.WEBP},
+    "output_format": {
+        pb.IMAGE_FORMAT_PNG: ImageFormat.PNG,
+        pb.IMAGE_FORMAT_JPEG: ImageFormat.JPEG,
+        pb.IMAGE_FORMAT_WEBP: ImageFormat.WEBP,
+    },
 }
-_ENUMS_BACK = {name: {v: k for k, v in table.items()} for name, table in _ENUMS.items()}
+_ENUMS_BACK: dict[str, dict[Any, Any]] = {
+    name: {v: k for k, v in table.items()} for name, table in _ENUMS.items()
+}
 
 
 def overrides(options: pb.TransferOptions) -> dict[str, Any]:
@@ -55,62 +61,96 @@ def options_to_proto(options: JobOptions) -> pb.TransferOptions:
     """Every option set, as a job really uses it."""
     style = options.style
     return pb.TransferOptions(
-        iterations=style.iterations, max_size=options.max_size,
-        content_weight=style.content_weight, style_weight=style.style_weight,
-        tv_weight=style.tv_weight, content_layers=style.content_layers,
+        iterations=style.iterations,
+        max_size=options.max_size,
+        content_weight=style.content_weight,
+        style_weight=style.style_weight,
+        tv_weight=style.tv_weight,
+        content_layers=style.content_layers,
         style_layers=style.style_layers,
         style_layer_weights=style.resolved_style_layer_weights,
         optimizer=_ENUMS_BACK["optimizer"][style.optimizer],
-        learning_rate=style.resolved_learning_rate, init=_ENUMS_BACK["init"][style.init],
-        seed=style.seed, output_format=_ENUMS_BACK["output_format"][options.output_format],
-        output_quality=options.output_quality, preview_every=options.preview_every,
-        preview_max_size=options.preview_max_size, backend=options.backend, device=options.device,
+        learning_rate=style.resolved_learning_rate,
+        init=_ENUMS_BACK["init"][style.init],
+        seed=style.seed,
+        output_format=_ENUMS_BACK["output_format"][options.output_format],
+        output_quality=options.output_quality,
+        preview_every=options.preview_every,
+        preview_max_size=options.preview_max_size,
+        backend=options.backend,
+        device=options.device,
     )
 
 
 def accepted(job: Job) -> pb.TransferEvent:
     """The first event of a job."""
     options = job.options
-    return pb.TransferEvent(accepted=pb.Accepted(
-        job_id=job.id, backend=options.backend, device=options.device,
-        options=options_to_proto(options), width=job.width, height=job.height,
-    ))
+    return pb.TransferEvent(
+        accepted=pb.Accepted(
+            job_id=job.id,
+            backend=options.backend,
+            device=options.device,
+            options=options_to_proto(options),
+            width=job.width,
+            height=job.height,
+        )
+    )
 
 
 def _image(image: EncodedImage, options: JobOptions) -> pb.EncodedImage:
-    return pb.EncodedImage(data=image.data, width=image.width, height=image.height,
-                           format=_ENUMS_BACK["output_format"][options.output_format])
+    return pb.EncodedImage(
+        data=image.data,
+        width=image.width,
+        height=image.height,
+        format=_ENUMS_BACK["output_format"][options.output_format],
+    )
 
 
 def event(item: Event, options: JobOptions) -> pb.TransferEvent:
     """A job event on the wire. Failed events are not sent: they end the call with a status."""
     if isinstance(item, Progress):
         it = item.iterate
-        return pb.TransferEvent(progress=pb.Progress(
-            iteration=it.iteration, total_iterations=it.total, elapsed_seconds=it.elapsed,
-            losses=pb.Losses(content=it.losses.content, style=it.losses.style, tv=it.losses.tv,
-                             total=it.losses.total),
-        ))
+        return pb.TransferEvent(
+            progress=pb.Progress(
+                iteration=it.iteration,
+                total_iterations=it.total,
+                elapsed_seconds=it.elapsed,
+                losses=pb.Losses(
+                    content=it.losses.content, style=it.losses.style, tv=it.losses.tv, total=it.losses.total
+                ),
+            )
+        )
     if isinstance(item, Preview):
-        return pb.TransferEvent(preview=pb.Preview(iteration=item.iteration,
-                                                   image=_image(item.image, options)))
+        return pb.TransferEvent(
+            preview=pb.Preview(iteration=item.iteration, image=_image(item.image, options))
+        )
     if isinstance(item, Finished):
         t = item.timings
         losses = item.losses
-        return pb.TransferEvent(result=pb.Result(
-            image=_image(item.image, options), iterations=item.iterations,
-            losses=pb.Losses(content=losses.content, style=losses.style, tv=losses.tv,
-                             total=losses.total),
-            timings=pb.Timings(queued_seconds=t.queued, setup_seconds=t.setup,
-                               optimize_seconds=t.optimize, encode_seconds=t.encode,
-                               total_seconds=t.total, iteration_mean_ms=t.iteration_mean_ms),
-        ))
+        return pb.TransferEvent(
+            result=pb.Result(
+                image=_image(item.image, options),
+                iterations=item.iterations,
+                losses=pb.Losses(
+                    content=losses.content, style=losses.style, tv=losses.tv, total=losses.total
+                ),
+                timings=pb.Timings(
+                    queued_seconds=t.queued,
+                    setup_seconds=t.setup,
+                    optimize_seconds=t.optimize,
+                    encode_seconds=t.encode,
+                    total_seconds=t.total,
+                    iteration_mean_ms=t.iteration_mean_ms,
+                ),
+            )
+        )
     assert not isinstance(item, Failed), "failures end the call with a status"
     raise TypeError(f"unknown event {item!r}")
 
 
-def server_info(version: str, settings: Settings, defaults: JobOptions, weights: VGGWeights,
-                backends: dict[str, Any]) -> pb.ServerInfo:
+def server_info(
+    version: str, settings: Settings, defaults: JobOptions, weights: VGGWeights, backends: dict[str, Any]
+) -> pb.ServerInfo:
     """What GetServerInfo returns; `backends` maps enabled names to live backends."""
     infos = []
     for name in registry.names():
@@ -118,22 +158,38 @@ def server_info(version: str, settings: Settings, defaults: JobOptions, weights:
         reason = registry.unavailable_reason(name)
         if backend is None and reason is None:
             reason = "not enabled on this server (see the backends setting)"
-        infos.append(pb.BackendInfo(
-            name=name, available=backend is not None, unavailable_reason=reason or "",
-            devices=backend.devices() if backend is not None else [],
-            framework_version=backend.framework_version() if backend is not None else "",
-        ))
+        infos.append(
+            pb.BackendInfo(
+                name=name,
+                available=backend is not None,
+                unavailable_reason=reason or "",
+                devices=backend.devices() if backend is not None else [],
+                framework_version=backend.framework_version() if backend is not None else "",
+            )
+        )
     meta = weights.meta
     return pb.ServerInfo(
-        version=version, backends=infos, default_backend=settings.backend,
+        version=version,
+        backends=infos,
+        default_backend=settings.backend,
         default_device=settings.device,
         weights=pb.WeightsInfo(
-            source=meta.source, source_sha256=meta.source_sha256, sha256=weights.sha256,
-            random=meta.random, channel_order=meta.channel_order, input_range=meta.input_range,
-            mean=meta.mean, std=meta.std,
+            source=meta.source,
+            source_sha256=meta.source_sha256,
+            sha256=weights.sha256,
+            random=meta.random,
+            channel_order=meta.channel_order,
+            input_range=meta.input_range,
+            mean=meta.mean,
+            std=meta.std,
         ),
-        limits=pb.Limits(max_size=settings.max_size, max_iterations=settings.max_iterations,
-                         max_styles=settings.max_styles, max_input_pixels=settings.max_input_pixels,
-                         max_receive_message_bytes=settings.max_message_bytes),
-        defaults=options_to_proto(defaults), layers=LOSS_LAYER_NAMES,
+        limits=pb.Limits(
+            max_size=settings.max_size,
+            max_iterations=settings.max_iterations,
+            max_styles=settings.max_styles,
+            max_input_pixels=settings.max_input_pixels,
+            max_receive_message_bytes=settings.max_message_bytes,
+        ),
+        defaults=options_to_proto(defaults),
+        layers=LOSS_LAYER_NAMES,
     )

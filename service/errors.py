@@ -49,8 +49,9 @@ def to_status(error: StyleTransferError) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
     status.details.add().Pack(info)
     if isinstance(error, InvalidArgument):
-        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field,
-                                                                description=error.description)
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.description
+        )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     if isinstance(error, ResourceExhausted):
         delay = duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)

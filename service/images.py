@@ -29,8 +29,7 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ResourceExhausted(f"{field}: image declares more pixels than Pillow's safety "
-                                "limit") from None
+        raise ResourceExhausted(f"{field}: image declares more pixels than Pillow's safety limit") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         # Pillow reports a damaged header with any of these.
         raise InvalidArgument(field, "not a decodable PNG, JPEG or WebP image") from None
@@ -77,7 +76,9 @@ def to_array(image: Image.Image) -> RGBImage:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def encode(pixels: RGBImage, fmt: ImageFormat, quality: int, long_side: int | None = None) -> tuple[bytes, int, int]:
+def encode(
+    pixels: RGBImage, fmt: ImageFormat, quality: int, long_side: int | None = None
+) -> tuple[bytes, int, int]:
     """Encode an array, optionally shrunk to a long side first; returns (bytes, width, height)."""
     image = Image.fromarray(pixels)
     if long_side is not None and max(image.size) > long_side:

@@ -32,7 +32,9 @@ class _Call:
         self.started = time.perf_counter()
         metadata = dict(context.invocation_metadata() or ())
         supplied = metadata.get(REQUEST_ID_KEY)
-        self.request_id = supplied if isinstance(supplied, str) and 0 < len(supplied) <= 128 else uuid.uuid4().hex
+        self.request_id = (
+            supplied if isinstance(supplied, str) and 0 < len(supplied) <= 128 else uuid.uuid4().hex
+        )
         context.send_initial_metadata(((REQUEST_ID_KEY, self.request_id),))
         self.code = grpc.StatusCode.OK
 
@@ -49,9 +51,14 @@ class _Call:
         if not self.context.is_active() and self.code is grpc.StatusCode.OK:
             self.code = grpc.StatusCode.CANCELLED
         if not self.method.startswith(_UNLOGGED):
-            log.info("rpc", method=self.method, peer=self.context.peer(), code=self.code.name,
-                     duration_s=round(time.perf_counter() - self.started, 4),
-                     request_id=self.request_id)
+            log.info(
+                "rpc",
+                method=self.method,
+                peer=self.context.peer(),
+                code=self.code.name,
+                duration_s=round(time.perf_counter() - self.started, 4),
+                request_id=self.request_id,
+            )
 
 
 def _is_abort(exc: BaseException) -> bool:
@@ -59,7 +66,7 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc) is Exception
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps unary and server-streaming handlers of the StyleTransfer service."""
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
@@ -84,7 +91,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     structlog.contextvars.unbind_contextvars("request_id")
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer)
+                unary, handler.request_deserializer, handler.response_serializer
+            )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
@@ -102,5 +110,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     structlog.contextvars.unbind_contextvars("request_id")
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer)
+                stream, handler.request_deserializer, handler.response_serializer
+            )
         return handler

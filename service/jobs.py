@@ -189,31 +189,39 @@ def run_job(backend: Backend, job: Job) -> None:
         return
     job.state = State.RUNNING
     log.info("job_started", backend=options.backend, device=options.device, queued_s=round(queued, 3))
-    work = BackendJob(job.spec.content, job.spec.styles, options.style, options.device,
-                      options.preview_every)
+    work = BackendJob(job.spec.content, job.spec.styles, options.style, options.device, options.preview_every)
     try:
         for record in backend.run(work, job.cancel_event):
             if isinstance(record, Iterate):
                 job.events.put(Progress(record))
                 if record.image is not None:
-                    data, width, height = images.encode(record.image, options.output_format,
-                                                        options.output_quality, options.preview_max_size)
+                    data, width, height = images.encode(
+                        record.image, options.output_format, options.output_quality, options.preview_max_size
+                    )
                     job.events.put(Preview(record.iteration, EncodedImage(data, width, height)))
             elif isinstance(record, Outcome):
                 encode_start = time.monotonic()
-                data, width, height = images.encode(record.image, options.output_format,
-                                                    options.output_quality)
+                data, width, height = images.encode(
+                    record.image, options.output_format, options.output_quality
+                )
                 now = time.monotonic()
                 timings = Timings(
-                    queued=queued, setup=record.setup_seconds, optimize=record.optimize_seconds,
-                    encode=now - encode_start, total=now - job.accepted_at,
+                    queued=queued,
+                    setup=record.setup_seconds,
+                    optimize=record.optimize_seconds,
+                    encode=now - encode_start,
+                    total=now - job.accepted_at,
                     iteration_mean_ms=1000 * record.optimize_seconds / max(1, record.iterations),
                 )
                 job.state = State.SUCCEEDED
-                job.events.put(Finished(EncodedImage(data, width, height), record.losses,
-                                        record.iterations, timings))
-                log.info("job_succeeded", total_s=round(timings.total, 3),
-                         iteration_ms=round(timings.iteration_mean_ms, 2))
+                job.events.put(
+                    Finished(EncodedImage(data, width, height), record.losses, record.iterations, timings)
+                )
+                log.info(
+                    "job_succeeded",
+                    total_s=round(timings.total, 3),
+                    iteration_ms=round(timings.iteration_mean_ms, 2),
+                )
                 return
         raise RuntimeError("backend ended without an outcome")
     except Cancelled as exc:
@@ -233,8 +241,9 @@ def run_job(backend: Backend, job: Job) -> None:
 class JobCore:
     """Accepts checked jobs and runs them on per-device workers."""
 
-    def __init__(self, backends: Mapping[str, Backend], default_backend: str, default_device: str,
-                 queue_size: int) -> None:
+    def __init__(
+        self, backends: Mapping[str, Backend], default_backend: str, default_device: str, queue_size: int
+    ) -> None:
         self.backends = backends
         self.default_backend = default_backend
         self.default_device = default_device
@@ -249,8 +258,9 @@ class JobCore:
         name = options.backend or self.default_backend
         backend = self.backends.get(name)
         if backend is None:
-            raise Unavailable(f"backend {name!r} is not enabled on this server "
-                              f"(enabled: {', '.join(self.backends)})")
+            raise Unavailable(
+                f"backend {name!r} is not enabled on this server (enabled: {', '.join(self.backends)})"
+            )
         device = backend.resolve_device(options.device or self.default_device)
         return replace(options, backend=name, device=device)
 

@@ -45,7 +45,9 @@ class JobSpec:
     options: JobOptions
 
 
-def _number(low: float, high: float, *, integer: bool = False, low_open: bool = False) -> Callable[[str, Any], Any]:
+def _number(
+    low: float, high: float, *, integer: bool = False, low_open: bool = False
+) -> Callable[[str, Any], Any]:
     def check(field: str, value: Any) -> Any:
         if not math.isfinite(value):
             raise InvalidArgument(field, "must be a finite number")
@@ -61,8 +63,9 @@ def _layers(field: str, value: Any) -> tuple[str, ...]:
     names = tuple(value)
     for i, name in enumerate(names):
         if name not in LOSS_LAYER_NAMES:
-            raise InvalidArgument(f"{field}[{i}]", f"unknown layer {name!r}; use convB_N or reluB_N "
-                                  "(e.g. conv4_2, relu1_1)")
+            raise InvalidArgument(
+                f"{field}[{i}]", f"unknown layer {name!r}; use convB_N or reluB_N (e.g. conv4_2, relu1_1)"
+            )
     if len(set(names)) != len(names):
         raise InvalidArgument(field, "lists a layer twice")
     return names
@@ -116,8 +119,10 @@ def resolve_options(overrides: Mapping[str, Any], defaults: JobOptions, settings
     options = replace(defaults, style=replace(defaults.style, **style), **job)
     weights = options.style.style_layer_weights
     if weights and len(weights) != len(options.style.style_layers):
-        raise InvalidArgument("options.style_layer_weights", f"has {len(weights)} values for "
-                              f"{len(options.style.style_layers)} style layers")
+        raise InvalidArgument(
+            "options.style_layer_weights",
+            f"has {len(weights)} values for {len(options.style.style_layers)} style layers",
+        )
     return options
 
 
@@ -125,7 +130,7 @@ def _min_side(options: StyleOptions) -> int:
     """Smallest image side whose feature maps are non-empty at the deepest layer used."""
     cut = deepest(list(options.content_layers + options.style_layers))
     pools = sum(1 for layer in LAYERS[:cut] if layer.kind is Kind.POOL)
-    return 2**pools
+    return int(2**pools)
 
 
 def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> JobSpec:
@@ -133,8 +138,9 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
     if not request.styles:
         raise InvalidArgument("styles", "at least one style image is required")
     if len(request.styles) > settings.max_styles:
-        raise InvalidArgument("styles", f"{len(request.styles)} style images; at most "
-                              f"{settings.max_styles} are allowed")
+        raise InvalidArgument(
+            "styles", f"{len(request.styles)} style images; at most {settings.max_styles} are allowed"
+        )
     weights = []
     for i, style in enumerate(request.styles):
         weight = 1.0 if style.weight is None else style.weight
@@ -148,15 +154,20 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
     content = images.fit_long_side(content, long_side)
     minimum = _min_side(options.style)
     if min(content.size) < minimum:
-        raise InvalidArgument("content.data", f"output would be {content.width}x{content.height}; "
-                              f"both sides must be at least {minimum} px for the layers in use")
+        raise InvalidArgument(
+            "content.data",
+            f"output would be {content.width}x{content.height}; "
+            f"both sides must be at least {minimum} px for the layers in use",
+        )
     total = sum(weights)
     styles = []
     for i, (style, weight) in enumerate(zip(request.styles, weights, strict=True)):
         image = images.decode(style.data, f"styles[{i}].image.data", settings.max_input_pixels)
         image = images.fit_long_side(image, long_side)
         if min(image.size) < minimum:
-            raise InvalidArgument(f"styles[{i}].image.data", f"style image is too thin at "
-                                  f"{image.width}x{image.height}; both sides must be >= {minimum}")
+            raise InvalidArgument(
+                f"styles[{i}].image.data",
+                f"style image is too thin at {image.width}x{image.height}; both sides must be >= {minimum}",
+            )
         styles.append(StyleInput(images.to_array(image), weight / total))
     return JobSpec(images.to_array(content), tuple(styles), options)

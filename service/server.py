@@ -12,6 +12,8 @@ import numpy as np
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from styletransfer.v1 import style_transfer_pb2 as pb
+from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from backends import registry
 from backends.base import Backend, StyleInput
@@ -25,8 +27,6 @@ from service.options import JobOptions
 from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
 from service.settings import Settings
-from styletransfer.v1 import style_transfer_pb2 as pb
-from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +53,9 @@ class Server:
     ready: threading.Event = field(default_factory=threading.Event)
 
     def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
@@ -70,8 +72,9 @@ class Server:
 def create_backends(settings: Settings, weights: VGGWeights) -> dict[str, Backend]:
     """Construct every enabled backend; the default must be among them."""
     if settings.backend not in settings.backends:
-        raise ValueError(f"default backend {settings.backend!r} is not in enabled backends "
-                         f"{list(settings.backends)}")
+        raise ValueError(
+            f"default backend {settings.backend!r} is not in enabled backends {list(settings.backends)}"
+        )
     return {name: registry.create(name, weights) for name in settings.backends}
 
 
@@ -95,9 +98,13 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
     version_string = server_version()
 
     def info() -> pb.ServerInfo:
-        return convert.server_info(version_string, settings, replace(defaults, backend=settings.backend,
-                                                                     device=settings.device),
-                                   weights, dict(backends))
+        return convert.server_info(
+            version_string,
+            settings,
+            replace(defaults, backend=settings.backend, device=settings.device),
+            weights,
+            dict(backends),
+        )
 
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -106,26 +113,38 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
     ]
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor()], options=options,
+        interceptors=[ServiceInterceptor()],
+        options=options,
     )
-    pb_grpc.add_StyleTransferServicer_to_server(
-        StyleTransferServicer(core, defaults, settings, info), grpc_server)
+    pb_grpc.add_StyleTransferServicer_to_server(  # type: ignore[no-untyped-call]
+        StyleTransferServicer(core, defaults, settings, info), grpc_server
+    )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                        grpc_server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+    )
     port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     server = Server(grpc_server, port, health_servicer, core, settings)
     server.set_serving(False)
     grpc_server.start()
-    log.info("server_listening", host=settings.host, port=port, backends=list(backends),
-             weights_source=weights.meta.source, weights_sha256=weights.sha256,
-             random_weights=weights.meta.random)
+    log.info(
+        "server_listening",
+        host=settings.host,
+        port=port,
+        backends=list(backends),
+        weights_source=weights.meta.source,
+        weights_sha256=weights.sha256,
+        random_weights=weights.meta.random,
+    )
     if weights.meta.random:
-        log.warning("random_weights", message="weights are deterministic random numbers: results "
-                    "are meaningless as images; use them for smoke tests only")
+        log.warning(
+            "random_weights",
+            message="weights are deterministic random numbers: results "
+            "are meaningless as images; use them for smoke tests only",
+        )
 
     def warm() -> None:
         try:

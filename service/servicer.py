@@ -5,27 +5,30 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import grpc
+from styletransfer.v1 import style_transfer_pb2 as pb
+from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from service import convert
 from service.jobs import Failed, JobCore
 from service.options import JobOptions
 from service.requests import build_spec, resolve_options
 from service.settings import Settings
-from styletransfer.v1 import style_transfer_pb2 as pb
-from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 
 class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     """Thin adapter between the wire and the job core; errors are mapped by the interceptor."""
 
-    def __init__(self, core: JobCore, defaults: JobOptions, settings: Settings,
-                 info: Callable[[], pb.ServerInfo]) -> None:
+    def __init__(
+        self, core: JobCore, defaults: JobOptions, settings: Settings, info: Callable[[], pb.ServerInfo]
+    ) -> None:
         self._core = core
         self._defaults = defaults
         self._settings = settings
         self._info = info
 
-    def Transfer(self, request: pb.TransferRequest, context: grpc.ServicerContext) -> Iterator[pb.TransferEvent]:  # noqa: N802
+    def Transfer(
+        self, request: pb.TransferRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.TransferEvent]:
         plain = convert.job_request(request)
         options = self._core.place(resolve_options(plain.overrides, self._defaults, self._settings))
         job = self._core.submit(build_spec(plain, options, self._settings))
@@ -36,5 +39,5 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 raise item.error
             yield convert.event(item, job.options)
 
-    def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:  # noqa: N802
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
         return self._info()

@@ -13,8 +13,12 @@ def image_array(seed: int, width: int, height: int) -> npt.NDArray[np.uint8]:
     """A deterministic RGB image: gradients plus noise, so that features are not flat."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x / max(1, width - 1), y / max(1, height - 1),
-                     (x + y) / max(1, width + height - 2)], axis=-1) * 200
+    base = (
+        np.stack(
+            [x / max(1, width - 1), y / max(1, height - 1), (x + y) / max(1, width + height - 2)], axis=-1
+        )
+        * 200
+    )
     noise = rng.normal(0, 25, size=(height, width, 3))
     return np.clip(base + noise + rng.uniform(0, 55, size=3), 0, 255).astype(np.uint8)
 

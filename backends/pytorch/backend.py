@@ -64,11 +64,12 @@ class PyTorchBackend:
             return "cpu"
         if requested.startswith("cuda:") and requested[5:].isdigit():
             if requested not in self.devices():
-                raise Unavailable(f"device {requested} is not available to the pytorch backend "
-                                  f"(available: {', '.join(self.devices())})")
+                raise Unavailable(
+                    f"device {requested} is not available to the pytorch backend "
+                    f"(available: {', '.join(self.devices())})"
+                )
             return requested
-        raise InvalidArgument("options.device", f"unknown device {device!r}; use auto, cpu, cuda "
-                              "or cuda:N")
+        raise InvalidArgument("options.device", f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
 
     def _trunk(self, device: str) -> nn.Sequential:
         with self._lock:
@@ -113,10 +114,17 @@ class PyTorchBackend:
 
         def objective() -> torch.Tensor:
             feats = net(preprocess(pixels))
-            lc = sum((content_loss(feats[n], content_targets[n]) for n in options.content_layers),
-                     torch.zeros((), device=device))
-            ls = sum((layer_weights[n] * style_layer_loss(feats[n], style_targets[n])
-                      for n in options.style_layers), torch.zeros((), device=device))
+            lc = sum(
+                (content_loss(feats[n], content_targets[n]) for n in options.content_layers),
+                torch.zeros((), device=device),
+            )
+            ls = sum(
+                (
+                    layer_weights[n] * style_layer_loss(feats[n], style_targets[n])
+                    for n in options.style_layers
+                ),
+                torch.zeros((), device=device),
+            )
             total = options.content_weight * lc + options.style_weight * ls
             tv = torch.zeros((), device=device)
             if options.tv_weight:
@@ -146,8 +154,9 @@ class PyTorchBackend:
         yield Outcome(_to_image(pixels), losses, options.iterations, setup_seconds, optimize_seconds)
 
     @staticmethod
-    def _style_targets(net: VGGFeatures, preprocess: Preprocess, job: BackendJob,
-                       device: torch.device, positions: int) -> dict[str, torch.Tensor]:
+    def _style_targets(
+        net: VGGFeatures, preprocess: Preprocess, job: BackendJob, device: torch.device, positions: int
+    ) -> dict[str, torch.Tensor]:
         """Blended Gram targets A^l, each style's Gram rescaled to the output's M_l.
 
         A style image need not have the output's size; G grows with the number of positions, so
@@ -169,22 +178,30 @@ class PyTorchBackend:
             return content.clone()
         if init is Init.STYLE:
             style = _to_tensor(job.styles[0].image, device)
-            return F.interpolate(style, size=content.shape[2:], mode="bilinear", antialias=True,
-                                 align_corners=False).clamp(0, 255)
+            return F.interpolate(
+                style, size=content.shape[2:], mode="bilinear", antialias=True, align_corners=False
+            ).clamp(0, 255)
         # Noise is drawn on the CPU from the job's seed so that every device starts alike.
         generator = torch.Generator().manual_seed(job.options.seed)
         noise = torch.randn(content.shape, generator=generator) * NOISE_STD + 127.5
         return noise.clamp(0, 255).to(device)
 
     @staticmethod
-    def _stepper(optimizer: Optimizer, lr: float, pixels: torch.Tensor,
-                 objective: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def _stepper(
+        optimizer: Optimizer, lr: float, pixels: torch.Tensor, objective: Callable[[], torch.Tensor]
+    ) -> Callable[[], None]:
         """One call = one iteration = one evaluation of the objective and one update."""
         if optimizer is Optimizer.LBFGS:
             # max_iter=1 makes each step() a single L-BFGS iteration with one evaluation, while
             # the history persists across steps; tolerances off so the job runs its iterations.
-            lbfgs = torch.optim.LBFGS([pixels], lr=lr, max_iter=1, history_size=LBFGS_HISTORY,
-                                      tolerance_grad=-1.0, tolerance_change=-1.0)
+            lbfgs = torch.optim.LBFGS(
+                [pixels],
+                lr=lr,
+                max_iter=1,
+                history_size=LBFGS_HISTORY,
+                tolerance_grad=-1.0,
+                tolerance_change=-1.0,
+            )
 
             def closure() -> torch.Tensor:
                 lbfgs.zero_grad()

@@ -19,7 +19,7 @@ def build_trunk(weights: VGGWeights, device: torch.device | str = "cpu") -> nn.S
     torchvision's configuration "E" lists layers in the same order as `backends.vgg.LAYERS`
     (conv, relu per convolution, a max-pool per block), so a layer's position is its index here.
     """
-    trunk = make_layers(cfgs["E"], batch_norm=False)
+    trunk: nn.Sequential = make_layers(cfgs["E"], batch_norm=False)
     if len(trunk) != len(LAYERS):
         raise RuntimeError(f"torchvision VGG19 has {len(trunk)} layers, expected {len(LAYERS)}")
     with torch.no_grad():
@@ -31,7 +31,8 @@ def build_trunk(weights: VGGWeights, device: torch.device | str = "cpu") -> nn.S
                 assert module.bias is not None
                 module.bias.copy_(torch.from_numpy(np.asarray(weights.tensors[f"{layer.name}.bias"])))
     trunk.requires_grad_(False)
-    return trunk.eval().to(device)
+    trunk.eval().to(device)
+    return trunk
 
 
 class Preprocess(nn.Module):
@@ -43,6 +44,9 @@ class Preprocess(nn.Module):
         self.scale = meta.input_range / 255.0
         self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.flip(1) if self.bgr else pixels

@@ -52,11 +52,13 @@ class Preprocessing(TypedDict):
 
 
 # Keras' VGG19 weights are the original Caffe model: BGR, 0-255, per-channel mean subtracted.
-CAFFE_META: Preprocessing = dict(channel_order="BGR", input_range=255.0,
-                                 mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0))
+CAFFE_META: Preprocessing = dict(
+    channel_order="BGR", input_range=255.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0)
+)
 # torchvision's IMAGENET1K_V1: RGB, 0-1, ImageNet mean and std.
-TORCHVISION_META: Preprocessing = dict(channel_order="RGB", input_range=1.0,
-                                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+TORCHVISION_META: Preprocessing = dict(
+    channel_order="RGB", input_range=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+)
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,6 @@ def random_weights(seed: int) -> VGGWeights:
         scale = np.sqrt(2.0 / fan_in)
         shape = (layer.out_channels, layer.in_channels, 3, 3)
         tensors[f"{layer.name}.weight"] = (rng.standard_normal(shape) * scale).astype(np.float32)
-        tensors[f"{layer.name}.bias"] = (rng.standard_normal(layer.out_channels) * 0.01).astype(
-            np.float32
-        )
+        tensors[f"{layer.name}.bias"] = (rng.standard_normal(layer.out_channels) * 0.01).astype(np.float32)
     meta = WeightsMeta(source="random", source_sha256="", random=True, **CAFFE_META)
     return VGGWeights(tensors=tensors, meta=meta, sha256=tensors_sha256(tensors))

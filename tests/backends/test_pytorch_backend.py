@@ -34,8 +34,13 @@ def backend(weights: VGGWeights) -> PyTorchBackend:
 def _job(iterations: int = 4, size: int = 32, preview_every: int = 0, **options: object) -> BackendJob:
     content = image_array(1, size, size)
     style = image_array(2, size, size)
-    return BackendJob(content, (StyleInput(style, 1.0),), StyleOptions(iterations=iterations, **options),  # type: ignore[arg-type]
-                      "cpu", preview_every)
+    return BackendJob(
+        content,
+        (StyleInput(style, 1.0),),
+        StyleOptions(iterations=iterations, **options),  # type: ignore[arg-type]
+        "cpu",
+        preview_every,
+    )
 
 
 def _run(backend: PyTorchBackend, job: BackendJob) -> tuple[list[Iterate], Outcome]:
@@ -55,7 +60,10 @@ def test_trunk_follows_the_layer_table(weights: VGGWeights) -> None:
         assert isinstance(module, expected), layer.name
         if isinstance(module, nn.Conv2d):
             assert (module.in_channels, module.out_channels, module.kernel_size) == (
-                layer.in_channels, layer.out_channels, (3, 3))
+                layer.in_channels,
+                layer.out_channels,
+                (3, 3),
+            )
 
 
 def test_weights_are_frozen(weights: VGGWeights) -> None:
@@ -129,8 +137,9 @@ def test_different_seeds_give_different_noise(backend: PyTorchBackend) -> None:
     assert not np.array_equal(a.image, b.image)
 
 
-def test_lbfgs_evaluates_the_network_once_per_iteration(backend: PyTorchBackend,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lbfgs_evaluates_the_network_once_per_iteration(
+    backend: PyTorchBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One iteration is one forward pass: no line search, no hidden extra evaluations."""
     calls = []
     original = VGGFeatures.forward
@@ -163,7 +172,7 @@ def test_cancellation_stops_within_one_iteration(backend: PyTorchBackend) -> Non
     cancel = threading.Event()
     seen: list[int] = []
     runner: Iterator[Iterate | Outcome] = backend.run(_job(iterations=50), cancel)
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled):  # noqa: PT012 (the loop is what raises, mid-way)
         for record in runner:
             assert isinstance(record, Iterate)
             seen.append(record.iteration)

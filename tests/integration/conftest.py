@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from backends.weights.canonical import random_weights
 from service import logging as service_logging
 from service.server import Server, build
 from service.settings import Settings
-from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 # Random weights: these tests check the service's behaviour, never image quality.
 WEIGHTS_SEED = 0

@@ -67,7 +67,10 @@ def process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", "0", "--weights", "random:0", "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     assert proc.stdout is not None
     port = None
@@ -92,7 +95,8 @@ def _wait_serving(port: int) -> None:
 
 
 def test_process_serves_reflection_and_stops_cleanly_on_sigterm(
-        process: tuple[subprocess.Popen[str], int]) -> None:
+    process: tuple[subprocess.Popen[str], int],
+) -> None:
     """`python -m service` becomes SERVING, lists its services by reflection, and exits 0 on SIGTERM."""
     proc, port = process
     _wait_serving(port)
@@ -107,8 +111,9 @@ def test_server_refuses_to_start_without_weights(tmp_path: Path) -> None:
     """With no weights cached and none named, the server exits non-zero and says how to get them."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     env.pop("STYLETRANSFER_WEIGHTS", None)
-    done = subprocess.run([sys.executable, "-m", "service", "--port", "0"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "0"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode != 0
     assert "styletransfer-weights download" in done.stderr
     assert "random:" in done.stderr
@@ -116,8 +121,13 @@ def test_server_refuses_to_start_without_weights(tmp_path: Path) -> None:
 
 def test_weights_come_from_the_environment(tmp_path: Path) -> None:
     """STYLETRANSFER_WEIGHTS is read like --weights."""
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "STYLETRANSFER_WEIGHTS": str(tmp_path / "nope.safetensors")}
-    done = subprocess.run([sys.executable, "-m", "service", "--port", "0"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path),
+        "STYLETRANSFER_WEIGHTS": str(tmp_path / "nope.safetensors"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "0"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode != 0
     assert "nope.safetensors" in done.stderr

@@ -5,11 +5,9 @@ from __future__ import annotations
 import io
 import time
 
-import grpc
 import pytest
-from PIL import Image
-
 from imaging import image_bytes
+from PIL import Image
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -59,7 +57,9 @@ def test_result_is_a_decodable_image_of_the_output_size(stub: pb_grpc.StyleTrans
     assert result.timings.total_seconds >= result.timings.optimize_seconds > 0
 
 
-@pytest.mark.parametrize(("fmt", "pil_name"), [(pb.IMAGE_FORMAT_JPEG, "JPEG"), (pb.IMAGE_FORMAT_WEBP, "WEBP")])
+@pytest.mark.parametrize(
+    ("fmt", "pil_name"), [(pb.IMAGE_FORMAT_JPEG, "JPEG"), (pb.IMAGE_FORMAT_WEBP, "WEBP")]
+)
 def test_output_format_is_honoured(stub: pb_grpc.StyleTransferStub, fmt: int, pil_name: str) -> None:
     """JPEG and WebP results are encoded as asked."""
     result = _events(stub, _request(iterations=1, output_format=fmt))[-1].result

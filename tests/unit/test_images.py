@@ -8,10 +8,10 @@ import zlib
 
 import numpy as np
 import pytest
+from imaging import encode, image_array
 from PIL import Image
 
 from backends.errors import InvalidArgument, ResourceExhausted
-from imaging import encode, image_array
 from service import images
 from service.options import ImageFormat
 
@@ -75,10 +75,17 @@ def test_exif_orientation_is_applied() -> None:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header declares a size but that holds only a tiny compressed body."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(("width", "height"), [(5000, 5000), (20_000, 20_000)])

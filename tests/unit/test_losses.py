@@ -66,4 +66,6 @@ def test_tv_loss_sums_squared_neighbour_differences() -> None:
 def test_style_loss_vanishes_at_the_target() -> None:
     """An image whose Gram equals the target has zero style loss."""
     f = _features(3, 4, 4)
-    assert style_layer_loss(torch.from_numpy(f), torch.from_numpy(_np_gram(f))).item() == pytest.approx(0.0, abs=1e-18)
+    assert style_layer_loss(torch.from_numpy(f), torch.from_numpy(_np_gram(f))).item() == pytest.approx(
+        0.0, abs=1e-18
+    )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from imaging import image_bytes
 
 from backends.errors import InvalidArgument
 from backends.options import Init, Optimizer, StyleOptions
-from imaging import image_bytes
 from service.options import ImageFormat, JobOptions
 from service.requests import JobRequest, StyleSource, build_spec, resolve_options
 from service.settings import Settings
@@ -32,19 +32,35 @@ def test_no_overrides_gives_the_defaults() -> None:
 
 def test_overrides_reach_their_fields() -> None:
     """Algorithm overrides land in StyleOptions, output and placement overrides in JobOptions."""
-    options = _resolve(iterations=7, style_weight=5.0, optimizer=Optimizer.ADAM, max_size=128,
-                       output_format=ImageFormat.JPEG, style_layers=["relu1_1", "relu2_1"])
+    options = _resolve(
+        iterations=7,
+        style_weight=5.0,
+        optimizer=Optimizer.ADAM,
+        max_size=128,
+        output_format=ImageFormat.JPEG,
+        style_layers=["relu1_1", "relu2_1"],
+    )
     assert options.style.iterations == 7 and options.style.style_weight == 5.0
     assert options.style.optimizer is Optimizer.ADAM
     assert options.style.style_layers == ("relu1_1", "relu2_1")
     assert options.max_size == 128 and options.output_format is ImageFormat.JPEG
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("iterations", 0), ("iterations", 2001), ("max_size", 15), ("max_size", 1025),
-    ("content_weight", -0.1), ("style_weight", math.inf), ("tv_weight", math.nan),
-    ("learning_rate", 0.0), ("output_quality", 0), ("preview_max_size", 8),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("iterations", 0),
+        ("iterations", 2001),
+        ("max_size", 15),
+        ("max_size", 1025),
+        ("content_weight", -0.1),
+        ("style_weight", math.inf),
+        ("tv_weight", math.nan),
+        ("learning_rate", 0.0),
+        ("output_quality", 0),
+        ("preview_max_size", 8),
+    ],
+)
 def test_out_of_range_values_are_rejected_by_name(field: str, value: float) -> None:
     """Each numeric option has a range; a value outside it names options.<field>."""
     with pytest.raises(InvalidArgument) as caught:
@@ -85,8 +101,11 @@ def _request(*styles: StyleSource, content: bytes | None = None) -> JobRequest:
 
 def test_output_never_exceeds_the_content_size() -> None:
     """A small content image is not upscaled to max_size."""
-    spec = build_spec(_request(StyleSource(image_bytes(2), None), content=image_bytes(1, 40, 20)),
-                      JobOptions(max_size=512), SETTINGS)
+    spec = build_spec(
+        _request(StyleSource(image_bytes(2), None), content=image_bytes(1, 40, 20)),
+        JobOptions(max_size=512),
+        SETTINGS,
+    )
     assert spec.content.shape == (20, 40, 3)
 
 
@@ -99,8 +118,11 @@ def test_content_is_resized_to_max_size_and_styles_to_match() -> None:
 
 def test_style_weights_are_normalized() -> None:
     """Blend weights 3 and 1 become 0.75 and 0.25; an unset weight counts as 1."""
-    spec = build_spec(_request(StyleSource(image_bytes(2), 3.0), StyleSource(image_bytes(3), None)),
-                      JobOptions(max_size=64), Settings(max_styles=4))
+    spec = build_spec(
+        _request(StyleSource(image_bytes(2), 3.0), StyleSource(image_bytes(3), None)),
+        JobOptions(max_size=64),
+        Settings(max_styles=4),
+    )
     assert [s.weight for s in spec.styles] == [0.75, 0.25]
 
 
@@ -123,5 +145,8 @@ def test_too_many_styles_are_rejected() -> None:
 def test_too_thin_output_is_rejected() -> None:
     """A 400x10 content at max_size 64 would be 64x2: too small for conv5_1, refused up front."""
     with pytest.raises(InvalidArgument, match="at least 16"):
-        build_spec(_request(StyleSource(image_bytes(2), None), content=image_bytes(1, 400, 10)),
-                   JobOptions(max_size=64), SETTINGS)
+        build_spec(
+            _request(StyleSource(image_bytes(2), None), content=image_bytes(1, 400, 10)),
+            JobOptions(max_size=64),
+            SETTINGS,
+        )

@@ -17,14 +17,17 @@ from backends.errors import (
 from service.errors import DOMAIN, status_code, to_status
 
 
-@pytest.mark.parametrize(("error", "code"), [
-    (InvalidArgument("options.iterations", "too many"), grpc.StatusCode.INVALID_ARGUMENT),
-    (Unavailable("no tensorflow"), grpc.StatusCode.FAILED_PRECONDITION),
-    (ResourceExhausted("queue full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Cancelled("cancelled"), grpc.StatusCode.CANCELLED),
-    (BackendFailure("nan"), grpc.StatusCode.INTERNAL),
-    (StyleTransferError("other"), grpc.StatusCode.INTERNAL),
-])
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidArgument("options.iterations", "too many"), grpc.StatusCode.INVALID_ARGUMENT),
+        (Unavailable("no tensorflow"), grpc.StatusCode.FAILED_PRECONDITION),
+        (ResourceExhausted("queue full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (Cancelled("cancelled"), grpc.StatusCode.CANCELLED),
+        (BackendFailure("nan"), grpc.StatusCode.INTERNAL),
+        (StyleTransferError("other"), grpc.StatusCode.INTERNAL),
+    ],
+)
 def test_each_error_has_its_code(error: StyleTransferError, code: grpc.StatusCode) -> None:
     """The table gives every class of the tree its status code."""
     assert status_code(error) is code

@@ -6,7 +6,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-
 from imaging import image_bytes
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -14,7 +13,9 @@ from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 GOOD = image_bytes(5, 48, 48)
 
 
-def _request(content: bytes = GOOD, styles: tuple[bytes, ...] = (GOOD,), **options: object) -> pb.TransferRequest:
+def _request(
+    content: bytes = GOOD, styles: tuple[bytes, ...] = (GOOD,), **options: object
+) -> pb.TransferRequest:
     return pb.TransferRequest(
         content=pb.Image(data=content),
         styles=[pb.StyleImage(image=pb.Image(data=s)) for s in styles],
@@ -61,8 +62,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("request_", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_request_names_the_field(stub: pb_grpc.StyleTransferStub, request_: pb.TransferRequest,
-                                     field: str) -> None:
+def test_bad_request_names_the_field(
+    stub: pb_grpc.StyleTransferStub, request_: pb.TransferRequest, field: str
+) -> None:
     """The status is INVALID_ARGUMENT with a BadRequest violation for exactly the field at fault."""
     error = _error(stub, request_)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
