@@ -1,0 +1,25 @@
+"""Client library of the styletransfer service: `StyleTransferClient`, its options and errors."""
+
+from styletransfer.client.client import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    StyleTransferClient,
+    TransferStream,
+)
+from styletransfer.client.errors import ClientError, ProtocolError, StyleTransferError
+from styletransfer.client.images import ImageSource, StyleSource
+from styletransfer.client.options import TransferOptions, TransferOptionsKwargs
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_TARGET",
+    "ClientError",
+    "ImageSource",
+    "ProtocolError",
+    "StyleSource",
+    "StyleTransferClient",
+    "StyleTransferError",
+    "TransferOptions",
+    "TransferOptionsKwargs",
+    "TransferStream",
+]

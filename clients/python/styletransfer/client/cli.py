@@ -1,0 +1,366 @@
+"""The ``styletransfer`` command: stylize images on a styletransfer server and inspect the server.
+
+Examples::
+
+    styletransfer stylize photo.jpg starry-night.jpg -o out.png --iterations 300
+    styletransfer stylize photo.jpg a.jpg:0.7 b.jpg:0.3 -o out.webp --preview-dir previews/
+    styletransfer stylize photo.jpg style.jpg -o out.png --json | jq -c .progress.losses
+    styletransfer info
+    styletransfer health
+
+The server address comes from ``--server``, else from ``$STYLETRANSFER_SERVER``, else
+127.0.0.1:50051. Exit status: 0 on success, 1 on failure, 2 when the input was rejected (bad
+flags, an unreadable image, or INVALID_ARGUMENT from the server), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+import grpc
+
+from styletransfer.client._console import (
+    FORMAT_NAMES,
+    JsonReporter,
+    ProgressReporter,
+    describe_result,
+    describe_server,
+    message_to_json,
+)
+from styletransfer.client.client import DEFAULT_TARGET, StyleTransferClient
+from styletransfer.client.errors import ClientError, StyleTransferError
+from styletransfer.client.images import StyleSource, read_image
+from styletransfer.client.options import FORMATS, INITS, OPTIMIZERS, FormatName, TransferOptions
+from styletransfer.v1 import style_transfer_pb2 as pb
+
+__all__ = ["SERVER_ENV", "main", "parse_style"]
+
+SERVER_ENV = "STYLETRANSFER_SERVER"
+"""Environment variable holding the server address when ``--server`` is not given."""
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+_EXIT_CODES: Mapping[grpc.StatusCode, int] = {grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE}
+"""Exit status of a failed call by its code; codes not listed give EXIT_FAILURE."""
+
+SUFFIX_FORMATS: Mapping[str, FormatName] = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".webp": "webp",
+}
+"""The output format implied by a file suffix, when ``--format`` is not given."""
+_FORMAT_SUFFIXES: Mapping[str, str] = {
+    name: suffix for suffix, name in reversed(list(SUFFIX_FORMATS.items()))
+}
+"""The suffix of preview files by format name (the first suffix listed for it)."""
+
+PREVIEW_EVERY_DEFAULT = 10
+"""Iterations between previews when ``--preview-dir`` is given without ``--preview-every``."""
+
+
+if TYPE_CHECKING:
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+class _UsageError(Exception):
+    """The command line asks for something impossible; exits with EXIT_USAGE."""
+
+
+def parse_style(text: str) -> tuple[str, float | None]:
+    """Split a STYLE argument, ``PATH`` or ``PATH:WEIGHT``, into the path and the weight or None.
+
+    The text is split at its last colon only when what follows parses as a number and the whole
+    text is not the name of an existing file, so ``C:\\art\\wave.jpg`` and ``wave.jpg:0.5``
+    both mean what they look like.
+    """
+    path, sep, weight = text.rpartition(":")
+    if not sep or not path or os.path.exists(text):
+        return text, None
+    try:
+        return path, float(weight)
+    except ValueError:
+        return text, None
+
+
+def _uint(text: str) -> int:
+    """Parse a non-negative integer flag (the proto fields are unsigned)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    """Parse a comma-separated list of names, such as layers."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    """Parse a comma-separated list of numbers."""
+    try:
+        return [float(item) for item in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    """Return the flags every subcommand takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        default=os.environ.get(SERVER_ENV, DEFAULT_TARGET),
+        metavar="HOST:PORT",
+        help=f"server address (default: ${SERVER_ENV} or {DEFAULT_TARGET})",
+    )
+    common.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="deadline of the call (default: none)"
+    )
+    return common
+
+
+def _add_stylize(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    """Add ``stylize``; every TransferOptions field is a flag whose dest is the field name."""
+    p = subparsers.add_parser(
+        "stylize",
+        parents=[common],
+        help="stylize an image and write the result",
+        description="Paint CONTENT in the style of one or more STYLE images and write OUT. "
+        "Options left out take the server's defaults (see `styletransfer info`).",
+        epilog="Exit status: 0 done, 1 failed, 2 input rejected (by this command or the "
+        "server), 130 interrupted (the job is cancelled).",
+    )
+    p.set_defaults(run=_stylize)
+    p.add_argument("content", metavar="CONTENT", help="content image (PNG, JPEG or WebP)")
+    p.add_argument(
+        "styles", nargs="+", metavar="STYLE",
+        help="style image; STYLE:WEIGHT sets its share of the blend (default 1)",
+    )
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
+                   help="where to write the result; written whole or not at all")
+
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--iterations", type=_uint, metavar="N", help="number of iterations")
+    opt.add_argument("--size", type=_uint, metavar="PIXELS", help="long side of the output")
+    opt.add_argument("--content-weight", type=float, metavar="W", help="content loss weight")
+    opt.add_argument("--style-weight", type=float, metavar="W", help="style loss weight")
+    opt.add_argument("--tv-weight", type=float, metavar="W", help="total-variation weight")
+    opt.add_argument("--content-layers", type=_names, metavar="L1,L2",
+                     help="VGG19 layers of the content loss, e.g. conv4_2")
+    opt.add_argument("--style-layers", type=_names, metavar="L1,L2",
+                     help="VGG19 layers of the style loss, e.g. conv1_1,conv2_1")
+    opt.add_argument("--style-layer-weights", type=_floats, metavar="W1,W2",
+                     help="weight of each style layer, in the order of --style-layers")
+    opt.add_argument("--optimizer", choices=list(OPTIMIZERS), help="optimizer")
+    opt.add_argument("--learning-rate", type=float, metavar="RATE", help="step size")
+    opt.add_argument("--init", choices=list(INITS), help="image the optimization starts from")
+    opt.add_argument("--seed", type=_uint, metavar="N", help="seed of the random draws")
+    opt.add_argument("--backend", metavar="NAME", help="backend to run on, e.g. pytorch")
+    opt.add_argument("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "--format", dest="output_format", choices=list(FORMATS),
+        help="encoding of the result (default: from OUT's suffix, else the server's)",
+    )
+    out.add_argument("--quality", dest="output_quality", type=_uint, metavar="1-100",
+                     help="JPEG and WebP quality")
+    out.add_argument("--preview-dir", type=Path, metavar="DIR",
+                     help="write previews to DIR/preview-NNNNN.<format>")
+    out.add_argument("--preview-every", type=_uint, metavar="N",
+                     help=f"iterations between previews (default with --preview-dir: "
+                     f"{PREVIEW_EVERY_DEFAULT})")
+    out.add_argument("--preview-size", dest="preview_max_size", type=_uint, metavar="PIXELS",
+                     help="long side of previews")
+    out.add_argument("--json", action="store_true",
+                     help="print each event as a JSON object per line instead of a progress bar")
+
+
+def _add_info(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    """Add ``info``."""
+    p = subparsers.add_parser(
+        "info", parents=[common], help="describe the server",
+        description="Print the server's version, backends, weights, limits and defaults.",
+    )
+    p.set_defaults(run=_info)
+    p.add_argument("--json", action="store_true", help="print ServerInfo as JSON")
+
+
+def _add_health(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    """Add ``health``."""
+    p = subparsers.add_parser(
+        "health", parents=[common], help="check that the server is serving",
+        description="Print the grpc.health.v1 status; exit 0 only when it is SERVING.",
+    )
+    p.set_defaults(run=_health)
+    p.add_argument("--service", default="", metavar="NAME",
+                   help="service to ask about (default: the whole server)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser (reading ``$STYLETRANSFER_SERVER`` for the default address)."""
+    parser = argparse.ArgumentParser(
+        prog="styletransfer",
+        description="Client of the styletransfer neural style transfer service.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_parser()
+    for add in (_add_stylize, _add_info, _add_health):
+        add(subparsers, common)
+    return parser
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or all of the new one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # 0o666 and not mkstemp's 0o600: the umask then gives the image the usual permissions.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _read(path: str) -> bytes:
+    """Read an input image, turning a missing or unreadable file into a usage error."""
+    try:
+        return read_image(path)
+    except OSError as error:
+        raise _UsageError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _options(args: argparse.Namespace) -> TransferOptions:
+    """Build the options from the flags, filling in the format and preview defaults."""
+    fields = dataclasses.fields(TransferOptions)
+    values = {field.name: getattr(args, field.name) for field in fields}
+    if values["output_format"] is None:
+        values["output_format"] = SUFFIX_FORMATS.get(args.output.suffix.lower())
+    if args.preview_dir is not None and values["preview_every"] is None:
+        values["preview_every"] = PREVIEW_EVERY_DEFAULT
+    return TransferOptions(**values)
+
+
+def _preview_writer(directory: Path) -> Callable[[pb.Preview], None]:
+    """Return a function that writes each preview to ``directory/preview-NNNNN.<suffix>``."""
+
+    def write(preview: pb.Preview) -> None:
+        name = FORMAT_NAMES.get(preview.image.format, "png")
+        suffix = _FORMAT_SUFFIXES.get(name, f".{name}")
+        write_atomic(directory / f"preview-{preview.iteration:05d}{suffix}", preview.image.data)
+
+    return write
+
+
+def _stylize(args: argparse.Namespace) -> int:
+    """Run ``stylize``: stream the job, show it, write previews and the result."""
+    output: Path = args.output
+    if not output.parent.is_dir():
+        raise _UsageError(f"the directory of {output} does not exist")
+    options = _options(args)
+    content = _read(args.content)
+    styles: list[StyleSource] = []
+    for text in args.styles:
+        path, weight = parse_style(text)
+        styles.append(_read(path) if weight is None else (_read(path), weight))
+    write_preview = None
+    if args.preview_dir is not None:
+        args.preview_dir.mkdir(parents=True, exist_ok=True)
+        write_preview = _preview_writer(args.preview_dir)
+
+    reporter = JsonReporter(sys.stdout) if args.json else ProgressReporter(sys.stderr)
+
+    def on_event(event: pb.TransferEvent) -> None:
+        reporter(event)
+        if write_preview is not None and event.HasField("preview"):
+            write_preview(event.preview)
+
+    with StyleTransferClient(args.server, timeout=args.timeout) as client, reporter:
+        result = client.stylize(content, styles, options, on_event=on_event)
+    write_atomic(output, result.image.data)
+    if not args.json:
+        print(describe_result(str(output), result))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    """Run ``info``."""
+    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+        info = client.server_info()
+    if args.json:
+        print(json.dumps(message_to_json(info), indent=2))
+    else:
+        print(describe_server(args.server, info))
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Run ``health``."""
+    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else EXIT_FAILURE
+
+
+def _report_error(error: StyleTransferError) -> int:
+    """Print a failed call on stderr and return the exit status for it."""
+    print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
+    for field, description in error.field_violations:
+        print(f"  {field}: {description}", file=sys.stderr)
+    if error.retry_delay is not None:
+        print(f"  the server suggests retrying in {error.retry_delay:g} s", file=sys.stderr)
+    return _EXIT_CODES.get(error.code, EXIT_FAILURE)
+
+
+def _silence_stdout() -> None:
+    """Send what is left of stdout to devnull."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout may have no file descriptor (captured in tests)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except StyleTransferError as error:
+        return _report_error(error)
+    except _UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader of stdout went away (`styletransfer ... --json | head`); the job is already
+        # cancelled. Point stdout at devnull so that flushing it at exit cannot fail again.
+        _silence_stdout()
+        return EXIT_FAILURE
+    except (ClientError, OSError) as error:  # OSError: writing the output or a preview
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        # Leaving the `with` blocks on the way here cancelled the call, and so the job.
+        print("cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
