@@ -40,6 +40,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
 	git diff --exit-code -- clients/python/styletransfer/v1 \
@@ -49,6 +50,7 @@ lint: $(STAMP)
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -66,8 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="cache root; weights go to DIR/weights (default: the user cache, honouring "
-        "XDG_CACHE_HOME)",
+        help="cache root; weights go to DIR/weights (default: the user cache, honouring XDG_CACHE_HOME)",
     )
 
     fetch = commands.add_parser(
@@ -176,9 +175,7 @@ def detect_format(path: Path) -> Format:
     # torch.save writes a zip archive (since 1.6) or, before, a pickle (protocol 2: 0x80 0x02).
     if zipfile.is_zipfile(path) or head[:1] == pickle.PROTO:
         return Format.TORCHVISION
-    raise WeightsFormatError(
-        f"cannot tell what {path} is (neither HDF5 nor a PyTorch file); pass --format"
-    )
+    raise WeightsFormatError(f"cannot tell what {path} is (neither HDF5 nor a PyTorch file); pass --format")
 
 
 def _is_published_file(source: Source, path: Path, weights: VGGWeights) -> bool:

@@ -94,8 +94,7 @@ def read_keras_h5(path: Path) -> dict[str, Array]:
     missing = sorted(_CONV_NAMES - {n.split(".")[0] for n in tensors})
     if missing:
         raise WeightsFormatError(
-            f"{path} does not hold VGG19: no weights for {', '.join(missing)} "
-            f"({layout.value} Keras layout)"
+            f"{path} does not hold VGG19: no weights for {', '.join(missing)} ({layout.value} Keras layout)"
         )
     try:
         validate(tensors)

@@ -33,9 +33,7 @@ class Checksum:
 
     def compute(self, path: Path) -> str:
         """The file's hex digest with this checksum's algorithm."""
-        digest = hashlib.md5(usedforsecurity=False) if self.kind is ChecksumKind.MD5 else (
-            hashlib.sha256()
-        )
+        digest = hashlib.md5(usedforsecurity=False) if self.kind is ChecksumKind.MD5 else (hashlib.sha256())
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -52,9 +50,7 @@ class Checksum:
         actual = self.compute(path)
         if not self.matches(actual):
             expected = f"{self.value}..." if self.kind is ChecksumKind.SHA256_PREFIX else self.value
-            raise ChecksumError(
-                f"{path.name}: {self.kind.value} is {actual}, expected {expected}"
-            )
+            raise ChecksumError(f"{path.name}: {self.kind.value} is {actual}, expected {expected}")
         return actual
 
 

@@ -84,8 +84,7 @@ def _load_state_dict(path: Path) -> Mapping[str, Any]:
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise WeightsFormatError(
-            f"{path} is not a plain PyTorch state_dict (refused to unpickle it: "
-            f"{str(error).splitlines()[0]})"
+            f"{path} is not a plain PyTorch state_dict (refused to unpickle it: {str(error).splitlines()[0]})"
         ) from None
     except (RuntimeError, EOFError, ValueError) as error:
         raise WeightsFormatError(f"{path} is not a PyTorch file: {error}") from None

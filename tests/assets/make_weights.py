@@ -102,8 +102,8 @@ def make_keras3(path: Path, seed: int = 0, *, with_names: bool = True) -> KerasA
         if with_names:
             top.attrs["name"] = "vgg19"
         for name in ["input_layer", *keras_layer_names()[1:]]:
-            kind = "input_layer" if name == "input_layer" else (
-                "conv2d" if "_conv" in name else "max_pooling2d"
+            kind = (
+                "input_layer" if name == "input_layer" else ("conv2d" if "_conv" in name else "max_pooling2d")
             )
             seen = counts.get(kind, -1) + 1
             counts[kind] = seen
@@ -118,9 +118,7 @@ def make_keras3(path: Path, seed: int = 0, *, with_names: bool = True) -> KerasA
     return arrays
 
 
-def make_torchvision_pth(
-    path: Path, seed: int = 0, *, legacy_format: bool = True
-) -> dict[str, F32]:
+def make_torchvision_pth(path: Path, seed: int = 0, *, legacy_format: bool = True) -> dict[str, F32]:
     """Write a `vgg19-dcbb9e9d.pth` stand-in: torch.save of a fresh torchvision VGG19 state_dict.
 
     `legacy_format` writes the pre-1.6 (non-zip) serialization the published 2017 file uses.

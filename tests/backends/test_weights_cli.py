@@ -93,9 +93,7 @@ def test_info_without_weights_fails_with_instructions(tmp_path: Path, capsys: Ca
     assert "Traceback" not in err
 
 
-def test_import_of_a_file_that_is_not_weights_fails_in_one_line(
-    tmp_path: Path, capsys: Capture
-) -> None:
+def test_import_of_a_file_that_is_not_weights_fails_in_one_line(tmp_path: Path, capsys: Capture) -> None:
     """An unrecognisable file gives exit status 1 and a single error line."""
     path = tmp_path / "notes.txt"
     path.write_text("hello")

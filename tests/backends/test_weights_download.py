@@ -39,9 +39,7 @@ def test_checksum_mismatch_raises_and_leaves_no_file(served: FileServer, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_partial_download_is_resumed_with_a_range_request(
-    served: FileServer, tmp_path: Path
-) -> None:
+def test_a_partial_download_is_resumed_with_a_range_request(served: FileServer, tmp_path: Path) -> None:
     """An existing .part is completed by asking for the remaining bytes only."""
     dest = tmp_path / "weights.bin"
     (tmp_path / "weights.bin.part").write_bytes(BODY[:1_000_003])
@@ -50,9 +48,7 @@ def test_a_partial_download_is_resumed_with_a_range_request(
     assert dest.read_bytes() == BODY
 
 
-def test_a_server_that_ignores_range_makes_the_download_restart(
-    served: FileServer, tmp_path: Path
-) -> None:
+def test_a_server_that_ignores_range_makes_the_download_restart(served: FileServer, tmp_path: Path) -> None:
     """A 200 answer to a range request replaces the .part instead of appending to it."""
     served.honour_range = False
     dest = tmp_path / "weights.bin"
@@ -143,8 +139,6 @@ def test_md5_checksums_are_verified_in_full(tmp_path: Path) -> None:
 
 def test_known_sources_carry_the_published_checksums() -> None:
     """The Keras file is checked by Keras' MD5 and the torchvision file by its hash prefix."""
-    assert SOURCES["caffe"].checksum == Checksum(
-        ChecksumKind.MD5, "253f8cb515780f3b799900260a226db6"
-    )
+    assert SOURCES["caffe"].checksum == Checksum(ChecksumKind.MD5, "253f8cb515780f3b799900260a226db6")
     assert SOURCES["torchvision"].checksum == Checksum(ChecksumKind.SHA256_PREFIX, "dcbb9e9d")
     assert SOURCES["caffe"].urls[0].startswith("https://storage.googleapis.com/tensorflow/")

@@ -80,9 +80,7 @@ def make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
             self._send(206, body[start:], {"Content-Range": content_range})
 
-        def _send(
-            self, status: int, body: bytes, headers: dict[str, str], cut: int | None = None
-        ) -> None:
+        def _send(self, status: int, body: bytes, headers: dict[str, str], cut: int | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "application/octet-stream")
@@ -98,5 +96,3 @@ def make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             pass  # keep test output clean
 
     return Handler
-
-

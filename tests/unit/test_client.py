@@ -222,9 +222,7 @@ def test_transfer_yields_the_servers_events_in_order(
         assert list(stream) == scripted.events
 
 
-def test_stylize_returns_the_result(
-    client: StyleTransferClient, scripted: ScriptedStyleTransfer
-) -> None:
+def test_stylize_returns_the_result(client: StyleTransferClient, scripted: ScriptedStyleTransfer) -> None:
     """stylize returns the Result message of the last event."""
     result = client.stylize(CONTENT, [STYLE])
     assert result == scripted.events[-1].result
@@ -257,10 +255,15 @@ def test_invalid_argument_carries_field_violations_and_error_info(
         ("options.iterations", "must be at most 10000"),
         ("styles[0].image", "not a PNG, JPEG or WebP image"),
     ]
-    _rejecting(scripted, rich_status(
-        grpc.StatusCode.INVALID_ARGUMENT, "invalid request",
-        field_violations=violations, reason="INVALID_ARGUMENT",
-    ))
+    _rejecting(
+        scripted,
+        rich_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "invalid request",
+            field_violations=violations,
+            reason="INVALID_ARGUMENT",
+        ),
+    )
     with pytest.raises(StyleTransferError) as caught:
         client.stylize(CONTENT, [STYLE])
     error = caught.value
@@ -275,9 +278,10 @@ def test_resource_exhausted_carries_the_retry_delay(
     client: StyleTransferClient, scripted: ScriptedStyleTransfer
 ) -> None:
     """A full server's RetryInfo becomes retry_delay in seconds."""
-    _rejecting(scripted, rich_status(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", reason="QUEUE_FULL", retry_delay=2.5
-    ))
+    _rejecting(
+        scripted,
+        rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", reason="QUEUE_FULL", retry_delay=2.5),
+    )
     with pytest.raises(StyleTransferError) as caught:
         client.stylize(CONTENT, [STYLE])
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -289,10 +293,14 @@ def test_failed_precondition_has_a_reason_and_no_violations(
     client: StyleTransferClient, scripted: ScriptedStyleTransfer
 ) -> None:
     """An unavailable backend raises FAILED_PRECONDITION with its reason and no field list."""
-    _rejecting(scripted, rich_status(
-        grpc.StatusCode.FAILED_PRECONDITION, "backend tensorflow is not installed",
-        reason="BACKEND_UNAVAILABLE",
-    ))
+    _rejecting(
+        scripted,
+        rich_status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "backend tensorflow is not installed",
+            reason="BACKEND_UNAVAILABLE",
+        ),
+    )
     with pytest.raises(StyleTransferError) as caught:
         client.stylize(CONTENT, [STYLE], backend="tensorflow")
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -341,9 +349,7 @@ def test_leaving_the_stream_early_cancels_the_job(
     assert scripted.cancelled.wait(10)
 
 
-def test_the_client_timeout_bounds_each_call(
-    target: str, scripted: ScriptedStyleTransfer
-) -> None:
+def test_the_client_timeout_bounds_each_call(target: str, scripted: ScriptedStyleTransfer) -> None:
     """A call that outlives the client's default timeout fails with DEADLINE_EXCEEDED."""
     scripted.hang = True
     with StyleTransferClient(target, timeout=0.2) as hasty, pytest.raises(StyleTransferError) as caught:
@@ -351,13 +357,12 @@ def test_the_client_timeout_bounds_each_call(
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_a_request_over_the_message_limit_is_refused(
-    target: str, scripted: ScriptedStyleTransfer
-) -> None:
+def test_a_request_over_the_message_limit_is_refused(target: str, scripted: ScriptedStyleTransfer) -> None:
     """A request larger than max_message_bytes fails with RESOURCE_EXHAUSTED and never arrives."""
-    with StyleTransferClient(target, max_message_bytes=1024) as small, pytest.raises(
-        StyleTransferError
-    ) as caught:
+    with (
+        StyleTransferClient(target, max_message_bytes=1024) as small,
+        pytest.raises(StyleTransferError) as caught,
+    ):
         small.stylize(b"x" * 4096, [STYLE])
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert scripted.requests == []

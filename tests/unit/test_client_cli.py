@@ -42,14 +42,10 @@ def images(tmp_path: Path) -> tuple[Path, Path]:
     return content, style
 
 
-def _stylize(
-    target: str, images: tuple[Path, Path], output: Path, *flags: str
-) -> int:
+def _stylize(target: str, images: tuple[Path, Path], output: Path, *flags: str) -> int:
     """Run `styletransfer stylize CONTENT STYLE -o OUTPUT FLAGS...` against ``target``."""
     content, style = images
-    return cli.main(
-        ["stylize", str(content), str(style), "-o", str(output), "--server", target, *flags]
-    )
+    return cli.main(["stylize", str(content), str(style), "-o", str(output), "--server", target, *flags])
 
 
 def test_stylize_writes_the_result_and_exits_zero(
@@ -60,9 +56,7 @@ def test_stylize_writes_the_result_and_exits_zero(
     assert (tmp_path / "out.png").read_bytes() == FAKE_IMAGE
 
 
-def test_stylize_leaves_no_temporary_files(
-    target: str, images: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_stylize_leaves_no_temporary_files(target: str, images: tuple[Path, Path], tmp_path: Path) -> None:
     """The atomic write renames its temporary file into place, leaving only the output."""
     _stylize(target, images, tmp_path / "out.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["content.png", "out.png", "style.png"]
@@ -93,19 +87,64 @@ def test_flags_are_carried_into_the_request(
 ) -> None:
     """Each option flag sets its field of the request."""
     _stylize(
-        target, images, tmp_path / "out.png",
-        "--iterations", "7", "--size", "128", "--content-weight", "2", "--style-weight", "1e4",
-        "--tv-weight", "0.5", "--content-layers", "conv4_2", "--style-layers", "conv1_1,relu2_1",
-        "--style-layer-weights", "0.25,0.75", "--optimizer", "adam", "--learning-rate", "3",
-        "--init", "noise", "--seed", "42", "--backend", "pytorch", "--device", "cpu",
-        "--format", "webp", "--quality", "80", "--preview-every", "5", "--preview-size", "64",
+        target,
+        images,
+        tmp_path / "out.png",
+        "--iterations",
+        "7",
+        "--size",
+        "128",
+        "--content-weight",
+        "2",
+        "--style-weight",
+        "1e4",
+        "--tv-weight",
+        "0.5",
+        "--content-layers",
+        "conv4_2",
+        "--style-layers",
+        "conv1_1,relu2_1",
+        "--style-layer-weights",
+        "0.25,0.75",
+        "--optimizer",
+        "adam",
+        "--learning-rate",
+        "3",
+        "--init",
+        "noise",
+        "--seed",
+        "42",
+        "--backend",
+        "pytorch",
+        "--device",
+        "cpu",
+        "--format",
+        "webp",
+        "--quality",
+        "80",
+        "--preview-every",
+        "5",
+        "--preview-size",
+        "64",
     )
     assert scripted.requests[0].options == pb.TransferOptions(
-        iterations=7, max_size=128, content_weight=2.0, style_weight=1e4, tv_weight=0.5,
-        content_layers=["conv4_2"], style_layers=["conv1_1", "relu2_1"],
-        style_layer_weights=[0.25, 0.75], optimizer=pb.OPTIMIZER_ADAM, learning_rate=3.0,
-        init=pb.INIT_NOISE, seed=42, backend="pytorch", device="cpu",
-        output_format=pb.IMAGE_FORMAT_WEBP, output_quality=80, preview_every=5,
+        iterations=7,
+        max_size=128,
+        content_weight=2.0,
+        style_weight=1e4,
+        tv_weight=0.5,
+        content_layers=["conv4_2"],
+        style_layers=["conv1_1", "relu2_1"],
+        style_layer_weights=[0.25, 0.75],
+        optimizer=pb.OPTIMIZER_ADAM,
+        learning_rate=3.0,
+        init=pb.INIT_NOISE,
+        seed=42,
+        backend="pytorch",
+        device="cpu",
+        output_format=pb.IMAGE_FORMAT_WEBP,
+        output_quality=80,
+        preview_every=5,
         preview_max_size=64,
     )
 
@@ -153,10 +192,18 @@ def test_a_style_weight_suffix_sets_the_weight(
 ) -> None:
     """STYLE:WEIGHT sends the style with that weight; a plain STYLE sends none."""
     content, style = images
-    cli.main([
-        "stylize", str(content), f"{style}:0.25", str(style), "-o", str(tmp_path / "out.png"),
-        "--server", target,
-    ])
+    cli.main(
+        [
+            "stylize",
+            str(content),
+            f"{style}:0.25",
+            str(style),
+            "-o",
+            str(tmp_path / "out.png"),
+            "--server",
+            target,
+        ]
+    )
     weighted, plain = scripted.requests[0].styles
     assert (weighted.image.data, weighted.weight) == (b"style-bytes", 0.25)
     assert not plain.HasField("weight")
@@ -173,16 +220,12 @@ def test_a_style_weight_suffix_sets_the_weight(
         ("dir:name/wave.jpg", ("dir:name/wave.jpg", None)),
     ],
 )
-def test_parse_style_splits_only_a_numeric_suffix(
-    text: str, parsed: tuple[str, float | None]
-) -> None:
+def test_parse_style_splits_only_a_numeric_suffix(text: str, parsed: tuple[str, float | None]) -> None:
     """Only a last colon followed by a number separates a weight from the path."""
     assert cli.parse_style(text) == parsed
 
 
-def test_parse_style_keeps_an_existing_file_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_parse_style_keeps_an_existing_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file whose own name ends in :NUMBER is taken as a path, not as a weight."""
     monkeypatch.chdir(tmp_path)
     Path("odd:2").write_bytes(b"x")
@@ -206,7 +249,10 @@ def test_json_replaces_image_bytes_with_their_length(
     _stylize(target, images, tmp_path / "out.png", "--json")
     result = json.loads(capsys.readouterr().out.splitlines()[-1])["result"]
     assert result["image"] == {
-        "format": "IMAGE_FORMAT_PNG", "width": 4, "height": 3, "data_length": len(FAKE_IMAGE)
+        "format": "IMAGE_FORMAT_PNG",
+        "width": 4,
+        "height": 3,
+        "data_length": len(FAKE_IMAGE),
     }
 
 
@@ -250,7 +296,8 @@ def test_invalid_argument_exits_2_and_names_the_field(
     """A request the server rejects exits 2, printing the code, message and offending field."""
     scripted.events = []
     scripted.error = rich_status(
-        grpc.StatusCode.INVALID_ARGUMENT, "invalid request",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid request",
         field_violations=[("options.iterations", "must be at most 10000")],
         reason="INVALID_ARGUMENT",
     )
@@ -270,13 +317,12 @@ def test_other_failures_exit_1(
     """A failure that is not the caller's input, such as an unavailable backend, exits 1."""
     scripted.events = []
     scripted.error = rich_status(
-        grpc.StatusCode.FAILED_PRECONDITION, "backend tensorflow is not installed",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "backend tensorflow is not installed",
         reason="BACKEND_UNAVAILABLE",
     )
     assert _stylize(target, images, tmp_path / "out.png") == 1
-    assert "error: FAILED_PRECONDITION: backend tensorflow is not installed" in (
-        capsys.readouterr().err
-    )
+    assert "error: FAILED_PRECONDITION: backend tensorflow is not installed" in (capsys.readouterr().err)
 
 
 def test_a_failed_job_writes_no_output(
@@ -290,7 +336,9 @@ def test_a_failed_job_writes_no_output(
 
 
 def test_an_unreadable_input_exits_2(
-    target: str, scripted: ScriptedStyleTransfer, tmp_path: Path,
+    target: str,
+    scripted: ScriptedStyleTransfer,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A content file that does not exist exits 2 before anything is sent."""
@@ -375,8 +423,7 @@ def test_info_describes_backends_and_defaults_for_people(
     scripted.server_info = pb.ServerInfo(
         version="1.2.3",
         backends=[
-            pb.BackendInfo(name="pytorch", available=True, devices=["cpu"],
-                           framework_version="torch 2.14.1"),
+            pb.BackendInfo(name="pytorch", available=True, devices=["cpu"], framework_version="torch 2.14.1"),
             pb.BackendInfo(name="tensorflow", unavailable_reason="not installed"),
         ],
         defaults=pb.TransferOptions(iterations=500, optimizer=pb.OPTIMIZER_LBFGS),
@@ -390,9 +437,7 @@ def test_info_describes_backends_and_defaults_for_people(
     assert "  optimizer: lbfgs" in out
 
 
-def test_health_prints_serving_and_exits_0(
-    target: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_health_prints_serving_and_exits_0(target: str, capsys: pytest.CaptureFixture[str]) -> None:
     """health prints the server's status and exits 0 when it is SERVING."""
     assert cli.main(["health", "--server", target]) == 0
     assert capsys.readouterr().out == "SERVING\n"

@@ -99,8 +99,7 @@ class ProgressReporter:
 
     def _open_bar(self, total: int) -> tqdm[Any]:
         if self._bar is None:
-            self._bar = tqdm(total=total, desc="stylize", unit="it", file=self._stream,
-                             dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc="stylize", unit="it", file=self._stream, dynamic_ncols=True)
         return self._bar
 
     def _accepted(self, event: pb.TransferEvent) -> None:
@@ -163,8 +162,7 @@ def describe_result(path: str, result: pb.Result) -> str:
     image_format = FORMAT_NAMES.get(image.format, "unknown format").upper()
     return "\n".join(
         [
-            f"wrote {path}: {image.width}x{image.height} {image_format}, "
-            f"{_bytes(len(image.data))}",
+            f"wrote {path}: {image.width}x{image.height} {image_format}, {_bytes(len(image.data))}",
             f"  {result.iterations} iterations, loss {losses.total:.4g} "
             f"(content {losses.content:.4g}, style {losses.style:.4g}, tv {losses.tv:.4g})",
             f"  {t.total_seconds:.2f} s: queued {t.queued_seconds:.2f} s, setup "
@@ -209,6 +207,5 @@ def describe_server(target: str, info: pb.ServerInfo) -> str:
             shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
             lines.append(f"  {field.name}: {shown}")
     lines.append("layers:")
-    lines.extend(textwrap.wrap(" ".join(info.layers), 96, initial_indent="  ",
-                               subsequent_indent="  "))
+    lines.extend(textwrap.wrap(" ".join(info.layers), 96, initial_indent="  ", subsequent_indent="  "))
     return "\n".join(lines)

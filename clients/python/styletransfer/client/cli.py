@@ -145,11 +145,19 @@ def _add_stylize(subparsers: Subparsers, common: argparse.ArgumentParser) -> Non
     p.set_defaults(run=_stylize)
     p.add_argument("content", metavar="CONTENT", help="content image (PNG, JPEG or WebP)")
     p.add_argument(
-        "styles", nargs="+", metavar="STYLE",
+        "styles",
+        nargs="+",
+        metavar="STYLE",
         help="style image; STYLE:WEIGHT sets its share of the blend (default 1)",
     )
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
-                   help="where to write the result; written whole or not at all")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="OUT",
+        help="where to write the result; written whole or not at all",
+    )
 
     opt = p.add_argument_group("optimization")
     opt.add_argument("--iterations", type=_uint, metavar="N", help="number of iterations")
@@ -157,12 +165,24 @@ def _add_stylize(subparsers: Subparsers, common: argparse.ArgumentParser) -> Non
     opt.add_argument("--content-weight", type=float, metavar="W", help="content loss weight")
     opt.add_argument("--style-weight", type=float, metavar="W", help="style loss weight")
     opt.add_argument("--tv-weight", type=float, metavar="W", help="total-variation weight")
-    opt.add_argument("--content-layers", type=_names, metavar="L1,L2",
-                     help="VGG19 layers of the content loss, e.g. conv4_2")
-    opt.add_argument("--style-layers", type=_names, metavar="L1,L2",
-                     help="VGG19 layers of the style loss, e.g. conv1_1,conv2_1")
-    opt.add_argument("--style-layer-weights", type=_floats, metavar="W1,W2",
-                     help="weight of each style layer, in the order of --style-layers")
+    opt.add_argument(
+        "--content-layers",
+        type=_names,
+        metavar="L1,L2",
+        help="VGG19 layers of the content loss, e.g. conv4_2",
+    )
+    opt.add_argument(
+        "--style-layers",
+        type=_names,
+        metavar="L1,L2",
+        help="VGG19 layers of the style loss, e.g. conv1_1,conv2_1",
+    )
+    opt.add_argument(
+        "--style-layer-weights",
+        type=_floats,
+        metavar="W1,W2",
+        help="weight of each style layer, in the order of --style-layers",
+    )
     opt.add_argument("--optimizer", choices=list(OPTIMIZERS), help="optimizer")
     opt.add_argument("--learning-rate", type=float, metavar="RATE", help="step size")
     opt.add_argument("--init", choices=list(INITS), help="image the optimization starts from")
@@ -172,26 +192,39 @@ def _add_stylize(subparsers: Subparsers, common: argparse.ArgumentParser) -> Non
 
     out = p.add_argument_group("output")
     out.add_argument(
-        "--format", dest="output_format", choices=list(FORMATS),
+        "--format",
+        dest="output_format",
+        choices=list(FORMATS),
         help="encoding of the result (default: from OUT's suffix, else the server's)",
     )
-    out.add_argument("--quality", dest="output_quality", type=_uint, metavar="1-100",
-                     help="JPEG and WebP quality")
-    out.add_argument("--preview-dir", type=Path, metavar="DIR",
-                     help="write previews to DIR/preview-NNNNN.<format>")
-    out.add_argument("--preview-every", type=_uint, metavar="N",
-                     help=f"iterations between previews (default with --preview-dir: "
-                     f"{PREVIEW_EVERY_DEFAULT})")
-    out.add_argument("--preview-size", dest="preview_max_size", type=_uint, metavar="PIXELS",
-                     help="long side of previews")
-    out.add_argument("--json", action="store_true",
-                     help="print each event as a JSON object per line instead of a progress bar")
+    out.add_argument(
+        "--quality", dest="output_quality", type=_uint, metavar="1-100", help="JPEG and WebP quality"
+    )
+    out.add_argument(
+        "--preview-dir", type=Path, metavar="DIR", help="write previews to DIR/preview-NNNNN.<format>"
+    )
+    out.add_argument(
+        "--preview-every",
+        type=_uint,
+        metavar="N",
+        help=f"iterations between previews (default with --preview-dir: {PREVIEW_EVERY_DEFAULT})",
+    )
+    out.add_argument(
+        "--preview-size", dest="preview_max_size", type=_uint, metavar="PIXELS", help="long side of previews"
+    )
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="print each event as a JSON object per line instead of a progress bar",
+    )
 
 
 def _add_info(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     """Add ``info``."""
     p = subparsers.add_parser(
-        "info", parents=[common], help="describe the server",
+        "info",
+        parents=[common],
+        help="describe the server",
         description="Print the server's version, backends, weights, limits and defaults.",
     )
     p.set_defaults(run=_info)
@@ -201,12 +234,15 @@ def _add_info(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
 def _add_health(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     """Add ``health``."""
     p = subparsers.add_parser(
-        "health", parents=[common], help="check that the server is serving",
+        "health",
+        parents=[common],
+        help="check that the server is serving",
         description="Print the grpc.health.v1 status; exit 0 only when it is SERVING.",
     )
     p.set_defaults(run=_health)
-    p.add_argument("--service", default="", metavar="NAME",
-                   help="service to ask about (default: the whole server)")
+    p.add_argument(
+        "--service", default="", metavar="NAME", help="service to ask about (default: the whole server)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

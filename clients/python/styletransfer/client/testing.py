@@ -111,17 +111,13 @@ class ScriptedStyleTransfer:
         )
 
 
-def serve(
-    servicer: ScriptedStyleTransfer, *, serving_status: str = "SERVING"
-) -> tuple[grpc.Server, int]:
+def serve(servicer: ScriptedStyleTransfer, *, serving_status: str = "SERVING") -> tuple[grpc.Server, int]:
     """Start a server on a free loopback port with ``servicer`` and grpc.health.v1.
 
     Returns the started server and its port; the caller stops the server. Health reports
     ``serving_status`` for the whole server and for the StyleTransfer service.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), handlers=[servicer.handler()]
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[servicer.handler()])
     health_servicer = health.HealthServicer()
     status = health_pb2.HealthCheckResponse.ServingStatus.Value(serving_status)
     for name in ("", pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name):
@@ -150,8 +146,12 @@ def scripted_events(
     events = [
         pb.TransferEvent(
             accepted=pb.Accepted(
-                job_id=job_id, backend="scripted", device="cpu", options=options,
-                width=width, height=height,
+                job_id=job_id,
+                backend="scripted",
+                device="cpu",
+                options=options,
+                width=width,
+                height=height,
             )
         )
     ]
@@ -162,7 +162,9 @@ def scripted_events(
         events.append(
             pb.TransferEvent(
                 progress=pb.Progress(
-                    iteration=i, total_iterations=iterations, losses=losses,
+                    iteration=i,
+                    total_iterations=iterations,
+                    losses=losses,
                     elapsed_seconds=0.01 * i,
                 )
             )
@@ -174,8 +176,11 @@ def scripted_events(
         image=pb.EncodedImage(data=image, format=image_format, width=width, height=height),
         losses=losses,
         timings=pb.Timings(
-            setup_seconds=0.1, optimize_seconds=0.01 * iterations, encode_seconds=0.01,
-            total_seconds=0.11 + 0.01 * iterations, iteration_mean_ms=10.0,
+            setup_seconds=0.1,
+            optimize_seconds=0.01 * iterations,
+            encode_seconds=0.01,
+            total_seconds=0.11 + 0.01 * iterations,
+            iteration_mean_ms=10.0,
         ),
         iterations=iterations,
     )
