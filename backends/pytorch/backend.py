@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
-import torch.nn.functional as F  # noqa: N812  (the conventional name)
 from torch import nn
 
 from backends.base import BackendJob, CancelToken, Iterate, Losses, Outcome, RGBImage
-from backends.errors import BackendFailure, Cancelled, InvalidArgument, ResourceExhausted, Unavailable
-from backends.options import Init, Optimizer
+from backends.errors import InvalidArgument, ResourceExhausted, Unavailable
+from backends.init import initial_pixels
+from backends.loop import optimize
+from backends.options import Optimizer
 from backends.pytorch.losses import content_loss, gram, style_layer_loss, tv_loss
 from backends.pytorch.model import Preprocess, VGGFeatures, build_trunk
 from backends.weights.canonical import VGGWeights
@@ -21,11 +23,10 @@ from backends.weights.canonical import VGGWeights
 # L-BFGS keeps this many correction pairs; 100 is what Gatys-era implementations used
 # (torch's default too). Memory cost: 2 * history * image floats.
 LBFGS_HISTORY = 100
-NOISE_STD = 50.0  # the noise init is N(127.5, 50^2) per pixel, clipped to [0, 255]
 
 
-def _to_tensor(image: RGBImage, device: torch.device) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 255]."""
+def _to_tensor(image: npt.NDArray[np.uint8] | npt.NDArray[np.float32], device: torch.device) -> torch.Tensor:
+    """(H, W, 3) pixels -> (1, 3, H, W) float32 in [0, 255]."""
     array = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     return torch.from_numpy(array).unsqueeze(0).to(device)
 
@@ -34,6 +35,63 @@ def _to_image(pixels: torch.Tensor) -> RGBImage:
     """(1, 3, H, W) float in [0, 255] -> (H, W, 3) uint8, clamped to valid pixels."""
     array = pixels.detach().clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0)
     return np.ascontiguousarray(array.cpu().numpy())
+
+
+class Problem:
+    """One job's objective: the cut network, its targets, and the weighted losses of an image."""
+
+    def __init__(self, trunk: nn.Sequential, weights: VGGWeights, job: BackendJob) -> None:
+        self.job = job
+        self.options = options = job.options
+        self.device = torch.device(job.device)
+        self.preprocess = Preprocess(weights.meta).to(self.device)
+        self.net = VGGFeatures(trunk, list(dict.fromkeys(options.content_layers + options.style_layers)))
+        self.layer_weights = dict(
+            zip(options.style_layers, options.resolved_style_layer_weights, strict=True)
+        )
+        height, width = job.content.shape[:2]
+        with torch.no_grad():
+            feats = self.net(self.preprocess(_to_tensor(job.content, self.device)))
+            self.content_targets = {n: feats[n].clone() for n in options.content_layers}
+            self.style_targets = self._style_targets(height * width)
+
+    def _style_targets(self, positions: int) -> dict[str, torch.Tensor]:
+        """Blended Gram targets A^l, each style's Gram rescaled to the output's M_l.
+
+        A style image need not have the output's size; G grows with the number of positions, so
+        each style Gram is scaled by M_l(output) / M_l(style) before blending by the style weights.
+        """
+        targets: dict[str, torch.Tensor] = {}
+        for style in self.job.styles:
+            feats = self.net(self.preprocess(_to_tensor(style.image, self.device)))
+            scale = positions / (style.image.shape[0] * style.image.shape[1])
+            for name in self.options.style_layers:
+                contribution = style.weight * scale * gram(feats[name])
+                targets[name] = targets[name] + contribution if name in targets else contribution
+        return targets
+
+    def initial(self) -> torch.Tensor:
+        """The starting image, as a leaf tensor that asks for its gradient."""
+        return _to_tensor(initial_pixels(self.job), self.device).requires_grad_(True)
+
+    def objective(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Losses]:
+        """The total loss (differentiable) and its weighted terms as plain floats."""
+        options = self.options
+        feats = self.net(self.preprocess(pixels))
+        zero = torch.zeros((), device=self.device)
+        lc = sum((content_loss(feats[n], self.content_targets[n]) for n in options.content_layers), zero)
+        ls = sum(
+            (
+                self.layer_weights[n] * style_layer_loss(feats[n], self.style_targets[n])
+                for n in options.style_layers
+            ),
+            zero,
+        )
+        tv = options.tv_weight * tv_loss(pixels) if options.tv_weight else zero
+        total = options.content_weight * lc + options.style_weight * ls + tv
+        weighted = torch.stack([options.content_weight * lc, options.style_weight * ls, tv, total])
+        c, s, t, tot = weighted.detach().cpu().tolist()  # one device sync per evaluation
+        return total, Losses(content=c, style=s, tv=t, total=tot)
 
 
 class PyTorchBackend:
@@ -77,9 +135,37 @@ class PyTorchBackend:
                 self._trunks[device] = build_trunk(self.weights, device)
             return self._trunks[device]
 
+    def problem(self, job: BackendJob) -> Problem:
+        """The objective of a job, for running it or inspecting it."""
+        return Problem(self._trunk(job.device), self.weights, job)
+
+    def features(
+        self, image: npt.NDArray[np.float32], layers: Sequence[str], device: str = "cpu"
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """Activations (C, H, W) of the named layers for an RGB 0-255 image; for diagnostics."""
+        net = VGGFeatures(self._trunk(device), list(layers))
+        with torch.no_grad():
+            x = Preprocess(self.weights.meta).to(device)(_to_tensor(image, torch.device(device)))
+            return {name: t[0].cpu().numpy() for name, t in net(x).items()}
+
+    def evaluate(
+        self, job: BackendJob, image: npt.NDArray[np.float32]
+    ) -> tuple[Losses, npt.NDArray[np.float32]]:
+        """Losses and the gradient (H, W, 3) of the total at an image; for diagnostics."""
+        problem = self.problem(job)
+        pixels = _to_tensor(image, problem.device).requires_grad_(True)
+        total, losses = problem.objective(pixels)
+        total.backward()
+        assert pixels.grad is not None
+        return losses, pixels.grad[0].permute(1, 2, 0).cpu().numpy()
+
     def run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
         try:
-            yield from self._run(job, cancel)
+            started = time.perf_counter()
+            problem = self.problem(job)
+            pixels = problem.initial()
+            step = _stepper(job.options.optimizer, job.options.resolved_learning_rate, pixels, problem)
+            yield from optimize(job, cancel, step, lambda: _to_image(pixels), time.perf_counter() - started)
         except torch.OutOfMemoryError as exc:
             raise ResourceExhausted(f"out of memory on {job.device}; try a smaller max_size") from exc
         except RuntimeError as exc:
@@ -90,137 +176,45 @@ class PyTorchBackend:
             if job.device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
-    def _run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
-        started = time.perf_counter()
-        options = job.options
-        device = torch.device(job.device)
-        preprocess = Preprocess(self.weights.meta).to(device)
-        layers = list(dict.fromkeys(options.content_layers + options.style_layers))
-        net = VGGFeatures(self._trunk(job.device), layers)
-        content = _to_tensor(job.content, device)
-        height, width = job.content.shape[:2]
 
-        with torch.no_grad():
-            content_targets = {
-                name: feats.clone()
-                for name, feats in net(preprocess(content)).items()
-                if name in options.content_layers
-            }
-            style_targets = self._style_targets(net, preprocess, job, device, height * width)
+def _stepper(optimizer: Optimizer, lr: float, pixels: torch.Tensor, problem: Problem) -> Callable[[], Losses]:
+    """One call = one iteration = one evaluation of the objective and one update."""
+    if optimizer is Optimizer.LBFGS:
+        # max_iter=1 makes each step() a single L-BFGS iteration with one evaluation, while the
+        # history persists across steps; tolerances off so that the job runs all its iterations.
+        lbfgs = torch.optim.LBFGS(
+            [pixels],
+            lr=lr,
+            max_iter=1,
+            history_size=LBFGS_HISTORY,
+            tolerance_grad=-1.0,
+            tolerance_change=-1.0,
+        )
+        seen: list[Losses] = []
 
-        pixels = self._init_image(job, content, device).requires_grad_(True)
-        layer_weights = dict(zip(options.style_layers, options.resolved_style_layer_weights, strict=True))
-        terms: list[Losses] = []
-
-        def objective() -> torch.Tensor:
-            feats = net(preprocess(pixels))
-            lc = sum(
-                (content_loss(feats[n], content_targets[n]) for n in options.content_layers),
-                torch.zeros((), device=device),
-            )
-            ls = sum(
-                (
-                    layer_weights[n] * style_layer_loss(feats[n], style_targets[n])
-                    for n in options.style_layers
-                ),
-                torch.zeros((), device=device),
-            )
-            total = options.content_weight * lc + options.style_weight * ls
-            tv = torch.zeros((), device=device)
-            if options.tv_weight:
-                tv = options.tv_weight * tv_loss(pixels)
-                total = total + tv
-            weighted = torch.stack([options.content_weight * lc, options.style_weight * ls, tv, total])
-            c, s, t, tot = weighted.detach().cpu().tolist()  # one device sync per evaluation
-            terms.append(Losses(content=c, style=s, tv=t, total=tot))
+        def closure() -> torch.Tensor:
+            lbfgs.zero_grad()
+            total, losses = problem.objective(pixels)
+            total.backward()
+            seen.append(losses)
             return total
 
-        step = self._stepper(options.optimizer, options.resolved_learning_rate, pixels, objective)
-        setup_seconds = time.perf_counter() - started
-        loop_start = time.perf_counter()
-        for iteration in range(1, options.iterations + 1):
-            if cancel.is_set():
-                raise Cancelled("the job was cancelled")
-            step()
-            losses = terms[-1]
-            terms.clear()
-            if not np.isfinite(losses.total):
-                raise BackendFailure(f"the loss became non-finite at iteration {iteration}")
-            preview = None
-            if job.preview_every and iteration % job.preview_every == 0:
-                preview = _to_image(pixels)
-            yield Iterate(iteration, options.iterations, losses, time.perf_counter() - loop_start, preview)
-        optimize_seconds = time.perf_counter() - loop_start
-        yield Outcome(_to_image(pixels), losses, options.iterations, setup_seconds, optimize_seconds)
+        def lbfgs_step() -> Losses:
+            seen.clear()
+            lbfgs.step(closure)
+            return seen[0]
 
-    @staticmethod
-    def _style_targets(
-        net: VGGFeatures, preprocess: Preprocess, job: BackendJob, device: torch.device, positions: int
-    ) -> dict[str, torch.Tensor]:
-        """Blended Gram targets A^l, each style's Gram rescaled to the output's M_l.
+        return lbfgs_step
 
-        A style image need not have the output's size; G grows with the number of positions, so
-        each style Gram is scaled by M_l(output) / M_l(style) before blending by the style weights.
-        """
-        targets: dict[str, torch.Tensor] = {}
-        for style in job.styles:
-            feats = net(preprocess(_to_tensor(style.image, device)))
-            scale = positions / (style.image.shape[0] * style.image.shape[1])
-            for name in job.options.style_layers:
-                contribution = style.weight * scale * gram(feats[name])
-                targets[name] = targets[name] + contribution if name in targets else contribution
-        return targets
+    adam = torch.optim.Adam([pixels], lr=lr)
 
-    @staticmethod
-    def _init_image(job: BackendJob, content: torch.Tensor, device: torch.device) -> torch.Tensor:
-        init = job.options.init
-        if init is Init.CONTENT:
-            return content.clone()
-        if init is Init.STYLE:
-            style = _to_tensor(job.styles[0].image, device)
-            return F.interpolate(
-                style, size=content.shape[2:], mode="bilinear", antialias=True, align_corners=False
-            ).clamp(0, 255)
-        # Noise is drawn on the CPU from the job's seed so that every device starts alike.
-        generator = torch.Generator().manual_seed(job.options.seed)
-        noise = torch.randn(content.shape, generator=generator) * NOISE_STD + 127.5
-        return noise.clamp(0, 255).to(device)
+    def adam_step() -> Losses:
+        adam.zero_grad()
+        total, losses = problem.objective(pixels)
+        total.backward()
+        adam.step()
+        with torch.no_grad():
+            pixels.clamp_(0, 255)  # projected step: Adam's pixels stay valid throughout
+        return losses
 
-    @staticmethod
-    def _stepper(
-        optimizer: Optimizer, lr: float, pixels: torch.Tensor, objective: Callable[[], torch.Tensor]
-    ) -> Callable[[], None]:
-        """One call = one iteration = one evaluation of the objective and one update."""
-        if optimizer is Optimizer.LBFGS:
-            # max_iter=1 makes each step() a single L-BFGS iteration with one evaluation, while
-            # the history persists across steps; tolerances off so the job runs its iterations.
-            lbfgs = torch.optim.LBFGS(
-                [pixels],
-                lr=lr,
-                max_iter=1,
-                history_size=LBFGS_HISTORY,
-                tolerance_grad=-1.0,
-                tolerance_change=-1.0,
-            )
-
-            def closure() -> torch.Tensor:
-                lbfgs.zero_grad()
-                loss = objective()
-                loss.backward()
-                return loss
-
-            def lbfgs_step() -> None:
-                lbfgs.step(closure)
-
-            return lbfgs_step
-
-        adam = torch.optim.Adam([pixels], lr=lr)
-
-        def adam_step() -> None:
-            adam.zero_grad()
-            objective().backward()
-            adam.step()
-            with torch.no_grad():
-                pixels.clamp_(0, 255)  # projected step: Adam's pixels stay valid throughout
-
-        return adam_step
+    return adam_step
