@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml clients/python/pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e clients/python -e '.[torch,dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e clients/python -e '.[torch,tensorflow,dev]'
 	touch $@
 
 ## Regenerate the API's code from proto/ (committed; `make lint` checks it has not drifted).

@@ -33,6 +33,13 @@ REGISTRY: dict[str, BackendSpec] = {
             "torch",
             "pip install 'styletransfer-server[torch]'",
         ),
+        BackendSpec(
+            "tensorflow",
+            "backends.tensorflow",
+            "TensorFlowBackend",
+            "tensorflow",
+            "pip install 'styletransfer-server[tensorflow]'",
+        ),
     )
 }
 

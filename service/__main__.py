@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None) -> dict[str, object]:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 50051; 0 picks one)")
     parser.add_argument("--backend", help="default backend (default pytorch)")
+    parser.add_argument(
+        "--backends", help="backends to enable, comma-separated: pytorch,tensorflow (default pytorch)"
+    )
     parser.add_argument("--device", help="default device: auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument(
         "--weights",

@@ -18,8 +18,9 @@ from enum import StrEnum
 
 import structlog
 
+from backends import registry
 from backends.base import Backend, BackendJob, Iterate, Losses, Outcome
-from backends.errors import Cancelled, ResourceExhausted, StyleTransferError, Unavailable
+from backends.errors import Cancelled, InvalidArgument, ResourceExhausted, StyleTransferError, Unavailable
 from service import images
 from service.options import JobOptions
 from service.requests import JobSpec
@@ -258,6 +259,13 @@ class JobCore:
         name = options.backend or self.default_backend
         backend = self.backends.get(name)
         if backend is None:
+            if name not in registry.names():
+                raise InvalidArgument(
+                    "options.backend", f"unknown backend {name!r}; known: {', '.join(registry.names())}"
+                )
+            reason = registry.unavailable_reason(name)
+            if reason is not None:
+                raise Unavailable(f"backend {name!r} is unavailable: {reason}")
             raise Unavailable(
                 f"backend {name!r} is not enabled on this server (enabled: {', '.join(self.backends)})"
             )

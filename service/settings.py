@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _names(value: object) -> object:
+    """Accept "pytorch,tensorflow" from flags and environment variables as well as lists."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return value
 
 
 class Settings(BaseSettings):
@@ -19,8 +26,8 @@ class Settings(BaseSettings):
     """gRPC port; 0 picks a free one (the chosen port is logged)."""
     backend: str = "pytorch"
     """Default backend for requests that name none."""
-    backends: tuple[str, ...] = ("pytorch",)
-    """Backends to enable. Each is imported at start-up, so only list what is installed."""
+    backends: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)] = ("pytorch",)
+    """Backends to enable, comma-separated (pytorch, tensorflow). Each is imported at start-up."""
     device: str = "auto"
     """Default device: auto (CUDA when present), cpu, cuda or cuda:N."""
     weights: str | None = None

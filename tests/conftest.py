@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Test modules import TensorFlow at collection; torch's Triton must load before it (see
+# backends/tensorflow/__init__.py).
+import torch._dynamo  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

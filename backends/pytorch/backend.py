@@ -11,8 +11,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from backends import devices
 from backends.base import BackendJob, CancelToken, Iterate, Losses, Outcome, RGBImage
-from backends.errors import InvalidArgument, ResourceExhausted, Unavailable
+from backends.errors import ResourceExhausted
 from backends.init import initial_pixels
 from backends.loop import optimize
 from backends.options import Optimizer
@@ -113,21 +114,7 @@ class PyTorchBackend:
         return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
     def resolve_device(self, device: str) -> str:
-        requested = device.strip().lower() or "auto"
-        if requested == "auto":
-            return "cuda:0" if torch.cuda.is_available() else "cpu"
-        if requested == "cuda":
-            requested = "cuda:0"
-        if requested == "cpu":
-            return "cpu"
-        if requested.startswith("cuda:") and requested[5:].isdigit():
-            if requested not in self.devices():
-                raise Unavailable(
-                    f"device {requested} is not available to the pytorch backend "
-                    f"(available: {', '.join(self.devices())})"
-                )
-            return requested
-        raise InvalidArgument("options.device", f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+        return devices.resolve(device, self.devices(), self.name)
 
     def _trunk(self, device: str) -> nn.Sequential:
         with self._lock:
@@ -182,9 +169,12 @@ def _stepper(optimizer: Optimizer, lr: float, pixels: torch.Tensor, problem: Pro
     if optimizer is Optimizer.LBFGS:
         # max_iter=1 makes each step() a single L-BFGS iteration with one evaluation, while the
         # history persists across steps; tolerances off so that the job runs all its iterations.
+        # torch's first step has an L1 length of lr; on a 0-255 image of n values that moves each
+        # value by about lr/n levels, so the first curvature pair would be drawn from rounding
+        # noise. The first step is therefore n times longer: lr levels per value on average.
         lbfgs = torch.optim.LBFGS(
             [pixels],
-            lr=lr,
+            lr=lr * pixels.numel(),
             max_iter=1,
             history_size=LBFGS_HISTORY,
             tolerance_grad=-1.0,
@@ -202,6 +192,7 @@ def _stepper(optimizer: Optimizer, lr: float, pixels: torch.Tensor, problem: Pro
         def lbfgs_step() -> Losses:
             seen.clear()
             lbfgs.step(closure)
+            lbfgs.param_groups[0]["lr"] = lr  # every later step has length lr * |d|
             return seen[0]
 
         return lbfgs_step

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
+from backend_support import make_job, run
 from helpers import conv3x3_reference
 from imaging import image_array
 from torch import nn
 
-from backends.base import BackendJob, Iterate, Outcome, StyleInput
-from backends.errors import Cancelled, InvalidArgument, Unavailable
-from backends.options import Init, Optimizer, StyleOptions
 from backends.pytorch import PyTorchBackend
 from backends.pytorch.model import Preprocess, VGGFeatures, build_trunk
 from backends.vgg import LAYERS, Kind, position
@@ -29,26 +24,6 @@ def weights() -> VGGWeights:
 @pytest.fixture(scope="module")
 def backend(weights: VGGWeights) -> PyTorchBackend:
     return PyTorchBackend(weights)
-
-
-def _job(iterations: int = 4, size: int = 32, preview_every: int = 0, **options: object) -> BackendJob:
-    content = image_array(1, size, size)
-    style = image_array(2, size, size)
-    return BackendJob(
-        content,
-        (StyleInput(style, 1.0),),
-        StyleOptions(iterations=iterations, **options),  # type: ignore[arg-type]
-        "cpu",
-        preview_every,
-    )
-
-
-def _run(backend: PyTorchBackend, job: BackendJob) -> tuple[list[Iterate], Outcome]:
-    records = list(backend.run(job, threading.Event()))
-    iterates = [r for r in records if isinstance(r, Iterate)]
-    outcome = records[-1]
-    assert isinstance(outcome, Outcome)
-    return iterates, outcome
 
 
 def test_trunk_follows_the_layer_table(weights: VGGWeights) -> None:
@@ -106,37 +81,6 @@ def test_preprocess_applies_caffe_order_and_mean(weights: VGGWeights) -> None:
     assert out == pytest.approx([30 - 103.939, 20 - 116.779, 10 - 123.68])
 
 
-@pytest.mark.parametrize("optimizer", [Optimizer.LBFGS, Optimizer.ADAM])
-def test_loss_falls(backend: PyTorchBackend, optimizer: Optimizer) -> None:
-    """Ten iterations lower the total loss with either optimizer."""
-    iterates, outcome = _run(backend, _job(iterations=10, optimizer=optimizer))
-    assert [it.iteration for it in iterates] == list(range(1, 11))
-    assert iterates[-1].losses.total < 0.9 * iterates[0].losses.total
-    assert outcome.losses == iterates[-1].losses
-
-
-def test_losses_add_up(backend: PyTorchBackend) -> None:
-    """Reported terms are weighted and sum to the total."""
-    iterates, _ = _run(backend, _job(iterations=2, tv_weight=1e-3, init=Init.NOISE))
-    losses = iterates[0].losses
-    assert losses.tv > 0 and losses.content > 0 and losses.style > 0
-    assert losses.content + losses.style + losses.tv == pytest.approx(losses.total, rel=1e-5)
-
-
-def test_same_seed_gives_the_same_image(backend: PyTorchBackend) -> None:
-    """Two runs with the same inputs, options and seed on CPU produce identical pixels."""
-    _, a = _run(backend, _job(iterations=3, init=Init.NOISE, seed=7))
-    _, b = _run(backend, _job(iterations=3, init=Init.NOISE, seed=7))
-    np.testing.assert_array_equal(a.image, b.image)
-
-
-def test_different_seeds_give_different_noise(backend: PyTorchBackend) -> None:
-    """The seed drives the noise init."""
-    _, a = _run(backend, _job(iterations=1, init=Init.NOISE, seed=1))
-    _, b = _run(backend, _job(iterations=1, init=Init.NOISE, seed=2))
-    assert not np.array_equal(a.image, b.image)
-
-
 def test_lbfgs_evaluates_the_network_once_per_iteration(
     backend: PyTorchBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,43 +93,5 @@ def test_lbfgs_evaluates_the_network_once_per_iteration(
         return original(self, x)
 
     monkeypatch.setattr(VGGFeatures, "forward", counting)
-    _run(backend, _job(iterations=6))
+    run(backend, make_job(iterations=6))
     assert len(calls) == 6 + 2  # plus one pass each for the content and the style targets
-
-
-def test_output_is_valid_pixels_of_the_content_size(backend: PyTorchBackend) -> None:
-    """The outcome is an H x W x 3 uint8 image of the content's size."""
-    job = _job(iterations=2, optimizer=Optimizer.ADAM, learning_rate=50.0)
-    _, outcome = _run(backend, job)
-    assert outcome.image.dtype == np.uint8
-    assert outcome.image.shape == job.content.shape
-
-
-def test_previews_come_every_n_iterations(backend: PyTorchBackend) -> None:
-    """With preview_every=2 only even iterations carry an image."""
-    iterates, _ = _run(backend, _job(iterations=5, preview_every=2))
-    assert [it.iteration for it in iterates if it.image is not None] == [2, 4]
-
-
-def test_cancellation_stops_within_one_iteration(backend: PyTorchBackend) -> None:
-    """Setting the token stops the run before the next iteration."""
-    cancel = threading.Event()
-    seen: list[int] = []
-    runner: Iterator[Iterate | Outcome] = backend.run(_job(iterations=50), cancel)
-    with pytest.raises(Cancelled):  # noqa: PT012 (the loop is what raises, mid-way)
-        for record in runner:
-            assert isinstance(record, Iterate)
-            seen.append(record.iteration)
-            if record.iteration == 3:
-                cancel.set()
-    assert seen == [1, 2, 3]
-
-
-def test_device_names_resolve(backend: PyTorchBackend) -> None:
-    """auto and cpu resolve here; nonsense is a bad argument; a missing GPU is unavailable."""
-    assert backend.resolve_device("cpu") == "cpu"
-    assert backend.resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(InvalidArgument):
-        backend.resolve_device("gpu0")
-    with pytest.raises(Unavailable):
-        backend.resolve_device("cuda:99")

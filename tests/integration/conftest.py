@@ -20,7 +20,8 @@ WEIGHTS_SEED = 0
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     service_logging.configure("console", "warning")
-    srv = build(Settings(host="127.0.0.1", port=0, queue_size=4), random_weights(WEIGHTS_SEED))
+    settings = Settings(host="127.0.0.1", port=0, queue_size=4, backends=("pytorch", "tensorflow"))
+    srv = build(settings, random_weights(WEIGHTS_SEED))
     assert srv.ready.wait(120), "the server did not finish its warm-up"
     yield srv
     srv.stop(grace=5)

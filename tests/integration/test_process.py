@@ -17,6 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from imaging import image_bytes
+from styletransfer.v1 import style_transfer_pb2 as pb
+from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from backends.base import BackendJob, CancelToken, Iterate, Outcome
 from backends.pytorch import PyTorchBackend
@@ -105,6 +108,29 @@ def test_process_serves_reflection_and_stops_cleanly_on_sigterm(
     assert {SERVICE_NAME, "grpc.health.v1.Health"} <= services
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
+
+
+def test_a_backend_that_is_not_enabled_is_a_failed_precondition(
+    process: tuple[subprocess.Popen[str], int],
+) -> None:
+    """The default server enables PyTorch only: TensorFlow is listed as unavailable, with why."""
+    _, port = process
+    _wait_serving(port)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        info = {b.name: b for b in stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).backends}
+        assert info["pytorch"].available
+        assert not info["tensorflow"].available
+        assert "not enabled" in info["tensorflow"].unavailable_reason
+        request = pb.TransferRequest(
+            content=pb.Image(data=image_bytes(1, 32, 32)),
+            styles=[pb.StyleImage(image=pb.Image(data=image_bytes(2, 32, 32)))],
+            options=pb.TransferOptions(iterations=1, backend="tensorflow"),
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.Transfer(request, timeout=30))
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "tensorflow" in caught.value.details() and "not enabled" in caught.value.details()
 
 
 def test_server_refuses_to_start_without_weights(tmp_path: Path) -> None:

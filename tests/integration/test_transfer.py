@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import time
 
+import grpc
 import pytest
 from imaging import image_bytes
 from PIL import Image
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
+
+from backends.weights.canonical import random_weights
+from service.server import Server, build
+from service.settings import Settings
 
 
 def _request(iterations: int = 4, width: int = 80, height: int = 64, **options: object) -> pb.TransferRequest:
@@ -118,3 +123,35 @@ def test_server_info_describes_the_server(stub: pb_grpc.StyleTransferStub) -> No
     assert info.limits.max_size >= 512 and info.limits.max_styles >= 1
     assert info.defaults.iterations == 500 and info.defaults.max_size == 512
     assert "conv4_2" in info.layers and "relu1_1" in info.layers
+
+
+def test_backend_is_chosen_per_request(stub: pb_grpc.StyleTransferStub) -> None:
+    """A request for tensorflow runs there and says so; the same request on pytorch agrees closely."""
+    results = {}
+    for name in ("tensorflow", "pytorch"):
+        events = _events(stub, _request(iterations=3, backend=name, optimizer=pb.OPTIMIZER_ADAM))
+        assert events[0].accepted.backend == name
+        assert events[-1].HasField("result")
+        results[name] = events[-1].result.losses.total
+    assert results["tensorflow"] == pytest.approx(results["pytorch"], rel=1e-3)
+
+
+def test_server_info_lists_both_backends(stub: pb_grpc.StyleTransferStub) -> None:
+    """With both enabled, GetServerInfo reports each backend available with its framework version."""
+    info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+    backends = {b.name: b for b in info.backends}
+    assert backends["tensorflow"].available and backends["tensorflow"].framework_version.startswith("2.")
+    assert backends["pytorch"].available
+
+
+def test_server_default_backend_is_used_when_a_request_names_none(server: Server) -> None:
+    """A server started with --backend tensorflow runs unnamed requests on TensorFlow."""
+    settings = Settings(port=0, backend="tensorflow", backends=("pytorch", "tensorflow"), warmup=False)
+    other = build(settings, random_weights(0), dict(server.core.backends))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+            events = _events(pb_grpc.StyleTransferStub(channel), _request(iterations=1))
+        assert events[0].accepted.backend == "tensorflow"
+        assert events[-1].HasField("result")
+    finally:
+        other.stop(grace=5)

@@ -1,0 +1,207 @@
+"""The TensorFlow backend: the same algorithm as the PyTorch one, on Keras' VGG19."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import keras
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+
+from backends import devices
+from backends.base import BackendJob, CancelToken, Iterate, Losses, Outcome, RGBImage
+from backends.errors import ResourceExhausted
+from backends.init import initial_pixels
+from backends.loop import optimize
+from backends.options import Optimizer
+from backends.tensorflow.lbfgs import LBFGS
+from backends.tensorflow.model import build_vgg19, feature_extractor, preprocessor
+from backends.weights.canonical import VGGWeights
+
+LBFGS_HISTORY = 100  # as in the PyTorch backend
+
+
+def _gpus() -> list[tf.config.PhysicalDevice]:
+    return list(tf.config.list_physical_devices("GPU"))
+
+
+def _tf_device(device: str) -> str:
+    return "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
+
+
+def _batch(image: npt.NDArray[np.generic]) -> tf.Tensor:
+    return tf.constant(np.asarray(image, dtype=np.float32)[None])
+
+
+def gram(features: tf.Tensor) -> tf.Tensor:
+    """G = F F^T with F the (channels x positions) matrix of one NHWC activation."""
+    flat = tf.reshape(features, (-1, tf.shape(features)[-1]))
+    return tf.matmul(flat, flat, transpose_a=True)
+
+
+def content_loss(features: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """L_c = 1/2 sum((F - P)^2)."""
+    return 0.5 * tf.reduce_sum(tf.square(features - target))
+
+
+def style_layer_loss(features: tf.Tensor, target_gram: tf.Tensor) -> tf.Tensor:
+    """E_l = 1 / (4 N_l^2 M_l^2) sum((G - A)^2)."""
+    shape = tf.cast(tf.shape(features), tf.float32)
+    channels, positions = shape[3], shape[1] * shape[2]
+    return tf.reduce_sum(tf.square(gram(features) - target_gram)) / (4.0 * channels**2 * positions**2)
+
+
+def tv_loss(pixels: tf.Tensor) -> tf.Tensor:
+    """Sum of squared differences between neighbouring pixels (NHWC, 0-255)."""
+    dy = pixels[:, 1:, :, :] - pixels[:, :-1, :, :]
+    dx = pixels[:, :, 1:, :] - pixels[:, :, :-1, :]
+    return tf.reduce_sum(tf.square(dy)) + tf.reduce_sum(tf.square(dx))
+
+
+class Problem:
+    """One job's objective in TensorFlow; `value_and_grad` is compiled with tf.function."""
+
+    def __init__(self, model: keras.Model, weights: VGGWeights, job: BackendJob) -> None:
+        self.job = job
+        self.options = options = job.options
+        self.device = _tf_device(job.device)
+        self.prepare = preprocessor(weights.meta)
+        self.extract = feature_extractor(
+            model, list(dict.fromkeys(options.content_layers + options.style_layers))
+        )
+        self.layer_weights = dict(
+            zip(options.style_layers, options.resolved_style_layer_weights, strict=True)
+        )
+        height, width = job.content.shape[:2]
+        with tf.device(self.device):
+            feats = self.extract(self.prepare(_batch(job.content)))
+            self.content_targets = {n: tf.identity(feats[n]) for n in options.content_layers}
+            self.style_targets: dict[str, tf.Tensor] = {}
+            for style in job.styles:
+                # Gram matrices are rescaled to the output's M_l, as in the PyTorch backend.
+                scale = (height * width) / (style.image.shape[0] * style.image.shape[1])
+                style_feats = self.extract(self.prepare(_batch(style.image)))
+                for name in options.style_layers:
+                    contribution = style.weight * scale * gram(style_feats[name])
+                    previous = self.style_targets.get(name)
+                    self.style_targets[name] = contribution if previous is None else previous + contribution
+        self.value_and_grad = tf.function(self._value_and_grad, reduce_retracing=True)
+
+    def terms(self, pixels: tf.Tensor) -> tf.Tensor:
+        """[alpha L_c, beta L_s, tv, total] at an image."""
+        options = self.options
+        feats = self.extract(self.prepare(pixels))
+        lc = tf.add_n([content_loss(feats[n], self.content_targets[n]) for n in options.content_layers])
+        ls = tf.add_n(
+            [
+                self.layer_weights[n] * style_layer_loss(feats[n], self.style_targets[n])
+                for n in options.style_layers
+            ]
+        )
+        tv = options.tv_weight * tv_loss(pixels) if options.tv_weight else tf.constant(0.0)
+        content, style = options.content_weight * lc, options.style_weight * ls
+        return tf.stack([content, style, tv, content + style + tv])
+
+    def _value_and_grad(self, pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(pixels)
+            terms = self.terms(pixels)
+            total = terms[3]  # sliced inside the tape, or the gradient would not reach it
+        return terms, tape.gradient(total, pixels)
+
+    @staticmethod
+    def losses(terms: tf.Tensor) -> Losses:
+        c, s, t, total = (float(v) for v in terms.numpy())
+        return Losses(content=c, style=s, tv=t, total=total)
+
+
+class TensorFlowBackend:
+    """Runs jobs with TensorFlow on CPU or GPU; keeps one Keras VGG19 for all jobs."""
+
+    name = "tensorflow"
+
+    def __init__(self, weights: VGGWeights) -> None:
+        for gpu in _gpus():
+            # Grow GPU memory on demand instead of reserving the whole card at start-up.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        self.weights = weights
+        self.model = build_vgg19(weights)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def framework_version() -> str:
+        """The TensorFlow version string."""
+        return str(tf.__version__)
+
+    def devices(self) -> list[str]:
+        return ["cpu"] + [f"cuda:{i}" for i in range(len(_gpus()))]
+
+    def resolve_device(self, device: str) -> str:
+        return devices.resolve(device, self.devices(), self.name)
+
+    def problem(self, job: BackendJob) -> Problem:
+        """The objective of a job, for running it or inspecting it."""
+        return Problem(self.model, self.weights, job)
+
+    def features(
+        self, image: npt.NDArray[np.float32], layers: Sequence[str], device: str = "cpu"
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """Activations (C, H, W) of the named layers for an RGB 0-255 image; for diagnostics."""
+        with tf.device(_tf_device(device)):
+            out = feature_extractor(self.model, list(layers))(preprocessor(self.weights.meta)(_batch(image)))
+        return {name: np.transpose(t.numpy()[0], (2, 0, 1)) for name, t in out.items()}
+
+    def evaluate(
+        self, job: BackendJob, image: npt.NDArray[np.float32]
+    ) -> tuple[Losses, npt.NDArray[np.float32]]:
+        """Losses and the gradient (H, W, 3) of the total at an image; for diagnostics."""
+        problem = self.problem(job)
+        with tf.device(problem.device):
+            terms, grad = problem.value_and_grad(_batch(image))
+        return Problem.losses(terms), grad.numpy()[0]
+
+    def run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
+        try:
+            started = time.perf_counter()
+            problem = self.problem(job)
+            with tf.device(problem.device):
+                pixels = tf.Variable(_batch(initial_pixels(job)))
+                step = _stepper(job.options.optimizer, job.options.resolved_learning_rate, pixels, problem)
+
+                def snapshot() -> RGBImage:
+                    image: RGBImage = np.clip(np.round(pixels.numpy()[0]), 0, 255).astype(np.uint8)
+                    return image
+
+                yield from optimize(job, cancel, step, snapshot, time.perf_counter() - started)
+        except tf.errors.ResourceExhaustedError as exc:
+            raise ResourceExhausted(f"out of memory on {job.device}; try a smaller max_size") from exc
+
+
+def _stepper(optimizer: Optimizer, lr: float, pixels: tf.Variable, problem: Problem) -> Callable[[], Losses]:
+    """One call = one iteration = one evaluation of the objective and one update."""
+    if optimizer is Optimizer.LBFGS:
+        lbfgs = LBFGS(lr, LBFGS_HISTORY)
+
+        def lbfgs_step() -> Losses:
+            terms, grad = problem.value_and_grad(pixels)
+            update = lbfgs.update(tf.reshape(grad, (-1,)))
+            if update is not None:
+                pixels.assign_add(tf.reshape(update, pixels.shape))
+            return Problem.losses(terms)
+
+        return lbfgs_step
+
+    # epsilon as torch's Adam; Keras adds it to sqrt(v) before, torch after, the bias correction:
+    # a difference of order 1e-8 relative to gradients many orders larger.
+    adam = keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8)
+
+    def adam_step() -> Losses:
+        terms, grad = problem.value_and_grad(pixels)
+        adam.apply_gradients([(grad, pixels)])
+        pixels.assign(tf.clip_by_value(pixels, 0.0, 255.0))  # projected step, as in PyTorch
+        return Problem.losses(terms)
+
+    return adam_step
