@@ -55,6 +55,6 @@ fmt: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-## Print ms/iteration of the PyTorch backend at 128 and 256 px (random weights unless BENCH_WEIGHTS).
+## Print ms/iteration of each installed backend at 128 and 256 px (random weights unless BENCH_WEIGHTS).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/iteration_speed.py $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS))

@@ -66,7 +66,8 @@ class LBFGS:
         if self.iterations == 1:
             # As the PyTorch backend: the first step is as long as lr per value of the image.
             size = float(tf.size(grad))
-            self.t = min(1.0, 1.0 / float(tf.reduce_sum(tf.abs(grad)))) * self.lr * size
+            l1 = float(tf.reduce_sum(tf.abs(grad)))
+            self.t = (min(1.0, 1.0 / l1) if l1 > 0 else 1.0) * self.lr * size
         else:
             self.t = self.lr
         # torch skips the step when g.d > -tolerance_change; the PyTorch backend sets that to -1.

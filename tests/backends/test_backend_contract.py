@@ -11,7 +11,7 @@ import pytest
 from backend_support import make_job, run
 
 from backends import registry
-from backends.base import Backend, Iterate, Outcome
+from backends.base import Backend, BackendJob, Iterate, Outcome, StyleInput
 from backends.errors import Cancelled, InvalidArgument, Unavailable
 from backends.options import Init, Optimizer
 from backends.weights.canonical import random_weights
@@ -92,3 +92,13 @@ def test_device_names_resolve(backend: Backend) -> None:
         backend.resolve_device("gpu0")
     with pytest.raises(Unavailable):
         backend.resolve_device("cuda:99")
+
+
+@pytest.mark.parametrize("optimizer", [Optimizer.LBFGS, Optimizer.ADAM])
+def test_a_start_at_the_optimum_stays_there(backend: Backend, optimizer: Optimizer) -> None:
+    """Content equal to the style, started from the content: zero loss, zero gradient, no crash."""
+    job = make_job(iterations=3, optimizer=optimizer)
+    same = BackendJob(job.content, (StyleInput(job.content, 1.0),), job.options, "cpu")
+    iterates, outcome = run(backend, same)
+    assert all(it.losses.total == 0 for it in iterates)
+    np.testing.assert_array_equal(outcome.image, job.content)
