@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 50051
 WEIGHTS ?=
+BACKENDS ?= pytorch,tensorflow
 PYTEST_ARGS ?=
 
 .PHONY: setup generate weights run test lint fmt clean bench
@@ -30,9 +31,9 @@ weights: $(STAMP)
 run: $(STAMP)
 ifeq ($(WEIGHTS),)
 	$(BIN)/styletransfer-weights download
-	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --log-format console
+	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --log-format console
 else
-	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --log-format console --weights $(WEIGHTS)
+	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --log-format console --weights $(WEIGHTS)
 endif
 
 test: $(STAMP)
