@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from backends.vgg import CONV_LAYERS
+from backends.weights.errors import WeightsFormatError
 
 FORMAT_VERSION = "1"
 Array = npt.NDArray[np.float32]
@@ -94,6 +95,15 @@ def validate(tensors: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"{name}: dtype {array.dtype}, expected float32")
         if not np.isfinite(array).all():
             raise ValueError(f"{name}: holds NaN or infinite values")
+
+
+def checked(source: object, tensors: dict[str, Array]) -> dict[str, Array]:
+    """The tensors if they are exactly VGG19's conv weights, else WeightsFormatError naming `source`."""
+    try:
+        validate(tensors)
+    except ValueError as error:
+        raise WeightsFormatError(f"{source} does not hold VGG19: {error}") from None
+    return tensors
 
 
 def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:

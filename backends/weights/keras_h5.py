@@ -39,9 +39,9 @@ from backends.weights.canonical import (
     Array,
     VGGWeights,
     WeightsMeta,
+    checked,
     file_sha256,
     tensors_sha256,
-    validate,
 )
 from backends.weights.errors import WeightsFormatError
 
@@ -96,11 +96,7 @@ def read_keras_h5(path: Path) -> dict[str, Array]:
         raise WeightsFormatError(
             f"{path} does not hold VGG19: no weights for {', '.join(missing)} ({layout.value} Keras layout)"
         )
-    try:
-        validate(tensors)
-    except ValueError as error:
-        raise WeightsFormatError(f"{path} does not hold VGG19: {error}") from None
-    return tensors
+    return checked(path, tensors)
 
 
 def load_keras_h5(path: Path) -> VGGWeights:

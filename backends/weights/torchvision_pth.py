@@ -19,9 +19,9 @@ from backends.weights.canonical import (
     Array,
     VGGWeights,
     WeightsMeta,
+    checked,
     file_sha256,
     tensors_sha256,
-    validate,
 )
 from backends.weights.errors import WeightsError, WeightsFormatError
 
@@ -52,11 +52,7 @@ def read_torchvision_pth(path: Path) -> dict[str, Array]:
             tensors[f"{layer.name}.{part}"] = _to_numpy(path, key, state[key])
     if missing:
         raise WeightsFormatError(f"{path} does not hold VGG19: missing {', '.join(missing)}")
-    try:
-        validate(tensors)
-    except ValueError as error:
-        raise WeightsFormatError(f"{path} does not hold VGG19: {error}") from None
-    return tensors
+    return checked(path, tensors)
 
 
 def load_torchvision_pth(path: Path) -> VGGWeights:

@@ -8,12 +8,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from assets import make_weights
 from helpers import conv3x3_reference
 from weights_support import KerasFile
 
-from backends.vgg import CONV_LAYERS
+from backends.pytorch.model import build_trunk
+from backends.vgg import CONV_LAYERS, position
 from backends.weights import canonical
 from backends.weights.canonical import CAFFE_META
 from backends.weights.errors import WeightsFormatError
@@ -81,17 +81,14 @@ def test_imported_weights_save_as_a_valid_canonical_file(
 def test_imported_conv_computes_what_the_source_kernel_computes(
     keras_legacy_file: KerasFile, layer: str
 ) -> None:
-    """torch's conv2d with the imported OIHW tensors matches a float64 NumPy conv on raw HWIO."""
+    """The PyTorch backend's layer, after import, matches a float64 NumPy conv on the raw HWIO arrays."""
     kernel, bias = keras_legacy_file.arrays[_keras_name(layer)]
     x = np.random.default_rng(0).standard_normal((kernel.shape[2], 7, 9))
     expected = conv3x3_reference(x, kernel, bias)
     weights = load_keras_h5(keras_legacy_file.path)
-    actual = F.conv2d(
-        torch.from_numpy(x.astype(np.float32))[None],
-        torch.from_numpy(np.asarray(weights.tensors[f"{layer}.weight"])),
-        torch.from_numpy(np.asarray(weights.tensors[f"{layer}.bias"])),
-        padding=1,
-    )[0].numpy()
+    module = build_trunk(weights)[position(layer)]
+    with torch.no_grad():
+        actual = module(torch.from_numpy(x.astype(np.float32))[None])[0].numpy()
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
 
