@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -66,6 +67,22 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc) is Exception
 
 
+@contextmanager
+def _observed(method: str, context: grpc.ServicerContext) -> Iterator[_Call]:
+    """Around one RPC: bind its request id to the logs, map what it raises, log the outcome."""
+    call = _Call(method, context)
+    structlog.contextvars.bind_contextvars(request_id=call.request_id)
+    try:
+        yield call
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        call.fail(exc)
+    finally:
+        call.done()
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps unary and server-streaming handlers of the StyleTransfer service."""
 
@@ -78,17 +95,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             inner = handler.unary_unary
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                call = _Call(method, context)
-                structlog.contextvars.bind_contextvars(request_id=call.request_id)
-                try:
+                with _observed(method, context):
                     return inner(request, context)
-                except Exception as exc:
-                    if _is_abort(exc):
-                        raise
-                    call.fail(exc)
-                finally:
-                    call.done()
-                    structlog.contextvars.unbind_contextvars("request_id")
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
@@ -97,17 +105,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             inner_stream = handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                call = _Call(method, context)
-                structlog.contextvars.bind_contextvars(request_id=call.request_id)
-                try:
+                with _observed(method, context):
                     yield from inner_stream(request, context)
-                except Exception as exc:
-                    if _is_abort(exc):
-                        raise
-                    call.fail(exc)
-                finally:
-                    call.done()
-                    structlog.contextvars.unbind_contextvars("request_id")
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
