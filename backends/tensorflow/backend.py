@@ -88,6 +88,8 @@ class Problem:
                     contribution = style.weight * scale * gram(style_feats[name])
                     previous = self.style_targets.get(name)
                     self.style_targets[name] = contribution if previous is None else previous + contribution
+        # Compiled as a graph. XLA (jit_compile=True) measured 1.35x slower at 128 px and 2.3x
+        # slower at 256 px on the CPU, so it stays off; GPU runs are not measured yet.
         self.value_and_grad = tf.function(self._value_and_grad, reduce_retracing=True)
 
     def terms(self, pixels: tf.Tensor) -> tf.Tensor:
