@@ -3,8 +3,11 @@
     StyleTransferError              a failure with a message safe to show the caller
     ├── InvalidArgument             a request field is wrong (names the field)
     ├── Unavailable                 a backend or device cannot run jobs here (FAILED_PRECONDITION)
+    ├── NotFound                    no such job, or it finished long enough ago to be forgotten
     ├── ResourceExhausted           a limit was hit: memory, queue, size
     ├── Cancelled                   the job was cancelled before it finished
+    ├── DeadlineExceeded            the caller's deadline or the job's max_duration passed
+    ├── ShuttingDown                the server is draining; retry elsewhere (UNAVAILABLE)
     └── BackendFailure              the computation broke (NaN losses, a framework error)
 
 The service maps this tree to gRPC status codes in one table (service/errors.py). Anything that is
@@ -41,6 +44,12 @@ class Unavailable(StyleTransferError):
     reason = "BACKEND_UNAVAILABLE"
 
 
+class NotFound(StyleTransferError):
+    """The named resource does not exist (any more)."""
+
+    reason = "NOT_FOUND"
+
+
 class ResourceExhausted(StyleTransferError):
     """A limit was hit: device memory, queue capacity or an input size bound."""
 
@@ -51,6 +60,18 @@ class Cancelled(StyleTransferError):
     """The job was cancelled (by the caller or the server) before it finished."""
 
     reason = "CANCELLED"
+
+
+class DeadlineExceeded(StyleTransferError):
+    """The job ran out of time: the caller's deadline or its own max_duration passed."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
+class ShuttingDown(StyleTransferError):
+    """The server is shutting down: it takes no new jobs and ends those it could not finish."""
+
+    reason = "SHUTTING_DOWN"
 
 
 class BackendFailure(StyleTransferError):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 from backends import registry
+from backends.base import Losses
 from backends.errors import InvalidArgument
 from backends.options import Init, Optimizer
 from backends.vgg import LOSS_LAYER_NAMES
 from backends.weights.canonical import VGGWeights
-from service.jobs import EncodedImage, Event, Failed, Finished, Job, Preview, Progress
+from service.errors import to_status
+from service.jobs import Accepted, EncodedImage, Event, Finished, Heartbeat, Job, Preview, Progress, State
 from service.options import ImageFormat, JobOptions
 from service.requests import JobRequest, StyleSource
 from service.settings import Settings
@@ -49,8 +52,8 @@ def overrides(options: pb.TransferOptions) -> dict[str, Any]:
     return out
 
 
-def job_request(request: pb.TransferRequest) -> JobRequest:
-    """A TransferRequest as plain values; options not yet checked."""
+def job_request(request: pb.TransferRequest | pb.CreateJobRequest) -> JobRequest:
+    """A TransferRequest or CreateJobRequest as plain values; options not yet checked."""
     styles = tuple(
         StyleSource(s.image.data, s.weight if s.HasField("weight") else None) for s in request.styles
     )
@@ -79,6 +82,7 @@ def options_to_proto(options: JobOptions) -> pb.TransferOptions:
         preview_max_size=options.preview_max_size,
         backend=options.backend,
         device=options.device,
+        max_duration_seconds=options.max_duration,
     )
 
 
@@ -106,46 +110,112 @@ def _image(image: EncodedImage, options: JobOptions) -> pb.EncodedImage:
     )
 
 
-def event(item: Event, options: JobOptions) -> pb.TransferEvent:
-    """A job event on the wire. Failed events are not sent: they end the call with a status."""
-    if isinstance(item, Progress):
+def _losses(losses: Losses) -> pb.Losses:
+    return pb.Losses(content=losses.content, style=losses.style, tv=losses.tv, total=losses.total)
+
+
+def _result(item: Finished, options: JobOptions, with_image: bool = True) -> pb.Result:
+    t = item.timings
+    result = pb.Result(
+        image=_image(item.image, options),
+        iterations=item.iterations,
+        losses=_losses(item.losses),
+        timings=pb.Timings(
+            queued_seconds=t.queued,
+            setup_seconds=t.setup,
+            optimize_seconds=t.optimize,
+            encode_seconds=t.encode,
+            total_seconds=t.total,
+            iteration_mean_ms=t.iteration_mean_ms,
+        ),
+    )
+    if not with_image:
+        result.image.ClearField("data")
+    return result
+
+
+def event(job: Job, sequence: int, item: Event | Heartbeat) -> pb.TransferEvent:
+    """A numbered job event on the wire. Failed events are not sent: they end the call with a status."""
+    options = job.options
+    if isinstance(item, Accepted):
+        message = accepted(job)
+    elif isinstance(item, Heartbeat):
+        message = pb.TransferEvent(heartbeat=pb.Heartbeat())
+    elif isinstance(item, Progress):
         it = item.iterate
-        return pb.TransferEvent(
+        message = pb.TransferEvent(
             progress=pb.Progress(
                 iteration=it.iteration,
                 total_iterations=it.total,
                 elapsed_seconds=it.elapsed,
-                losses=pb.Losses(
-                    content=it.losses.content, style=it.losses.style, tv=it.losses.tv, total=it.losses.total
-                ),
+                losses=_losses(it.losses),
             )
         )
-    if isinstance(item, Preview):
-        return pb.TransferEvent(
+    elif isinstance(item, Preview):
+        message = pb.TransferEvent(
             preview=pb.Preview(iteration=item.iteration, image=_image(item.image, options))
         )
-    if isinstance(item, Finished):
-        t = item.timings
-        losses = item.losses
-        return pb.TransferEvent(
-            result=pb.Result(
-                image=_image(item.image, options),
-                iterations=item.iterations,
-                losses=pb.Losses(
-                    content=losses.content, style=losses.style, tv=losses.tv, total=losses.total
-                ),
-                timings=pb.Timings(
-                    queued_seconds=t.queued,
-                    setup_seconds=t.setup,
-                    optimize_seconds=t.optimize,
-                    encode_seconds=t.encode,
-                    total_seconds=t.total,
-                    iteration_mean_ms=t.iteration_mean_ms,
-                ),
-            )
+    elif isinstance(item, Finished):
+        message = pb.TransferEvent(result=_result(item, options))
+    else:
+        raise TypeError(f"{item!r} is not sent as an event")
+    message.sequence = sequence
+    return message
+
+
+_STATES = {
+    State.QUEUED: pb.JOB_STATE_QUEUED,
+    State.RUNNING: pb.JOB_STATE_RUNNING,
+    State.SUCCEEDED: pb.JOB_STATE_SUCCEEDED,
+    State.FAILED: pb.JOB_STATE_FAILED,
+    State.CANCELLED: pb.JOB_STATE_CANCELLED,
+}
+STATES_FROM_PROTO = {v: k for k, v in _STATES.items()}
+
+
+def _timestamp(job: Job, monotonic: float | None) -> Timestamp | None:
+    """A monotonic instant of a job as wall-clock time, anchored at its creation."""
+    if monotonic is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int((job.created_wall + (monotonic - job.accepted_at)) * 1e9))
+    return stamp
+
+
+def job(item: Job, position: int, with_image: bool = True) -> pb.Job:
+    """A job resource on the wire."""
+    message = pb.Job(
+        name=item.name,
+        state=_STATES[item.state],
+        queue_position=max(position, 0),
+        backend=item.options.backend,
+        device=item.options.device,
+        options=options_to_proto(item.options),
+        width=item.width,
+        height=item.height,
+        last_sequence=item.log.last_sequence,
+        idempotency_key=item.idempotency_key,
+    )
+    for field, instant in (
+        ("create_time", item.accepted_at),
+        ("start_time", item.started_at),
+        ("end_time", item.finished_at),
+    ):
+        stamp = _timestamp(item, instant)
+        if stamp is not None:
+            getattr(message, field).CopyFrom(stamp)
+    if item.last_progress is not None:
+        message.iteration = item.last_progress.iteration
+        message.losses.CopyFrom(_losses(item.last_progress.losses))
+    terminal = item.log.terminal
+    if isinstance(terminal, Finished):
+        message.result.CopyFrom(_result(terminal, item.options, with_image))
+    if item.error is not None:
+        status = to_status(item.error)
+        message.error.CopyFrom(
+            pb.JobError(code=status.code, message=status.message, reason=item.error.reason)
         )
-    assert not isinstance(item, Failed), "failures end the call with a status"
-    raise TypeError(f"unknown event {item!r}")
+    return message
 
 
 def server_info(
@@ -189,6 +259,9 @@ def server_info(
             max_styles=settings.max_styles,
             max_input_pixels=settings.max_input_pixels,
             max_receive_message_bytes=settings.max_message_bytes,
+            queue_size=settings.queue_size,
+            job_retention_seconds=settings.job_retention_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
         ),
         defaults=options_to_proto(defaults),
         layers=LOSS_LAYER_NAMES,

@@ -13,8 +13,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from backends.errors import (
     BackendFailure,
     Cancelled,
+    DeadlineExceeded,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
+    ShuttingDown,
     StyleTransferError,
     Unavailable,
 )
@@ -25,13 +28,16 @@ DOMAIN = "styletransfer"
 STATUS_CODES: tuple[tuple[type[StyleTransferError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (Unavailable, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Cancelled, grpc.StatusCode.CANCELLED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (BackendFailure, grpc.StatusCode.INTERNAL),
     (StyleTransferError, grpc.StatusCode.INTERNAL),
 )
 
-RETRY_AFTER_SECONDS = 5  # advertised with RESOURCE_EXHAUSTED for a full queue
+RETRY_AFTER_SECONDS = 5  # advertised with RESOURCE_EXHAUSTED and UNAVAILABLE
 
 
 def status_code(error: StyleTransferError) -> grpc.StatusCode:
@@ -53,7 +59,7 @@ def to_status(error: StyleTransferError) -> status_pb2.Status:
             field=error.field, description=error.description
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    if isinstance(error, ResourceExhausted):
+    if isinstance(error, ResourceExhausted | ShuttingDown):
         delay = duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status

@@ -7,12 +7,11 @@ with exactly one terminal event (Finished or Failed): none is dropped silently.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import uuid
-import weakref
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -20,7 +19,16 @@ import structlog
 
 from backends import registry
 from backends.base import Backend, BackendJob, Iterate, Losses, Outcome
-from backends.errors import Cancelled, InvalidArgument, ResourceExhausted, StyleTransferError, Unavailable
+from backends.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ShuttingDown,
+    StyleTransferError,
+    Unavailable,
+)
 from service import images
 from service.options import JobOptions
 from service.requests import JobSpec
@@ -45,6 +53,11 @@ class EncodedImage:
     data: bytes
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The job was accepted; always its first event (the job itself says the rest)."""
 
 
 @dataclass(frozen=True)
@@ -91,19 +104,151 @@ class Failed:
     error: StyleTransferError
 
 
-Event = Progress | Preview | Finished | Failed
+Event = Accepted | Progress | Preview | Finished | Failed
+
+
+class StopReason(StrEnum):
+    """Why a job was told to stop before it finished."""
+
+    CALLER = "caller"  # CancelJob, or the Transfer caller went away
+    DEADLINE = "deadline"  # the caller's deadline or the job's max_duration passed
+    SHUTDOWN = "shutdown"  # the server's drain period ran out
+
+
+class StopSignal:
+    """The cancellation token a job's backend polls: set by a caller, or by its deadline passing."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.reason: StopReason | None = None
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+
+    def set(self, reason: StopReason) -> None:
+        """Stop for `reason`; the first reason given wins."""
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        if not self._event.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.set(StopReason.DEADLINE)
+        return self._event.is_set()
+
+    def error(self) -> StyleTransferError:
+        """The error a job stopped for this reason ends with."""
+        if self.reason is StopReason.DEADLINE:
+            return DeadlineExceeded("the job's deadline passed before it finished")
+        if self.reason is StopReason.SHUTDOWN:
+            return ShuttingDown("the server is shutting down; retry on another replica")
+        return Cancelled("the job was cancelled")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent to watchers of a quiet job so that proxies keep the stream open; never stored."""
+
+
+class EventLog:
+    """A job's numbered events: a bounded history that many watchers can read and resume.
+
+    Sequence numbers start at 1. The terminal event is kept even when the history has moved on,
+    so a late watcher always learns how the job ended.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._events: deque[tuple[int, Event]] = deque(maxlen=capacity)
+        self._next = 1
+        self._terminal: tuple[int, Event] | None = None
+        self._changed = threading.Condition()
+
+    @property
+    def terminal(self) -> Event | None:
+        """The Finished or Failed event, once there is one."""
+        return self._terminal[1] if self._terminal else None
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the newest event; 0 before any."""
+        return self._next - 1
+
+    def append(self, event: Event) -> int:
+        with self._changed:
+            sequence = self._next
+            self._next += 1
+            self._events.append((sequence, event))
+            if isinstance(event, Finished | Failed):
+                self._terminal = (sequence, event)
+            self._changed.notify_all()
+            return sequence
+
+    def _after(self, sequence: int) -> list[tuple[int, Event]]:
+        out = [item for item in self._events if item[0] > sequence]
+        oldest = self._events[0][0] if self._events else self._next
+        if sequence + 1 < oldest and not (self._terminal and sequence + 1 == self._terminal[0]):
+            if self._terminal is not None:
+                return [self._terminal]  # the ending is all that a very late watcher can get
+            raise InvalidArgument(
+                "after_sequence",
+                f"events after {sequence} are no longer kept (the oldest kept is {oldest}); "
+                f"resume from {oldest - 1} or later",
+            )
+        return out
+
+    def follow(
+        self, after: int = 0, heartbeat: float | None = None
+    ) -> Iterator[tuple[int, Event | Heartbeat]]:
+        """Events after sequence `after`, waiting for new ones, up to and including the terminal one.
+
+        While nothing happens for `heartbeat` seconds a Heartbeat (numbered with the last
+        sequence) is yielded instead.
+        """
+        cursor = after
+        while True:
+            with self._changed:
+                batch = self._after(cursor)
+                if not batch:
+                    self._changed.wait(heartbeat)
+                    batch = self._after(cursor)
+            if not batch:
+                yield cursor, Heartbeat()
+                continue
+            for sequence, event in batch:
+                cursor = sequence
+                yield sequence, event
+                if isinstance(event, Finished | Failed):
+                    return
 
 
 @dataclass(eq=False)  # identity semantics: jobs live in sets
 class Job:
-    """One accepted job. `events` ends with exactly one Finished or Failed."""
+    """One accepted job. Its event log ends with exactly one Finished or Failed."""
 
     id: str
     spec: JobSpec
+    history: int = 4096
+    deadline: float | None = None
+    idempotency_key: str = ""
     accepted_at: float = field(default_factory=time.monotonic)
+    created_wall: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
     state: State = State.QUEUED
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    events: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue)
+    error: StyleTransferError | None = None
+    stop: StopSignal = field(init=False)
+    log: EventLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stop = StopSignal(self.deadline)
+        self.log = EventLog(self.history)
+        self.log.append(Accepted())
+        self.last_progress: Iterate | None = None
+
+    @property
+    def name(self) -> str:
+        """The job's resource name."""
+        return f"jobs/{self.id}"
 
     @property
     def options(self) -> JobOptions:
@@ -120,29 +265,44 @@ class Job:
         """Output height in pixels."""
         return int(self.spec.content.shape[0])
 
-    def cancel(self) -> None:
-        """Ask the job to stop; takes effect before its next iteration."""
-        self.cancel_event.set()
+    @property
+    def done(self) -> bool:
+        """Whether the job has reached a terminal state."""
+        return self.state in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
 
-    def stream(self) -> Iterator[Event]:
-        """The job's events up to and including the terminal one."""
-        while True:
-            event = self.events.get()
-            yield event
-            if isinstance(event, Finished | Failed):
-                return
+    def cancel(self, reason: StopReason = StopReason.CALLER) -> None:
+        """Ask the job to stop; takes effect before its next iteration (or at once when queued)."""
+        self.stop.set(reason)
 
+    def stream(
+        self, after: int = 0, heartbeat: float | None = None
+    ) -> Iterator[tuple[int, Event | Heartbeat]]:
+        """The job's numbered events after `after`, up to and including the terminal one."""
+        return self.log.follow(after, heartbeat)
 
-_STOP = object()
+    def finish(self, state: State, event: Finished | Failed) -> None:
+        """Record the terminal state and event."""
+        self.state = state
+        self.finished_at = time.monotonic()
+        if isinstance(event, Failed):
+            self.error = event.error
+        self.log.append(event)
 
 
 class DeviceWorkers:
-    """A bounded queue and the threads that run one device's jobs, one at a time each."""
+    """The waiting line and the worker threads of one device.
+
+    The line is a deque rather than a queue.Queue so that a queued job can report its position
+    and leave the line at once when it is cancelled.
+    """
 
     def __init__(self, device: str, backends: Mapping[str, Backend], capacity: int, threads: int) -> None:
         self.device = device
         self._backends = backends
-        self._queue: queue.Queue[Job | object] = queue.Queue(maxsize=capacity)
+        self._capacity = capacity
+        self._waiting: deque[Job] = deque()
+        self._changed = threading.Condition()
+        self._stopping = False
         self._threads = [
             threading.Thread(target=self._loop, name=f"worker-{device}-{i}", daemon=True)
             for i in range(threads)
@@ -151,55 +311,84 @@ class DeviceWorkers:
             thread.start()
 
     def put(self, job: Job) -> None:
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise ResourceExhausted(f"the queue for {self.device} is full; retry later") from None
+        with self._changed:
+            if len(self._waiting) >= self._capacity:
+                raise ResourceExhausted(
+                    f"the queue for {self.device} is full ({self._capacity} jobs waiting); retry later"
+                )
+            self._waiting.append(job)
+            self._changed.notify()
+
+    def position(self, job: Job) -> int:
+        """0-based place of a waiting job in the line; -1 when it is not waiting."""
+        with self._changed:
+            try:
+                return self._waiting.index(job)
+            except ValueError:
+                return -1
 
     def depth(self) -> int:
-        return self._queue.qsize()
+        with self._changed:
+            return len(self._waiting)
+
+    def drop(self, predicate: Callable[[Job], bool]) -> list[Job]:
+        """Take the waiting jobs that match out of the line."""
+        with self._changed:
+            dropped = [job for job in self._waiting if predicate(job)]
+            for job in dropped:
+                self._waiting.remove(job)
+            return dropped
 
     def stop(self) -> None:
-        for _ in self._threads:
-            self._queue.put(_STOP)
+        """Let the threads end once the line is empty."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
 
     def join(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
+    def _take(self) -> Job | None:
+        with self._changed:
+            while not self._waiting and not self._stopping:
+                self._changed.wait()
+            return self._waiting.popleft() if self._waiting else None
+
     def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, Job)
-            with structlog.contextvars.bound_contextvars(job_id=item.id):
-                run_job(self._backends[item.options.backend], item)
+        while (job := self._take()) is not None:
+            with structlog.contextvars.bound_contextvars(job_id=job.id):
+                run_job(self._backends[job.options.backend], job)
+
+
+def _terminal_state(error: StyleTransferError) -> State:
+    return State.CANCELLED if isinstance(error, Cancelled | ShuttingDown) else State.FAILED
 
 
 def run_job(backend: Backend, job: Job) -> None:
     """Run one job to its terminal event; never raises."""
-    started = time.monotonic()
+    job.started_at = started = time.monotonic()
     queued = started - job.accepted_at
     options = job.options
-    if job.cancel_event.is_set():
-        job.state = State.CANCELLED
-        job.events.put(Failed(Cancelled("the job was cancelled before it started")))
-        log.info("job_cancelled", while_state="queued")
+    if job.stop.is_set():
+        error = job.stop.error()
+        job.finish(_terminal_state(error), Failed(error))
+        log.info("job_stopped", while_state="queued", reason=str(job.stop.reason))
         return
     job.state = State.RUNNING
     log.info("job_started", backend=options.backend, device=options.device, queued_s=round(queued, 3))
     work = BackendJob(job.spec.content, job.spec.styles, options.style, options.device, options.preview_every)
     try:
-        for record in backend.run(work, job.cancel_event):
+        for record in backend.run(work, job.stop):
             if isinstance(record, Iterate):
-                job.events.put(Progress(record))
+                job.last_progress = record
+                job.log.append(Progress(record))
                 if record.image is not None:
                     data, width, height = images.encode(
                         record.image, options.output_format, options.output_quality, options.preview_max_size
                     )
-                    job.events.put(Preview(record.iteration, EncodedImage(data, width, height)))
+                    job.log.append(Preview(record.iteration, EncodedImage(data, width, height)))
             elif isinstance(record, Outcome):
                 encode_start = time.monotonic()
                 data, width, height = images.encode(
@@ -214,10 +403,10 @@ def run_job(backend: Backend, job: Job) -> None:
                     total=now - job.accepted_at,
                     iteration_mean_ms=1000 * record.optimize_seconds / max(1, record.iterations),
                 )
-                job.state = State.SUCCEEDED
-                job.events.put(
-                    Finished(EncodedImage(data, width, height), record.losses, record.iterations, timings)
+                finished = Finished(
+                    EncodedImage(data, width, height), record.losses, record.iterations, timings
                 )
+                job.finish(State.SUCCEEDED, finished)
                 log.info(
                     "job_succeeded",
                     total_s=round(timings.total, 3),
@@ -225,34 +414,55 @@ def run_job(backend: Backend, job: Job) -> None:
                 )
                 return
         raise RuntimeError("backend ended without an outcome")
-    except Cancelled as exc:
-        job.state = State.CANCELLED
-        job.events.put(Failed(exc))
-        log.info("job_cancelled", while_state="running")
+    except Cancelled:
+        error = job.stop.error()  # the backend saw the signal; the signal knows why it was set
+        job.finish(_terminal_state(error), Failed(error))
+        log.info("job_stopped", while_state="running", reason=str(job.stop.reason))
     except StyleTransferError as exc:
-        job.state = State.FAILED
-        job.events.put(Failed(exc))
+        job.finish(State.FAILED, Failed(exc))
         log.warning("job_failed", error=exc.message, reason=exc.reason)
     except Exception:
-        job.state = State.FAILED
-        job.events.put(Failed(StyleTransferError("the job failed inside the server")))
+        job.finish(State.FAILED, Failed(StyleTransferError("the job failed inside the server")))
         log.exception("job_crashed")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How much the job core takes on and remembers."""
+
+    queue_size: int = 16  # waiting jobs per device
+    workers_per_device: int = 1  # jobs running at once on one device
+    history: int = 4096  # events kept per job for WatchJob
+    retention_seconds: float = 600.0  # how long a finished job stays readable
+    retention_bytes: int = 256 * 1024 * 1024  # encoded images finished jobs may hold in all
+
+
+def _result_bytes(job: Job) -> int:
+    terminal = job.log.terminal
+    return len(terminal.image.data) if isinstance(terminal, Finished) else 0
+
+
 class JobCore:
-    """Accepts checked jobs and runs them on per-device workers."""
+    """Accepts checked jobs, runs them on per-device workers, and keeps them for a while after."""
 
     def __init__(
-        self, backends: Mapping[str, Backend], default_backend: str, default_device: str, queue_size: int
+        self,
+        backends: Mapping[str, Backend],
+        default_backend: str,
+        default_device: str,
+        limits: Limits | None = None,
     ) -> None:
         self.backends = backends
         self.default_backend = default_backend
         self.default_device = default_device
-        self._queue_size = queue_size
+        self.limits = limits or Limits()
         self._devices: dict[str, DeviceWorkers] = {}
+        self._jobs: dict[str, Job] = {}  # in acceptance order
+        self._by_key: dict[str, Job] = {}
         self._lock = threading.Lock()
-        self._jobs: weakref.WeakSet[Job] = weakref.WeakSet()
         self._closed = False
+        self._reaper_stop = threading.Event()
+        threading.Thread(target=self._reap_loop, name="job-reaper", daemon=True).start()
 
     def place(self, options: JobOptions) -> JobOptions:
         """Fill in the backend and concrete device a job will run on."""
@@ -272,41 +482,116 @@ class JobCore:
         device = backend.resolve_device(options.device or self.default_device)
         return replace(options, backend=name, device=device)
 
-    def submit(self, spec: JobSpec) -> Job:
-        """Queue a placed job; raise ResourceExhausted when its device's queue is full."""
-        job = Job(id=uuid.uuid4().hex, spec=spec)
+    def submit(self, spec: JobSpec, *, deadline: float | None = None, idempotency_key: str = "") -> Job:
+        """Queue a placed job, or return the job already made under the same idempotency key.
+
+        Raises ResourceExhausted when the device's queue is full and ShuttingDown when draining.
+        """
         with self._lock:
+            if idempotency_key and idempotency_key in self._by_key:
+                return self._by_key[idempotency_key]
             if self._closed:
-                raise Unavailable("the server is shutting down")
+                raise ShuttingDown("the server is shutting down; retry on another replica")
+            self._forget_expired()
+            job = Job(
+                id=uuid.uuid4().hex,
+                spec=spec,
+                history=self.limits.history,
+                deadline=deadline,
+                idempotency_key=idempotency_key,
+            )
             workers = self._devices.get(spec.options.device)
             if workers is None:
-                workers = DeviceWorkers(spec.options.device, self.backends, self._queue_size, 1)
+                workers = DeviceWorkers(
+                    spec.options.device, self.backends, self.limits.queue_size, self.limits.workers_per_device
+                )
                 self._devices[spec.options.device] = workers
             workers.put(job)
-            self._jobs.add(job)
+            self._jobs[job.id] = job
+            if idempotency_key:
+                self._by_key[idempotency_key] = job
         log.info("job_queued", job_id=job.id, device=spec.options.device, backend=spec.options.backend)
         return job
+
+    def get(self, job_id: str) -> Job:
+        """A job by id; NotFound when unknown or forgotten."""
+        with self._lock:
+            self._forget_expired()
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} is unknown, or finished long enough ago to be forgotten")
+        return job
+
+    def jobs(self) -> list[Job]:
+        """Every job the core remembers, oldest first."""
+        with self._lock:
+            self._forget_expired()
+            return list(self._jobs.values())
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job; a queued one leaves its line at once. Cancelling a finished job is a no-op."""
+        job = self.get(job_id)
+        job.cancel(StopReason.CALLER)
+        self._drop_stopped()
+        return job
+
+    def position(self, job: Job) -> int:
+        """Place of a queued job in its device's line (0 = next); -1 when not queued."""
+        with self._lock:
+            workers = self._devices.get(job.options.device)
+        return workers.position(job) if workers is not None else -1
 
     def queue_depths(self) -> dict[str, int]:
         """Waiting jobs per device."""
         with self._lock:
             return {device: workers.depth() for device, workers in self._devices.items()}
 
-    def close(self, timeout: float | None = None) -> None:
-        """Refuse new jobs and give queued and running ones `timeout` seconds to finish.
+    def _drop_stopped(self) -> None:
+        """End queued jobs that were cancelled or whose deadline passed, without waiting in line."""
+        with self._lock:
+            lines = list(self._devices.values())
+        for workers in lines:
+            for job in workers.drop(lambda j: j.stop.is_set()):
+                error = job.stop.error()
+                job.finish(_terminal_state(error), Failed(error))
+                log.info("job_stopped", job_id=job.id, while_state="queued", reason=str(job.stop.reason))
 
-        Jobs still unfinished then are cancelled, so each still ends with a terminal event.
+    def _reap_loop(self) -> None:
+        while not self._reaper_stop.wait(0.2):
+            self._drop_stopped()
+
+    def _forget_expired(self) -> None:
+        """Forget finished jobs past their retention time, then the oldest past the byte budget."""
+        now = time.monotonic()
+        finished = [j for j in self._jobs.values() if j.done and j.finished_at is not None]
+        budget = self.limits.retention_bytes
+        held = sum(_result_bytes(j) for j in finished)
+        for job in finished:  # oldest first
+            expired = now - (job.finished_at or now) > self.limits.retention_seconds
+            if expired or held > budget:
+                held -= _result_bytes(job)
+                del self._jobs[job.id]
+                if job.idempotency_key:
+                    self._by_key.pop(job.idempotency_key, None)
+
+    def close(self, grace: float | None = None) -> None:
+        """Refuse new jobs and give queued and running ones `grace` seconds to finish.
+
+        Jobs unfinished then end with ShuttingDown, so each still has a terminal event.
         """
         with self._lock:
             self._closed = True
             workers = list(self._devices.values())
+            jobs = list(self._jobs.values())
         for w in workers:
             w.stop()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if grace is None else time.monotonic() + grace
         for w in workers:
             w.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        for job in list(self._jobs):
-            if job.state in (State.QUEUED, State.RUNNING):
-                job.cancel()
+        for job in jobs:
+            if not job.done:
+                job.cancel(StopReason.SHUTDOWN)
+        self._drop_stopped()
         for w in workers:
             w.join(None)
+        self._reaper_stop.set()

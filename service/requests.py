@@ -102,10 +102,12 @@ def _rules(settings: Settings) -> dict[str, Callable[[str, Any], Any]]:
         "preview_max_size": _number(16, 4096, integer=True),
         "backend": lambda f, v: str(v),
         "device": lambda f, v: str(v),
+        "max_duration_seconds": _number(0, 7 * 24 * 3600, low_open=True),
     }
 
 
 STYLE_FIELDS = set(StyleOptions.__dataclass_fields__)
+_FIELD_NAMES = {"max_duration_seconds": "max_duration"}  # wire name -> JobOptions field
 
 
 def resolve_options(overrides: Mapping[str, Any], defaults: JobOptions, settings: Settings) -> JobOptions:
@@ -115,7 +117,7 @@ def resolve_options(overrides: Mapping[str, Any], defaults: JobOptions, settings
     job: dict[str, Any] = {}
     for name, value in overrides.items():
         checked = rules[name](f"options.{name}", value)
-        (style if name in STYLE_FIELDS else job)[name] = checked
+        (style if name in STYLE_FIELDS else job)[_FIELD_NAMES.get(name, name)] = checked
     options = replace(defaults, style=replace(defaults.style, **style), **job)
     weights = options.style.style_layer_weights
     if weights and len(weights) != len(options.style.style_layers):

@@ -22,7 +22,7 @@ from backends.options import StyleOptions
 from backends.weights.canonical import VGGWeights
 from service import convert
 from service.interceptors import ServiceInterceptor
-from service.jobs import Failed, JobCore
+from service.jobs import Failed, JobCore, Limits
 from service.options import JobOptions
 from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
@@ -64,7 +64,7 @@ class Server:
         grace = self.settings.shutdown_grace if grace is None else grace
         self.health.enter_graceful_shutdown()
         log.info("server_stopping", grace_s=grace)
-        self.core.close(timeout=grace)
+        self.core.close(grace=grace)
         self.grpc_server.stop(grace=1.0).wait()
         log.info("server_stopped")
 
@@ -84,7 +84,7 @@ def warm_up(core: JobCore, backend: str) -> None:
     image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
     options = core.place(JobOptions(style=StyleOptions(iterations=2), max_size=32, backend=backend))
     job = core.submit(JobSpec(image, (StyleInput(image, 1.0),), options))
-    for event in job.stream():
+    for _, event in job.stream():
         if isinstance(event, Failed):
             raise event.error
 
@@ -93,7 +93,14 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
     """Create and start a server; it reports NOT_SERVING until warm-up has run."""
     if backends is None:
         backends = create_backends(settings, weights)
-    core = JobCore(backends, settings.backend, settings.device, settings.queue_size)
+    limits = Limits(
+        queue_size=settings.queue_size,
+        workers_per_device=settings.workers_per_device,
+        history=settings.job_history,
+        retention_seconds=settings.job_retention_seconds,
+        retention_bytes=settings.job_retention_bytes,
+    )
+    core = JobCore(backends, settings.backend, settings.device, limits)
     defaults = JobOptions()
     version_string = server_version()
 

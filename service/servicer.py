@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
+from backends.errors import InvalidArgument
 from service import convert
-from service.jobs import Failed, JobCore
+from service.jobs import Failed, Job, JobCore
 from service.options import JobOptions
 from service.requests import build_spec, resolve_options
 from service.settings import Settings
+
+MAX_KEY_LENGTH = 128
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+def _job_id(name: str) -> str:
+    prefix, _, job_id = name.partition("/")
+    if prefix != "jobs" or not job_id or "/" in job_id:
+        raise InvalidArgument("name", f"{name!r} is not a job name; expected jobs/{{id}}")
+    return job_id
 
 
 class StyleTransferServicer(pb_grpc.StyleTransferServicer):
@@ -26,18 +38,66 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self._settings = settings
         self._info = info
 
+    def _create(self, request: pb.TransferRequest | pb.CreateJobRequest, deadline: float | None) -> Job:
+        if len(request.idempotency_key) > MAX_KEY_LENGTH:
+            raise InvalidArgument("idempotency_key", f"longer than {MAX_KEY_LENGTH} characters")
+        plain = convert.job_request(request)
+        options = self._core.place(resolve_options(plain.overrides, self._defaults, self._settings))
+        if options.max_duration is not None:
+            budget = time.monotonic() + options.max_duration
+            deadline = budget if deadline is None else min(deadline, budget)
+        spec = build_spec(plain, options, self._settings)
+        return self._core.submit(spec, deadline=deadline, idempotency_key=request.idempotency_key)
+
+    def _events(self, job: Job, after: int) -> Iterator[pb.TransferEvent]:
+        for sequence, item in job.stream(after, self._settings.heartbeat_seconds):
+            if isinstance(item, Failed):
+                raise item.error
+            yield convert.event(job, sequence, item)
+
     def Transfer(
         self, request: pb.TransferRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TransferEvent]:
-        plain = convert.job_request(request)
-        options = self._core.place(resolve_options(plain.overrides, self._defaults, self._settings))
-        job = self._core.submit(build_spec(plain, options, self._settings))
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        job = self._create(request, deadline)
         context.add_callback(job.cancel)  # the caller went away: stop computing for nobody
-        yield convert.accepted(job)
-        for item in job.stream():
-            if isinstance(item, Failed):
-                raise item.error
-            yield convert.event(item, job.options)
+        yield from self._events(job, 0)
 
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
         return self._info()
+
+    def CreateJob(self, request: pb.CreateJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        job = self._create(request, None)
+        return convert.job(job, self._core.position(job))
+
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        job = self._core.get(_job_id(request.name))
+        return convert.job(job, self._core.position(job))
+
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
+        if request.state and request.state not in convert.STATES_FROM_PROTO:
+            raise InvalidArgument("state", f"unknown job state {request.state}")
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        try:
+            start = int(request.page_token or 0)
+        except ValueError:
+            raise InvalidArgument("page_token", "not a token this server issued") from None
+        wanted = convert.STATES_FROM_PROTO.get(request.state)
+        jobs = [j for j in self._core.jobs() if wanted is None or j.state is wanted]
+        page = jobs[start : start + size]
+        token = str(start + size) if start + size < len(jobs) else ""
+        return pb.ListJobsResponse(
+            jobs=[convert.job(j, self._core.position(j), with_image=False) for j in page],
+            next_page_token=token,
+        )
+
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        job = self._core.cancel(_job_id(request.name))
+        return convert.job(job, self._core.position(job))
+
+    def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.TransferEvent]:
+        job = self._core.get(_job_id(request.name))
+        yield from self._events(job, request.after_sequence)

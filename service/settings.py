@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     """Largest request or response message, in bytes."""
     queue_size: int = Field(default=16, ge=1)
     """Jobs that may wait per device before requests are refused with RESOURCE_EXHAUSTED."""
+    workers_per_device: int = Field(default=1, ge=1)
+    """Jobs that run at once on one device."""
+    job_history: int = Field(default=4096, ge=16)
+    """Events kept per job, so that WatchJob can resume after a disconnect."""
+    job_retention_seconds: float = Field(default=600.0, ge=0)
+    """How long a finished job (and its result) stays readable; then GetJob says NOT_FOUND."""
+    job_retention_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Encoded result bytes finished jobs may hold in all; the oldest are forgotten first."""
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    """Seconds of quiet after which a stream gets a heartbeat event."""
     rpc_threads: int = Field(default=32, ge=2)
     """Threads serving RPCs; each streaming call holds one while its job runs."""
     warmup: bool = True

@@ -7,15 +7,37 @@ core in tests/integration.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from backends.base import BackendJob, CancelToken, Iterate, Losses, Outcome, StyleInput
-from backends.errors import BackendFailure, Cancelled, ResourceExhausted, StyleTransferError, Unavailable
+from backends.errors import (
+    BackendFailure,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ShuttingDown,
+    StyleTransferError,
+    Unavailable,
+)
 from backends.options import StyleOptions
-from service.jobs import Failed, Finished, JobCore, Progress, State
+from service.jobs import (
+    Accepted,
+    Failed,
+    Finished,
+    Heartbeat,
+    Job,
+    JobCore,
+    Limits,
+    Progress,
+    State,
+    StopReason,
+)
 from service.options import JobOptions
 from service.requests import JobSpec
 
@@ -28,13 +50,16 @@ class ScriptedBackend:
 
     name = "scripted"
 
-    def __init__(self, raise_at: int | None = None, error: Exception | None = None) -> None:
+    def __init__(
+        self, raise_at: int | None = None, error: Exception | None = None, delay: float = 0.001
+    ) -> None:
         self.gate = threading.Event()
         self.gate.set()
         self.raise_at = raise_at
         self.error = error
         self.started = threading.Event()
         self.runs = 0
+        self.delay = delay  # per iteration, so that watchers can keep up as with real backends
 
     def devices(self) -> list[str]:
         return ["cpu"]
@@ -49,6 +74,7 @@ class ScriptedBackend:
         self.started.set()
         for i in range(1, job.options.iterations + 1):
             self.gate.wait(30)
+            time.sleep(self.delay)
             if cancel.is_set():
                 raise Cancelled("cancelled")
             if i == self.raise_at:
@@ -58,8 +84,12 @@ class ScriptedBackend:
         yield Outcome(IMAGE, LOSSES, job.options.iterations, 0.0, 0.0)
 
 
-def _core(backend: ScriptedBackend, queue_size: int = 4) -> JobCore:
-    return JobCore({"scripted": backend}, "scripted", "auto", queue_size)
+def _core(backend: ScriptedBackend, queue_size: int = 4, **limits: float) -> JobCore:
+    return JobCore({"scripted": backend}, "scripted", "auto", Limits(queue_size=queue_size, **limits))  # type: ignore[arg-type]
+
+
+def _events(job: Job) -> list[object]:
+    return [event for _, event in job.stream()]
 
 
 def _spec(core: JobCore, iterations: int = 3) -> JobSpec:
@@ -71,32 +101,32 @@ def test_a_job_runs_to_a_result() -> None:
     """Progress events in order, then one Finished with an encoded image."""
     core = _core(ScriptedBackend())
     job = core.submit(_spec(core))
-    events = list(job.stream())
+    events = _events(job)
     assert [e.iterate.iteration for e in events if isinstance(e, Progress)] == [1, 2, 3]
     assert isinstance(events[-1], Finished) and events[-1].image.width == 16
     assert job.state is State.SUCCEEDED
-    core.close(5)
+    core.close(grace=5)
 
 
 def test_an_unexpected_backend_error_fails_only_that_job_with_a_generic_message() -> None:
     """A crash inside the backend ends the job with a safe message; the next job still runs."""
     backend = ScriptedBackend(raise_at=2, error=RuntimeError("secret internals at 0xdeadbeef"))
     core = _core(backend)
-    events = list(core.submit(_spec(core)).stream())
+    events = _events(core.submit(_spec(core)))
     assert isinstance(events[-1], Failed)
     assert "0xdeadbeef" not in events[-1].error.message
     assert type(events[-1].error) is StyleTransferError
     backend.raise_at = None
-    assert isinstance(list(core.submit(_spec(core)).stream())[-1], Finished)
-    core.close(5)
+    assert isinstance(_events(core.submit(_spec(core)))[-1], Finished)
+    core.close(grace=5)
 
 
 def test_a_domain_error_keeps_its_class() -> None:
     """A BackendFailure (say NaN losses) reaches the caller as itself."""
     core = _core(ScriptedBackend(raise_at=1, error=BackendFailure("the loss became non-finite")))
-    last = list(core.submit(_spec(core)).stream())[-1]
+    last = _events(core.submit(_spec(core)))[-1]
     assert isinstance(last, Failed) and isinstance(last.error, BackendFailure)
-    core.close(5)
+    core.close(grace=5)
 
 
 def test_a_job_cancelled_while_queued_never_runs() -> None:
@@ -109,11 +139,11 @@ def test_a_job_cancelled_while_queued_never_runs() -> None:
     second = core.submit(_spec(core))
     second.cancel()
     backend.gate.set()
-    assert isinstance(list(first.stream())[-1], Finished)
-    last = list(second.stream())[-1]
+    assert isinstance(_events(first)[-1], Finished)
+    last = _events(second)[-1]
     assert isinstance(last, Failed) and isinstance(last.error, Cancelled)
     assert backend.runs == 1 and second.state is State.CANCELLED
-    core.close(5)
+    core.close(grace=5)
 
 
 def test_a_full_queue_refuses_new_jobs() -> None:
@@ -128,18 +158,173 @@ def test_a_full_queue_refuses_new_jobs() -> None:
         core.submit(_spec(core))
     backend.gate.set()
     for job in (running, queued):
-        assert isinstance(list(job.stream())[-1], Finished)
-    core.close(5)
+        assert isinstance(_events(job)[-1], Finished)
+    core.close(grace=5)
 
 
-def test_close_cancels_what_outlives_the_grace_period() -> None:
-    """A job still running when the grace period ends is cancelled, with a terminal event."""
+def test_close_ends_what_outlives_the_grace_period_as_shutting_down() -> None:
+    """A job still running when the grace period ends stops with ShuttingDown (UNAVAILABLE)."""
     backend = ScriptedBackend()
     core = _core(backend)
     job = core.submit(_spec(core, iterations=10_000_000))
     assert backend.started.wait(10)
-    core.close(timeout=0.2)
-    last = list(job.stream())[-1]
-    assert isinstance(last, Failed) and isinstance(last.error, Cancelled)
-    with pytest.raises(Unavailable):
+    core.close(grace=0.2)
+    last = _events(job)[-1]
+    assert isinstance(last, Failed) and isinstance(last.error, ShuttingDown)
+    assert job.state is State.CANCELLED
+    with pytest.raises(ShuttingDown):
         core.submit(_spec(core))
+
+
+def test_events_are_numbered_from_one_with_accepted_first() -> None:
+    """Sequence numbers count up from 1; the first event is Accepted, the last the terminal one."""
+    core = _core(ScriptedBackend())
+    job = core.submit(_spec(core))
+    numbered = list(job.stream())
+    assert [n for n, _ in numbered] == list(range(1, len(numbered) + 1))
+    assert isinstance(numbered[0][1], Accepted) and isinstance(numbered[-1][1], Finished)
+    core.close(grace=5)
+
+
+def test_a_watcher_resumes_after_the_last_event_it_saw() -> None:
+    """Following from sequence 3 yields exactly the events numbered 4 and on."""
+    core = _core(ScriptedBackend())
+    job = core.submit(_spec(core, iterations=5))
+    everything = list(job.stream())
+    resumed = list(job.stream(after=3))
+    assert resumed == everything[3:]
+    core.close(grace=5)
+
+
+def test_several_watchers_see_the_same_events() -> None:
+    """Two watchers started while the job is held both get every event."""
+    backend = ScriptedBackend()
+    backend.gate.clear()
+    core = _core(backend)
+    job = core.submit(_spec(core))
+    seen: list[list[tuple[int, object]]] = [[], []]
+    threads = [threading.Thread(target=lambda i=i: seen[i].extend(job.stream())) for i in range(2)]
+    for t in threads:
+        t.start()
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+    assert seen[0] == seen[1] and isinstance(seen[0][-1][1], Finished)
+    core.close(grace=5)
+
+
+def test_quiet_streams_get_heartbeats() -> None:
+    """While a job is held, a watcher with a short heartbeat interval receives Heartbeat events."""
+    backend = ScriptedBackend()
+    backend.gate.clear()
+    core = _core(backend)
+    job = core.submit(_spec(core))
+    stream = job.stream(after=1, heartbeat=0.05)
+    assert next(stream) == (1, Heartbeat())
+    backend.gate.set()
+    assert isinstance(list(stream)[-1][1], Finished)
+    core.close(grace=5)
+
+
+def test_a_late_watcher_of_a_finished_job_still_learns_how_it_ended() -> None:
+    """With 4 events kept, a watcher of a finished 20-iteration job from sequence 1 gets the ending."""
+    core = _core(ScriptedBackend(), history=4)
+    job = core.submit(_spec(core, iterations=20))
+    while not job.done:
+        time.sleep(0.01)
+    ending = list(job.stream(after=1))
+    assert len(ending) == 1 and isinstance(ending[0][1], Finished)
+    assert ending[0][0] == 1 + 20 + 1
+    core.close(grace=5)
+
+
+def test_resuming_a_running_job_past_its_history_is_rejected() -> None:
+    """While the job runs, asking for events the history dropped is InvalidArgument on after_sequence."""
+    backend = ScriptedBackend()
+    core = _core(backend, history=4)
+    job = core.submit(_spec(core, iterations=10_000_000))
+    while job.log.last_sequence < 10:
+        time.sleep(0.01)
+    with pytest.raises(InvalidArgument) as caught:
+        next(job.stream(after=1))
+    assert caught.value.field == "after_sequence"
+    job.cancel()
+    core.close(grace=5)
+
+
+def test_the_same_idempotency_key_returns_the_same_job() -> None:
+    """A retry with the key of a remembered job gets that job back and runs nothing more."""
+    backend = ScriptedBackend()
+    core = _core(backend)
+    first = core.submit(_spec(core), idempotency_key="order-17")
+    _events(first)
+    again = core.submit(_spec(core), idempotency_key="order-17")
+    assert again is first and backend.runs == 1
+    assert core.submit(_spec(core), idempotency_key="order-18") is not first
+    core.close(grace=5)
+
+
+def test_queued_jobs_report_their_position_and_leave_the_line_when_cancelled() -> None:
+    """Positions count from 0; cancelling a queued job ends it at once, before the one ahead runs."""
+    backend = ScriptedBackend()
+    backend.gate.clear()
+    core = _core(backend)
+    running = core.submit(_spec(core))
+    assert backend.started.wait(10)
+    second, third = core.submit(_spec(core)), core.submit(_spec(core))
+    assert (core.position(running), core.position(second), core.position(third)) == (-1, 0, 1)
+    core.cancel(second.id)
+    last = _events(second)[-1]  # ends although the running job is still held
+    assert isinstance(last, Failed) and isinstance(last.error, Cancelled)
+    assert core.position(third) == 0
+    backend.gate.set()
+    assert isinstance(_events(third)[-1], Finished)
+    core.close(grace=5)
+
+
+def test_a_passed_deadline_ends_a_running_job_as_deadline_exceeded() -> None:
+    """A job whose deadline passes mid-run stops within an iteration with DeadlineExceeded."""
+    core = _core(ScriptedBackend())
+    job = core.submit(_spec(core, iterations=10_000_000), deadline=time.monotonic() + 0.3)
+    last = _events(job)[-1]
+    assert isinstance(last, Failed) and isinstance(last.error, DeadlineExceeded)
+    assert job.state is State.FAILED and job.stop.reason is StopReason.DEADLINE
+    core.close(grace=5)
+
+
+def test_a_passed_deadline_ends_a_queued_job_without_waiting_in_line() -> None:
+    """A queued job past its deadline ends DeadlineExceeded while the job ahead is still running."""
+    backend = ScriptedBackend()
+    backend.gate.clear()
+    core = _core(backend)
+    core.submit(_spec(core))
+    assert backend.started.wait(10)
+    queued = core.submit(_spec(core), deadline=time.monotonic() + 0.2)
+    last = _events(queued)[-1]
+    assert isinstance(last, Failed) and isinstance(last.error, DeadlineExceeded)
+    backend.gate.set()
+    core.close(grace=5)
+
+
+def test_finished_jobs_are_forgotten_after_their_retention() -> None:
+    """Past the retention time a finished job is NotFound, and its idempotency key is free again."""
+    core = _core(ScriptedBackend(), retention_seconds=0.0)
+    job = core.submit(_spec(core), idempotency_key="k")
+    _events(job)
+    with pytest.raises(NotFound):
+        core.get(job.id)
+    assert core.submit(_spec(core), idempotency_key="k") is not job
+    core.close(grace=5)
+
+
+def test_finished_jobs_are_forgotten_oldest_first_past_the_byte_budget() -> None:
+    """With room for one result, the older finished job goes first."""
+    core = _core(ScriptedBackend(), retention_bytes=1)
+    older = core.submit(_spec(core))
+    _events(older)
+    newer = core.submit(_spec(core))
+    _events(newer)
+    core.jobs()
+    with pytest.raises(NotFound):
+        core.get(older.id)
+    core.close(grace=5)

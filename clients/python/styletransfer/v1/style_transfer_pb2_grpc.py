@@ -45,6 +45,31 @@ class StyleTransferStub:
                 request_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.CreateJob = channel.unary_unary(
+                '/styletransfer.v1.StyleTransfer/CreateJob',
+                request_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.CreateJobRequest.SerializeToString,
+                response_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/styletransfer.v1.StyleTransfer/GetJob',
+                request_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/styletransfer.v1.StyleTransfer/ListJobs',
+                request_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/styletransfer.v1.StyleTransfer/CancelJob',
+                request_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.Job.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/styletransfer.v1.StyleTransfer/WatchJob',
+                request_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.TransferEvent.FromString,
+                _registered_method=True)
 
 
 class StyleTransferServicer:
@@ -70,6 +95,51 @@ class StyleTransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJob(self, request, context):
+        """CreateJob queues a job and returns it at once, without waiting for it to
+        run. Follow it with WatchJob or poll it with GetJob. A request with the
+        idempotency key of a job the server still remembers returns that job
+        instead of creating another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """GetJob returns a job's current state, and its result once it succeeded.
+        A job the server never had, or has forgotten, is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """ListJobs lists the jobs the server remembers, oldest first, without
+        result images.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """CancelJob asks a job to stop; it ends CANCELLED before its next
+        iteration (at once if it is still queued). Cancelling a finished job
+        changes nothing. Returns the job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """WatchJob streams a job's events after `after_sequence`, exactly as
+        Transfer does, and can be re-opened after a disconnect to resume where
+        the caller left off. Several watchers may follow one job. Cancelling a
+        watch does not cancel the job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StyleTransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +152,31 @@ def add_StyleTransferServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.GetServerInfoRequest.FromString,
                     response_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.ServerInfo.SerializeToString,
+            ),
+            'CreateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJob,
+                    request_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.CreateJobRequest.FromString,
+                    response_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.GetJobRequest.FromString,
+                    response_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.ListJobsRequest.FromString,
+                    response_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.CancelJobRequest.FromString,
+                    response_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.Job.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=styletransfer_dot_v1_dot_style__transfer__pb2.WatchJobRequest.FromString,
+                    response_serializer=styletransfer_dot_v1_dot_style__transfer__pb2.TransferEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +234,141 @@ class StyleTransfer:
             '/styletransfer.v1.StyleTransfer/GetServerInfo',
             styletransfer_dot_v1_dot_style__transfer__pb2.GetServerInfoRequest.SerializeToString,
             styletransfer_dot_v1_dot_style__transfer__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/styletransfer.v1.StyleTransfer/CreateJob',
+            styletransfer_dot_v1_dot_style__transfer__pb2.CreateJobRequest.SerializeToString,
+            styletransfer_dot_v1_dot_style__transfer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/styletransfer.v1.StyleTransfer/GetJob',
+            styletransfer_dot_v1_dot_style__transfer__pb2.GetJobRequest.SerializeToString,
+            styletransfer_dot_v1_dot_style__transfer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/styletransfer.v1.StyleTransfer/ListJobs',
+            styletransfer_dot_v1_dot_style__transfer__pb2.ListJobsRequest.SerializeToString,
+            styletransfer_dot_v1_dot_style__transfer__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/styletransfer.v1.StyleTransfer/CancelJob',
+            styletransfer_dot_v1_dot_style__transfer__pb2.CancelJobRequest.SerializeToString,
+            styletransfer_dot_v1_dot_style__transfer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/styletransfer.v1.StyleTransfer/WatchJob',
+            styletransfer_dot_v1_dot_style__transfer__pb2.WatchJobRequest.SerializeToString,
+            styletransfer_dot_v1_dot_style__transfer__pb2.TransferEvent.FromString,
             options,
             channel_credentials,
             insecure,
