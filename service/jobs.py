@@ -107,6 +107,9 @@ class Failed:
 Event = Accepted | Progress | Preview | Finished | Failed
 
 
+DEADLINE_SLACK = 0.25  # seconds; see Job.caller_gone
+
+
 class StopReason(StrEnum):
     """Why a job was told to stop before it finished."""
 
@@ -273,6 +276,16 @@ class Job:
     def cancel(self, reason: StopReason = StopReason.CALLER) -> None:
         """Ask the job to stop; takes effect before its next iteration (or at once when queued)."""
         self.stop.set(reason)
+
+    def caller_gone(self) -> None:
+        """The caller of the call that runs this job went away: by its deadline, or by choice.
+
+        gRPC ends the call at the caller's deadline a moment before our copy of that deadline (taken
+        when the handler started) passes, hence the small allowance.
+        """
+        deadline = self.stop.deadline
+        late = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK
+        self.cancel(StopReason.DEADLINE if late else StopReason.CALLER)
 
     def stream(
         self, after: int = 0, heartbeat: float | None = None

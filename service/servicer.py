@@ -61,7 +61,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         job = self._create(request, deadline)
-        context.add_callback(job.cancel)  # the caller went away: stop computing for nobody
+        context.add_callback(job.caller_gone)  # stop computing for nobody
         yield from self._events(job, 0)
 
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
