@@ -8,15 +8,18 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from grpc_status import rpc_status
 from imaging import image_bytes
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -67,7 +70,12 @@ def test_health_is_not_serving_until_warm_up_has_run() -> None:
 
 @pytest.fixture
 def process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+        "STYLETRANSFER_SHUTDOWN_GRACE": "2",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", "0", "--weights", "random:0", "--log-format", "json"],
         stdout=subprocess.PIPE,
@@ -157,3 +165,42 @@ def test_weights_come_from_the_environment(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "nope.safetensors" in done.stderr
+
+
+def _long_request() -> pb.TransferRequest:
+    return pb.TransferRequest(
+        content=pb.Image(data=image_bytes(1, 48, 48)),
+        styles=[pb.StyleImage(image=pb.Image(data=image_bytes(2, 48, 48)))],
+        options=pb.TransferOptions(iterations=10_000, max_size=48),
+    )
+
+
+def test_sigterm_drains_refuses_new_jobs_and_ends_running_ones_unavailable(
+    process: tuple[subprocess.Popen[str], int],
+) -> None:
+    """On SIGTERM: NOT_SERVING, new jobs UNAVAILABLE with RetryInfo, the running job ends
+    UNAVAILABLE after the 2 s grace period, and the process exits 0."""
+    proc, port = process
+    _wait_serving(port)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        running = stub.Transfer(_long_request(), timeout=120)
+        assert next(running).HasField("accepted")
+        assert next(running).HasField("progress")
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _health(port) != NOT_SERVING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _health(port) == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Transfer(_long_request(), timeout=30))
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        status = rpc_status.from_call(refused.value)
+        assert status is not None
+        assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in running:
+                pass
+        assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (ended.value.details() or "")
+    assert proc.wait(timeout=60) == 0
