@@ -33,6 +33,13 @@ def parse_args(argv: list[str] | None) -> dict[str, object]:
         help="canonical weights file, or random:SEED for smoke tests "
         "(default: the file `styletransfer-weights download` caches)",
     )
+    parser.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key the port speaks TLS")
+    parser.add_argument("--tls-key", help="PEM private key")
+    parser.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates (mutual TLS)")
+    parser.add_argument(
+        "--auth-tokens-file", help="bearer tokens, one per line; every RPC but health then needs one"
+    )
+    parser.add_argument("--health-port", type=int, help="extra plaintext port serving only health")
     parser.add_argument("--log-format", choices=["json", "console"], help="default json")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(

@@ -39,7 +39,8 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise InvalidArgument(field, f"image has no pixels ({width}x{height})")
     if getattr(image, "is_animated", False):
-        raise InvalidArgument(field, f"animated images are not accepted ({image.n_frames} frames); send one frame")
+        frames = getattr(image, "n_frames", "several")
+        raise InvalidArgument(field, f"animated images are not accepted ({frames} frames); send one frame")
     if width * height > max_pixels:
         raise ResourceExhausted(f"{field}: {width}x{height} exceeds the limit of {max_pixels} pixels")
     try:

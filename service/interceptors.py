@@ -5,6 +5,7 @@ Handlers raise domain errors; this is the only code that turns an exception into
 
 from __future__ import annotations
 
+import hmac
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -112,3 +113,39 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 stream, handler.request_deserializer, handler.response_serializer
             )
         return handler
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Requires `authorization: Bearer <token>` on every RPC except health checks.
+
+    Tokens are compared in constant time and never logged.
+    """
+
+    def __init__(self, tokens: tuple[str, ...]) -> None:
+        self._tokens = tuple(t.encode() for t in tokens)
+
+    def _allowed(self, metadata: tuple[Any, ...]) -> bool:
+        header = next((value for key, value in metadata if key == "authorization"), None)
+        if not isinstance(header, str) or not header.startswith("Bearer "):
+            return False
+        presented = header.removeprefix("Bearer ").strip().encode()
+        # Check every token, so that the time taken does not tell which one nearly matched.
+        return any([hmac.compare_digest(presented, token) for token in self._tokens])
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        if details.method.startswith("/grpc.health.v1.Health/") or self._allowed(details.invocation_metadata):
+            return continuation(details)
+        handler = continuation(details)
+        if handler is None:
+            return None
+
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                refuse, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            refuse, handler.request_deserializer, handler.response_serializer
+        )

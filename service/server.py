@@ -21,12 +21,12 @@ from backends.errors import StyleTransferError
 from backends.options import StyleOptions
 from backends.weights.canonical import VGGWeights
 from service import convert
-from service.interceptors import ServiceInterceptor
+from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
 from service.options import JobOptions
 from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
-from service.settings import Settings
+from service.settings import Settings, load_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +50,8 @@ class Server:
     health: health.HealthServicer
     core: JobCore
     settings: Settings
+    health_server: grpc.Server | None = None
+    health_port: int | None = None
     ready: threading.Event = field(default_factory=threading.Event)
 
     def set_serving(self, serving: bool) -> None:
@@ -66,7 +68,25 @@ class Server:
         log.info("server_stopping", grace_s=grace)
         self.core.close(grace=grace)
         self.grpc_server.stop(grace=1.0).wait()
+        if self.health_server is not None:
+            self.health_server.stop(grace=0).wait()
         log.info("server_stopped")
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (mutual when a client CA is set) from the settings' PEM files; None for plaintext."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("TLS needs both tls_cert and tls_key")
+    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 def create_backends(settings: Settings, weights: VGGWeights) -> dict[str, Backend]:
@@ -118,9 +138,12 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ]
+    tokens = load_tokens(settings)
+    interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(tokens)] if tokens else []  # type: ignore[type-arg]
+    interceptors.append(ServiceInterceptor())
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor()],
+        interceptors=interceptors,
         options=options,
     )
     pb_grpc.add_StyleTransferServicer_to_server(  # type: ignore[no-untyped-call]
@@ -131,10 +154,24 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
     )
-    port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = grpc_server.add_insecure_port(address)
+    else:
+        port = grpc_server.add_secure_port(address, credentials)
     if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port}")
-    server = Server(grpc_server, port, health_servicer, core, settings)
+        raise OSError(f"could not bind {address}")
+    health_server = None
+    health_port = None
+    if settings.health_port is not None:
+        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        if health_port == 0:
+            raise OSError(f"could not bind the health port {settings.host}:{settings.health_port}")
+        health_server.start()
+    server = Server(grpc_server, port, health_servicer, core, settings, health_server, health_port)
     server.set_serving(False)
     grpc_server.start()
     log.info(

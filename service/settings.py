@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -60,7 +61,32 @@ class Settings(BaseSettings):
     """Run a tiny job at start-up before reporting SERVING."""
     shutdown_grace: float = Field(default=30.0, ge=0)
     """Seconds running jobs get to finish after SIGTERM."""
+    tls_cert: Path | None = None
+    """PEM certificate chain of the server; with tls_key, the gRPC port speaks TLS only."""
+    tls_key: Path | None = None
+    """PEM private key of the server."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
+    auth_tokens: SecretStr | None = None
+    """Comma-separated bearer tokens; when set (or auth_tokens_file), every RPC but health needs one."""
+    auth_tokens_file: Path | None = None
+    """File with one bearer token per line (blank lines and # comments ignored)."""
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """Extra plaintext port that serves only grpc.health.v1, for Kubernetes probes under TLS."""
     log_format: Literal["json", "console"] = "json"
     """JSON lines for production, or readable console output for development."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level that is logged."""
+
+
+def load_tokens(settings: Settings) -> tuple[str, ...]:
+    """Every accepted bearer token, from the setting and the file; empty means no auth."""
+    tokens: list[str] = []
+    if settings.auth_tokens is not None:
+        tokens += [t.strip() for t in settings.auth_tokens.get_secret_value().split(",") if t.strip()]
+    if settings.auth_tokens_file is not None:
+        for line in settings.auth_tokens_file.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                tokens.append(line)
+    return tuple(tokens)
