@@ -9,7 +9,7 @@ WEIGHTS ?=
 BACKENDS ?= pytorch,tensorflow
 PYTEST_ARGS ?=
 
-.PHONY: setup generate weights run test lint fmt clean bench
+.PHONY: setup generate weights run test lint fmt clean bench load
 
 setup: $(STAMP)
 
@@ -59,3 +59,7 @@ clean:
 ## Print ms/iteration of each installed backend at 128 and 256 px (random weights unless BENCH_WEIGHTS).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/iteration_speed.py $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS))
+
+## A bounded load run on loopback (its own server, random weights); prints outcomes, fails on lost jobs.
+load: $(STAMP)
+	$(BIN)/python benchmarks/load.py $(LOAD_ARGS)
