@@ -119,7 +119,7 @@ def caller(
                 code = error.code()
                 if code is grpc.StatusCode.RESOURCE_EXHAUSTED and job is None:
                     tally.add("rejected")
-                    time.sleep(rng.uniform(0.05, 0.3))  # back off; RetryInfo asks for more in production
+                    time.sleep(rng.uniform(0.5, 2.0))  # back off (RetryInfo asks for 5 s; shorter here)
                 elif code is grpc.StatusCode.CANCELLED:
                     tally.add("cancelled", None, job)
                 elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
