@@ -29,7 +29,7 @@ from backends.errors import (
     StyleTransferError,
     Unavailable,
 )
-from service import images
+from service import images, memory
 from service.options import JobOptions
 from service.requests import JobSpec
 
@@ -373,6 +373,7 @@ class DeviceWorkers:
         while (job := self._take()) is not None:
             with structlog.contextvars.bound_contextvars(job_id=job.id):
                 run_job(self._backends[job.options.backend], job)
+            memory.trim()
 
 
 def _terminal_state(error: StyleTransferError) -> State:

@@ -20,7 +20,7 @@ from backends.base import Backend, StyleInput
 from backends.errors import StyleTransferError
 from backends.options import StyleOptions
 from backends.weights.canonical import VGGWeights
-from service import convert
+from service import convert, memory
 from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
 from service.options import JobOptions
@@ -111,6 +111,7 @@ def warm_up(core: JobCore, backend: str) -> None:
 
 def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] | None = None) -> Server:
     """Create and start a server; it reports NOT_SERVING until warm-up has run."""
+    memory.keep_large_blocks_mapped()
     if backends is None:
         backends = create_backends(settings, weights)
     limits = Limits(
