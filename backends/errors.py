@@ -9,6 +9,7 @@
     ├── DeadlineExceeded            the caller's deadline or the job's max_duration passed
     ├── ShuttingDown                the server is draining; retry elsewhere (UNAVAILABLE)
     └── BackendFailure              the computation broke (NaN losses, a framework error)
+        └── DeviceFailure           the device itself failed: the process should be restarted
 
 The service maps this tree to gRPC status codes in one table (service/errors.py). Anything that is
 not a StyleTransferError is a bug and reaches the caller only as a generic INTERNAL.
@@ -78,3 +79,12 @@ class BackendFailure(StyleTransferError):
     """The computation failed in a way that is not the caller's fault."""
 
     reason = "BACKEND_FAILURE"
+
+
+class DeviceFailure(BackendFailure):
+    """The device is in an unusable state (a CUDA error other than out-of-memory).
+
+    The job fails with INTERNAL, and the server reports NOT_SERVING so that it gets restarted.
+    """
+
+    reason = "DEVICE_FAILURE"

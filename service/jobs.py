@@ -22,6 +22,7 @@ from backends.base import Backend, BackendJob, Iterate, Losses, Outcome
 from backends.errors import (
     Cancelled,
     DeadlineExceeded,
+    DeviceFailure,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -309,8 +310,16 @@ class DeviceWorkers:
     and leave the line at once when it is cancelled.
     """
 
-    def __init__(self, device: str, backends: Mapping[str, Backend], capacity: int, threads: int) -> None:
+    def __init__(
+        self,
+        device: str,
+        backends: Mapping[str, Backend],
+        capacity: int,
+        threads: int,
+        on_fatal: Callable[[StyleTransferError], None] | None = None,
+    ) -> None:
         self.device = device
+        self._on_fatal = on_fatal
         self._backends = backends
         self._capacity = capacity
         self._waiting: deque[Job] = deque()
@@ -372,7 +381,7 @@ class DeviceWorkers:
     def _loop(self) -> None:
         while (job := self._take()) is not None:
             with structlog.contextvars.bound_contextvars(job_id=job.id):
-                run_job(self._backends[job.options.backend], job)
+                run_job(self._backends[job.options.backend], job, self._on_fatal)
             memory.trim()
 
 
@@ -380,7 +389,7 @@ def _terminal_state(error: StyleTransferError) -> State:
     return State.CANCELLED if isinstance(error, Cancelled | ShuttingDown) else State.FAILED
 
 
-def run_job(backend: Backend, job: Job) -> None:
+def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError], None] | None = None) -> None:
     """Run one job to its terminal event; never raises."""
     job.started_at = started = time.monotonic()
     queued = started - job.accepted_at
@@ -435,6 +444,8 @@ def run_job(backend: Backend, job: Job) -> None:
     except StyleTransferError as exc:
         job.finish(State.FAILED, Failed(exc))
         log.warning("job_failed", error=exc.message, reason=exc.reason)
+        if isinstance(exc, DeviceFailure) and on_fatal is not None:
+            on_fatal(exc)
     except Exception:
         job.finish(State.FAILED, Failed(StyleTransferError("the job failed inside the server")))
         log.exception("job_crashed")
@@ -465,8 +476,10 @@ class JobCore:
         default_backend: str,
         default_device: str,
         limits: Limits | None = None,
+        on_fatal: Callable[[StyleTransferError], None] | None = None,
     ) -> None:
         self.backends = backends
+        self.on_fatal = on_fatal  # called when a device fails for good
         self.default_backend = default_backend
         self.default_device = default_device
         self.limits = limits or Limits()
@@ -517,7 +530,11 @@ class JobCore:
             workers = self._devices.get(spec.options.device)
             if workers is None:
                 workers = DeviceWorkers(
-                    spec.options.device, self.backends, self.limits.queue_size, self.limits.workers_per_device
+                    spec.options.device,
+                    self.backends,
+                    self.limits.queue_size,
+                    self.limits.workers_per_device,
+                    self.on_fatal,
                 )
                 self._devices[spec.options.device] = workers
             workers.put(job)

@@ -121,7 +121,15 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
         retention_seconds=settings.job_retention_seconds,
         retention_bytes=settings.job_retention_bytes,
     )
-    core = JobCore(backends, settings.backend, settings.device, limits)
+    holder: list[Server] = []
+
+    def device_failed(error: StyleTransferError) -> None:
+        # A failed GPU does not recover in-process: stop taking traffic so the pod is restarted.
+        log.error("device_failed", error=error.message)
+        if holder:
+            holder[0].set_serving(False)
+
+    core = JobCore(backends, settings.backend, settings.device, limits, on_fatal=device_failed)
     defaults = JobOptions()
     version_string = server_version()
 
@@ -173,6 +181,7 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
             raise OSError(f"could not bind the health port {settings.host}:{settings.health_port}")
         health_server.start()
     server = Server(grpc_server, port, health_servicer, core, settings, health_server, health_port)
+    holder.append(server)
     server.set_serving(False)
     grpc_server.start()
     log.info(

@@ -13,7 +13,7 @@ from torch import nn
 
 from backends import devices
 from backends.base import BackendJob, CancelToken, Iterate, Losses, Outcome, RGBImage
-from backends.errors import ResourceExhausted
+from backends.errors import DeviceFailure, ResourceExhausted
 from backends.init import initial_pixels
 from backends.loop import optimize
 from backends.options import Optimizer
@@ -156,8 +156,11 @@ class PyTorchBackend:
         except torch.OutOfMemoryError as exc:
             raise ResourceExhausted(f"out of memory on {job.device}; try a smaller max_size") from exc
         except RuntimeError as exc:
-            if "out of memory" in str(exc).lower():
+            text = str(exc).lower()
+            if "out of memory" in text:
                 raise ResourceExhausted(f"out of memory on {job.device}; try a smaller max_size") from exc
+            if job.device.startswith("cuda") and ("cuda error" in text or "cudnn" in text):
+                raise DeviceFailure(f"device {job.device} failed") from exc
             raise
         finally:
             if job.device.startswith("cuda"):

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from backends import devices
 from backends.base import BackendJob, CancelToken, Iterate, Losses, Outcome, RGBImage
-from backends.errors import ResourceExhausted
+from backends.errors import DeviceFailure, ResourceExhausted
 from backends.init import initial_pixels
 from backends.loop import optimize
 from backends.options import Optimizer
@@ -180,6 +180,10 @@ class TensorFlowBackend:
                 yield from optimize(job, cancel, step, snapshot, time.perf_counter() - started)
         except tf.errors.ResourceExhaustedError as exc:
             raise ResourceExhausted(f"out of memory on {job.device}; try a smaller max_size") from exc
+        except tf.errors.InternalError as exc:
+            if job.device.startswith("cuda"):
+                raise DeviceFailure(f"device {job.device} failed") from exc
+            raise
 
 
 def _stepper(optimizer: Optimizer, lr: float, pixels: tf.Variable, problem: Problem) -> Callable[[], Losses]:

@@ -25,6 +25,7 @@ from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from backends.base import BackendJob, CancelToken, Iterate, Outcome
+from backends.errors import DeviceFailure
 from backends.pytorch import PyTorchBackend
 from backends.weights.canonical import random_weights
 from service.server import SERVICE_NAME, build
@@ -204,3 +205,31 @@ def test_sigterm_drains_refuses_new_jobs_and_ends_running_ones_unavailable(
         assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in (ended.value.details() or "")
     assert proc.wait(timeout=60) == 0
+
+
+class FailingDevice(PyTorchBackend):
+    """The real backend, except that a job with seed 666 hits a broken device."""
+
+    def run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
+        if job.options.seed == 666:
+            raise DeviceFailure("device cpu failed")
+        yield from super().run(job, cancel)
+
+
+def test_a_failed_device_fails_its_job_and_flips_health() -> None:
+    """A device failure ends that job INTERNAL with a generic message and turns health NOT_SERVING."""
+    server = build(
+        Settings(port=0, warmup=False), random_weights(0), {"pytorch": FailingDevice(random_weights(0))}
+    )
+    try:
+        server.set_serving(True)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            request = _long_request()
+            request.options.seed = 666
+            with pytest.raises(grpc.RpcError) as caught:
+                list(stub.Transfer(request, timeout=60))
+        assert caught.value.code() is grpc.StatusCode.INTERNAL
+        assert _health(server.port) == NOT_SERVING
+    finally:
+        server.stop(grace=2)
