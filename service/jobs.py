@@ -382,7 +382,7 @@ class DeviceWorkers:
         while (job := self._take()) is not None:
             with structlog.contextvars.bound_contextvars(job_id=job.id):
                 run_job(self._backends[job.options.backend], job, self._on_fatal)
-            memory.trim()
+            memory.release()
 
 
 def _terminal_state(error: StyleTransferError) -> State:

@@ -9,6 +9,7 @@ back what the heap holds free. Elsewhere than glibc both are no-ops.
 from __future__ import annotations
 
 import ctypes
+import gc
 import ctypes.util
 
 M_MMAP_THRESHOLD = -3
@@ -30,7 +31,9 @@ def keep_large_blocks_mapped() -> bool:
     return bool(_libc is not None and _libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
-def trim() -> None:
-    """Return free heap memory to the operating system."""
+def release() -> None:
+    """Collect reference cycles (a job's closures and optimizer state form some), then return
+    free heap memory to the operating system."""
+    gc.collect()
     if _libc is not None:
         _libc.malloc_trim(0)
