@@ -19,14 +19,17 @@ from styletransfer.client import (
 from styletransfer.client.options import (
     FORMATS,
     INITS,
+    JOB_STATES,
     OPTIMIZERS,
     FormatName,
     InitName,
+    JobStateName,
     OptimizerName,
 )
 from styletransfer.client.testing import (
     FAKE_IMAGE,
     ScriptedStyleTransfer,
+    heartbeat,
     rich_status,
     scripted_events,
     serve,
@@ -55,6 +58,7 @@ EVERY_OPTION = TransferOptions(
     preview_max_size=64,
     backend="pytorch",
     device="cpu",
+    max_duration_seconds=30.0,
 )
 
 
@@ -122,6 +126,7 @@ def test_set_options_are_carried_into_the_request(
         preview_max_size=64,
         backend="pytorch",
         device="cpu",
+        max_duration_seconds=30.0,
     )
 
 
@@ -160,7 +165,7 @@ def test_options_reject_a_string_as_a_layer_list() -> None:
 
 @pytest.mark.parametrize(
     ("literal", "table"),
-    [(OptimizerName, OPTIMIZERS), (InitName, INITS), (FormatName, FORMATS)],
+    [(OptimizerName, OPTIMIZERS), (InitName, INITS), (FormatName, FORMATS), (JobStateName, JOB_STATES)],
 )
 def test_enum_names_match_the_proto(literal: object, table: dict[str, int]) -> None:
     """The names the type hints allow are exactly the values the proto enum defines."""
@@ -236,6 +241,43 @@ def test_stylize_hands_every_event_to_on_event(
     seen: list[pb.TransferEvent] = []
     client.stylize(CONTENT, [STYLE], on_event=seen.append)
     assert seen == scripted.events
+
+
+def test_stylize_returns_the_result_through_heartbeats(
+    client: StyleTransferClient, scripted: ScriptedStyleTransfer
+) -> None:
+    """Heartbeats anywhere in the stream reach on_event and change nothing else."""
+    events = scripted.events
+    scripted.events = [heartbeat(0), events[0], heartbeat(1), *events[1:-1], heartbeat(4), events[-1]]
+    seen: list[pb.TransferEvent] = []
+    assert client.stylize(CONTENT, [STYLE], on_event=seen.append) == events[-1].result
+    assert [e.WhichOneof("event") for e in seen].count("heartbeat") == 3
+
+
+def test_a_transfer_without_a_key_sends_none(
+    client: StyleTransferClient, scripted: ScriptedStyleTransfer
+) -> None:
+    """By default the request carries an empty idempotency key, which the server ignores."""
+    client.stylize(CONTENT, [STYLE])
+    assert scripted.requests[0].idempotency_key == ""
+
+
+def test_the_idempotency_key_is_sent_with_the_transfer(
+    client: StyleTransferClient, scripted: ScriptedStyleTransfer
+) -> None:
+    """idempotency_key is carried into the TransferRequest beside the options."""
+    client.stylize(CONTENT, [STYLE], idempotency_key="retry-7", iterations=2)
+    request = scripted.requests[0]
+    assert (request.idempotency_key, request.options.iterations) == ("retry-7", 2)
+
+
+def test_the_stream_remembers_the_last_sequence(
+    client: StyleTransferClient, scripted: ScriptedStyleTransfer
+) -> None:
+    """After reading the stream, last_sequence is the number of the last event."""
+    with client.transfer(CONTENT, [STYLE]) as stream:
+        list(stream)
+    assert stream.last_sequence == scripted.events[-1].sequence == 5
 
 
 def test_stylize_raises_when_the_stream_ends_without_a_result(

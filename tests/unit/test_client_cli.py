@@ -12,6 +12,7 @@ from styletransfer.client import _console, cli
 from styletransfer.client.testing import (
     FAKE_IMAGE,
     ScriptedStyleTransfer,
+    heartbeat,
     rich_status,
     scripted_events,
     serve,
@@ -240,6 +241,23 @@ def test_json_prints_one_object_per_event_in_order(
     lines = capsys.readouterr().out.splitlines()
     kinds = [next(iter(json.loads(line))) for line in lines]
     assert kinds == ["accepted", "progress", "progress", "progress", "result"]
+
+
+def test_heartbeats_are_neither_printed_nor_drawn(
+    target: str,
+    scripted: ScriptedStyleTransfer,
+    images: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Heartbeats in a Transfer stream leave the JSON lines and the progress bar as they were."""
+    events = scripted.events
+    scripted.events = [heartbeat(0), events[0], heartbeat(1), *events[1:]]
+    assert _stylize(target, images, tmp_path / "out.json.png", "--json") == 0
+    kinds = [next(iter(json.loads(line))) for line in capsys.readouterr().out.splitlines()]
+    assert kinds == ["accepted", "progress", "progress", "progress", "result"]
+    assert _stylize(target, images, tmp_path / "out.png") == 0
+    assert "3/3" in capsys.readouterr().err
 
 
 def test_json_replaces_image_bytes_with_their_length(

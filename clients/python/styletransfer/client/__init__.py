@@ -8,13 +8,14 @@ from styletransfer.client.client import (
 )
 from styletransfer.client.errors import ClientError, ProtocolError, StyleTransferError
 from styletransfer.client.images import ImageSource, StyleSource
-from styletransfer.client.options import TransferOptions, TransferOptionsKwargs
+from styletransfer.client.options import JobStateName, TransferOptions, TransferOptionsKwargs
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_TARGET",
     "ClientError",
     "ImageSource",
+    "JobStateName",
     "ProtocolError",
     "StyleSource",
     "StyleTransferClient",

@@ -5,22 +5,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TextIO
 
+import grpc
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from tqdm import tqdm
 
-from styletransfer.client.options import FORMATS, OPTIMIZERS, TransferOptions
+from styletransfer.client.options import FORMATS, JOB_STATES, OPTIMIZERS, TransferOptions
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 FORMAT_NAMES: Mapping[int, str] = {number: name for name, number in FORMATS.items()}
 """ImageFormat numbers and their short names."""
 _OPTIMIZER_NAMES: Mapping[int, str] = {number: name for name, number in OPTIMIZERS.items()}
+_CODE_NAMES: Mapping[int, str] = {code.value[0]: code.name for code in grpc.StatusCode}
+STATE_NAMES: Mapping[int, str] = {number: name for name, number in JOB_STATES.items()}
+"""JobState numbers and their short names."""
 
 
-def message_to_json(message: Any) -> dict[str, Any]:
+def message_to_json(message: Message) -> dict[str, Any]:
     """Convert a message to the proto3 JSON form, keeping proto field names and zero values."""
     data: dict[str, Any] = MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -28,34 +33,59 @@ def message_to_json(message: Any) -> dict[str, Any]:
     return data
 
 
-def event_to_json(event: pb.TransferEvent) -> dict[str, Any]:
-    """Convert an event to JSON; an image's bytes become ``data_length``, their count.
+def _clear_image_bytes(message: Message, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], int]]:
+    """Clear the bytes of every `EncodedImage` under ``message``; return where each was and its length.
 
-    The shape is the proto3 JSON of ``TransferEvent``: one key, the kind of event
-    (``accepted``, ``progress``, ``preview`` or ``result``), holding its fields.
+    Only singular message fields are walked: no message this module prints keeps images in a list.
     """
-    kind = event.WhichOneof("event")
-    if kind is None:
-        return message_to_json(event)
-    # Clear the bytes on a copy before converting, rather than base64-encoding a whole image
-    # only to throw it away.
-    stripped = pb.TransferEvent()
-    stripped.CopyFrom(event)
-    payload = getattr(stripped, kind)
-    has_image = "image" in payload.DESCRIPTOR.fields_by_name and payload.HasField("image")
-    length = len(payload.image.data) if has_image else 0
-    if has_image:
-        payload.image.ClearField("data")
+    cleared: list[tuple[tuple[str, ...], int]] = []
+    for field, value in message.ListFields():
+        if field.message_type is None or field.is_repeated:
+            continue
+        where = (*path, field.name)
+        if field.message_type is pb.EncodedImage.DESCRIPTOR:
+            cleared.append((where, len(value.data)))
+            value.ClearField("data")
+        else:
+            cleared.extend(_clear_image_bytes(value, where))
+    return cleared
+
+
+def summary_to_json(message: Message) -> dict[str, Any]:
+    """Convert a message to JSON as `message_to_json` does, an image's bytes becoming ``data_length``.
+
+    Clears the bytes on a copy before converting, rather than base64-encoding a whole image only
+    to throw it away.
+    """
+    stripped = type(message)()
+    stripped.CopyFrom(message)
+    cleared = _clear_image_bytes(stripped)
     data = message_to_json(stripped)
-    if has_image:
-        image = data[kind]["image"]
+    for path, length in cleared:
+        image = data
+        for key in path:
+            image = image[key]
         image.pop("data", None)
         image["data_length"] = length
     return data
 
 
+def event_to_json(event: pb.TransferEvent) -> dict[str, Any]:
+    """Convert an event to JSON; an image's bytes become ``data_length``, their count.
+
+    The shape is the proto3 JSON of ``TransferEvent``: one key, the kind of event
+    (``accepted``, ``progress``, ``preview``, ``result`` or ``heartbeat``), holding its fields,
+    and ``sequence``, the event's number within its job (a string, as JSON gives 64-bit integers).
+    """
+    return summary_to_json(event)
+
+
 class JsonReporter:
-    """Prints each event as one JSON object per line, for scripts."""
+    """Prints each event but heartbeats as one JSON object per line, for scripts.
+
+    Heartbeats only keep a quiet connection alive; leaving them out keeps the kinds a script
+    sees to those of the job itself.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         """Print to ``stream``."""
@@ -63,6 +93,8 @@ class JsonReporter:
 
     def __call__(self, event: pb.TransferEvent) -> None:
         """Print one event and flush, so that a reader sees it at once."""
+        if event.HasField("heartbeat"):
+            return
         print(json.dumps(event_to_json(event)), file=self._stream, flush=True)
 
     def __enter__(self) -> Self:
@@ -81,9 +113,10 @@ class JsonReporter:
 class ProgressReporter:
     """Shows a job as a live progress bar: iteration/total, losses, it/s and time left."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, label: str = "stylize") -> None:
         """Draw on ``stream`` (normally stderr, so that stdout stays for the summary)."""
         self._stream = stream
+        self._label = label
         self._bar: tqdm[Any] | None = None
         self._handlers: Mapping[str, Callable[[pb.TransferEvent], None]] = {
             "accepted": self._accepted,
@@ -92,14 +125,14 @@ class ProgressReporter:
         }
 
     def __call__(self, event: pb.TransferEvent) -> None:
-        """Show one event; kinds the bar has nothing to say about are skipped."""
+        """Show one event; kinds the bar has nothing to say about (heartbeats) are skipped."""
         handler = self._handlers.get(event.WhichOneof("event") or "")
         if handler is not None:
             handler(event)
 
     def _open_bar(self, total: int) -> tqdm[Any]:
         if self._bar is None:
-            self._bar = tqdm(total=total, desc="stylize", unit="it", file=self._stream, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=self._label, unit="it", file=self._stream, dynamic_ncols=True)
         return self._bar
 
     def _accepted(self, event: pb.TransferEvent) -> None:
@@ -156,13 +189,14 @@ def _bytes(count: int) -> str:
     return f"{count / (1024 * 1024):.1f} MiB"
 
 
-def describe_result(path: str, result: pb.Result) -> str:
-    """Describe a finished job in a few lines: where the image went, its size and the timings."""
+def describe_result(path: str | None, result: pb.Result) -> str:
+    """Describe a finished job in a few lines: where the image went (if anywhere), its size, timings."""
     image, losses, t = result.image, result.losses, result.timings
     image_format = FORMAT_NAMES.get(image.format, "unknown format").upper()
+    where = "result" if path is None else f"wrote {path}"
     return "\n".join(
         [
-            f"wrote {path}: {image.width}x{image.height} {image_format}, {_bytes(len(image.data))}",
+            f"{where}: {image.width}x{image.height} {image_format}, {_bytes(len(image.data))}",
             f"  {result.iterations} iterations, loss {losses.total:.4g} "
             f"(content {losses.content:.4g}, style {losses.style:.4g}, tv {losses.tv:.4g})",
             f"  {t.total_seconds:.2f} s: queued {t.queued_seconds:.2f} s, setup "
@@ -170,6 +204,71 @@ def describe_result(path: str, result: pb.Result) -> str:
             f"({t.iteration_mean_ms:.1f} ms/iteration), encode {t.encode_seconds:.2f} s",
         ]
     )
+
+
+def state_name(state: int) -> str:
+    """Return the short name of a job state (``running``), or ``unknown``."""
+    return STATE_NAMES.get(state, "unknown")
+
+
+def _age(job: pb.Job, now: float) -> str:
+    """Say how long ago a job was created, in its largest whole unit: ``45s``, ``3m``, ``2h``, ``5d``."""
+    if not job.HasField("create_time"):
+        return "-"
+    seconds = max(0, int(now - job.create_time.ToNanoseconds() / 1e9))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _iterations(job: pb.Job) -> str:
+    """Show a job's progress as ``iteration/total``."""
+    return f"{job.iteration}/{job.options.iterations}"
+
+
+def describe_jobs(jobs: Iterable[pb.Job], now: float) -> str:
+    """Lay out jobs as a table: name, state, iteration/total, backend, device, age."""
+    header = ("NAME", "STATE", "ITERATION", "BACKEND", "DEVICE", "AGE")
+    rows = [(j.name, state_name(j.state), _iterations(j), j.backend, j.device, _age(j, now)) for j in jobs]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def describe_job(job: pb.Job, now: float) -> str:
+    """Describe one job for people: state, where it runs, progress, losses, error or result."""
+    state = state_name(job.state)
+    if job.state == pb.JOB_STATE_QUEUED:
+        state += f" (position {job.queue_position} in the queue)"
+    lines = [
+        f"{job.name}: {state}",
+        f"  {job.backend or '?'} on {job.device or '?'}, {job.width}x{job.height}, "
+        f"iteration {_iterations(job)}, created {_age(job, now)} ago",
+    ]
+    if job.HasField("losses"):
+        losses = job.losses
+        lines.append(
+            f"  loss {losses.total:.4g} (content {losses.content:.4g}, style {losses.style:.4g}, "
+            f"tv {losses.tv:.4g})"
+        )
+    if job.idempotency_key:
+        lines.append(f"  idempotency key: {job.idempotency_key}")
+    if job.HasField("error"):
+        error = job.error
+        code = _CODE_NAMES.get(error.code, str(error.code))
+        reason = f" [{error.reason}]" if error.reason and error.reason != code else ""
+        lines.append(f"  error: {code}: {error.message}{reason}")
+    if job.HasField("result"):
+        image = job.result.image
+        image_format = FORMAT_NAMES.get(image.format, "unknown format").upper()
+        lines.append(
+            f"  result: {image.width}x{image.height} {image_format} in "
+            f"{job.result.timings.total_seconds:.2f} s"
+        )
+    return "\n".join(lines)
 
 
 def describe_server(target: str, info: pb.ServerInfo) -> str:

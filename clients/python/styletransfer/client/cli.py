@@ -1,10 +1,14 @@
-"""The ``styletransfer`` command: stylize images on a styletransfer server and inspect the server.
+"""The ``styletransfer`` command: stylize images on a styletransfer server, manage its jobs, inspect it.
 
 Examples::
 
     styletransfer stylize photo.jpg starry-night.jpg -o out.png --iterations 300
     styletransfer stylize photo.jpg a.jpg:0.7 b.jpg:0.3 -o out.webp --preview-dir previews/
     styletransfer stylize photo.jpg style.jpg -o out.png --json | jq -c .progress.losses
+    JOB=$(styletransfer jobs create photo.jpg style.jpg --iterations 1000 --key nightly-42)
+    styletransfer jobs watch "$JOB" -o out.png
+    styletransfer jobs list --state running
+    styletransfer jobs cancel "$JOB"
     styletransfer info
     styletransfer health
 
@@ -20,6 +24,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -30,14 +35,25 @@ from styletransfer.client._console import (
     FORMAT_NAMES,
     JsonReporter,
     ProgressReporter,
+    describe_job,
+    describe_jobs,
     describe_result,
     describe_server,
     message_to_json,
+    state_name,
+    summary_to_json,
 )
 from styletransfer.client.client import DEFAULT_TARGET, StyleTransferClient
 from styletransfer.client.errors import ClientError, StyleTransferError
 from styletransfer.client.images import StyleSource, read_image
-from styletransfer.client.options import FORMATS, INITS, OPTIMIZERS, FormatName, TransferOptions
+from styletransfer.client.options import (
+    FORMATS,
+    INITS,
+    JOB_STATES,
+    OPTIMIZERS,
+    FormatName,
+    TransferOptions,
+)
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 __all__ = ["SERVER_ENV", "main", "parse_style"]
@@ -131,35 +147,12 @@ def _common_parser() -> argparse.ArgumentParser:
     return common
 
 
-def _add_stylize(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
-    """Add ``stylize``; every TransferOptions field is a flag whose dest is the field name."""
-    p = subparsers.add_parser(
-        "stylize",
-        parents=[common],
-        help="stylize an image and write the result",
-        description="Paint CONTENT in the style of one or more STYLE images and write OUT. "
-        "Options left out take the server's defaults (see `styletransfer info`).",
-        epilog="Exit status: 0 done, 1 failed, 2 input rejected (by this command or the "
-        "server), 130 interrupted (the job is cancelled).",
-    )
-    p.set_defaults(run=_stylize)
-    p.add_argument("content", metavar="CONTENT", help="content image (PNG, JPEG or WebP)")
-    p.add_argument(
-        "styles",
-        nargs="+",
-        metavar="STYLE",
-        help="style image; STYLE:WEIGHT sets its share of the blend (default 1)",
-    )
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        type=Path,
-        metavar="OUT",
-        help="where to write the result; written whole or not at all",
-    )
+def _add_option_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add a flag for every TransferOptions field, its dest the field name; return the output group.
 
-    opt = p.add_argument_group("optimization")
+    ``stylize`` and ``jobs create`` share these, so that both speak the same options.
+    """
+    opt = parser.add_argument_group("optimization")
     opt.add_argument("--iterations", type=_uint, metavar="N", help="number of iterations")
     opt.add_argument("--size", type=_uint, metavar="PIXELS", help="long side of the output")
     opt.add_argument("--content-weight", type=float, metavar="W", help="content loss weight")
@@ -189,34 +182,165 @@ def _add_stylize(subparsers: Subparsers, common: argparse.ArgumentParser) -> Non
     opt.add_argument("--seed", type=_uint, metavar="N", help="seed of the random draws")
     opt.add_argument("--backend", metavar="NAME", help="backend to run on, e.g. pytorch")
     opt.add_argument("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+    opt.add_argument(
+        "--max-duration",
+        dest="max_duration_seconds",
+        type=float,
+        metavar="SECONDS",
+        help="longest the job may take on the server; past it, it fails DEADLINE_EXCEEDED",
+    )
 
-    out = p.add_argument_group("output")
+    out = parser.add_argument_group("output")
     out.add_argument(
         "--format",
         dest="output_format",
         choices=list(FORMATS),
-        help="encoding of the result (default: from OUT's suffix, else the server's)",
+        help="encoding of the result (default: stylize takes it from OUT's suffix, else the server's)",
     )
     out.add_argument(
         "--quality", dest="output_quality", type=_uint, metavar="1-100", help="JPEG and WebP quality"
     )
     out.add_argument(
-        "--preview-dir", type=Path, metavar="DIR", help="write previews to DIR/preview-NNNNN.<format>"
-    )
-    out.add_argument(
-        "--preview-every",
-        type=_uint,
-        metavar="N",
-        help=f"iterations between previews (default with --preview-dir: {PREVIEW_EVERY_DEFAULT})",
+        "--preview-every", type=_uint, metavar="N", help="iterations between previews; 0 sends none"
     )
     out.add_argument(
         "--preview-size", dest="preview_max_size", type=_uint, metavar="PIXELS", help="long side of previews"
     )
-    out.add_argument(
+    return out
+
+
+def _add_images(parser: argparse.ArgumentParser) -> None:
+    """Add the CONTENT and STYLE... arguments."""
+    parser.add_argument("content", metavar="CONTENT", help="content image (PNG, JPEG or WebP)")
+    parser.add_argument(
+        "styles",
+        nargs="+",
+        metavar="STYLE",
+        help="style image; STYLE:WEIGHT sets its share of the blend (default 1)",
+    )
+
+
+def _add_output(group: argparse._ArgumentGroup, *, required: bool, preview_note: str) -> None:
+    """Add ``-o``, ``--preview-dir`` and ``--json``, for the commands that follow a job's events."""
+    group.add_argument(
+        "-o",
+        "--output",
+        required=required,
+        type=Path,
+        metavar="OUT",
+        help="where to write the result; written whole or not at all",
+    )
+    group.add_argument(
+        "--preview-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"write previews to DIR/preview-NNNNN.<format> ({preview_note})",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         help="print each event as a JSON object per line instead of a progress bar",
     )
+
+
+def _add_stylize(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    """Add ``stylize``."""
+    p = subparsers.add_parser(
+        "stylize",
+        parents=[common],
+        help="stylize an image and write the result",
+        description="Paint CONTENT in the style of one or more STYLE images and write OUT. "
+        "Options left out take the server's defaults (see `styletransfer info`).",
+        epilog="Exit status: 0 done, 1 failed, 2 input rejected (by this command or the "
+        "server), 130 interrupted (the job is cancelled).",
+    )
+    p.set_defaults(run=_stylize)
+    _add_images(p)
+    out = _add_option_flags(p)
+    note = f"asks for one every {PREVIEW_EVERY_DEFAULT} iterations unless --preview-every says otherwise"
+    _add_output(out, required=True, preview_note=note)
+
+
+def _add_jobs(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    """Add ``jobs`` and its commands: create, get, list, cancel, watch."""
+    jobs = subparsers.add_parser(
+        "jobs",
+        help="queue jobs, follow them, list and cancel them",
+        description="Jobs run on the server whether or not anyone watches them: create one, "
+        "then watch it, poll it or cancel it by its name (jobs/ID). The server forgets a "
+        "finished job after a while (see `styletransfer info`).",
+        epilog="Exit status: 0 done, 1 failed, 2 input rejected (by this command or the "
+        "server), 130 interrupted.",
+    )
+    commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "create",
+        parents=[common],
+        help="queue a job and print its name",
+        description="Queue a job painting CONTENT in the style of the STYLE images, and print "
+        "its name at once. Options left out take the server's defaults.",
+    )
+    p.set_defaults(run=_jobs_create)
+    _add_images(p)
+    p.add_argument(
+        "--key",
+        dest="idempotency_key",
+        default="",
+        metavar="KEY",
+        help="idempotency key: while the server remembers a job made with KEY, creating "
+        "again with it returns that job instead of a new one",
+    )
+    out = _add_option_flags(p)
+    out.add_argument("--json", action="store_true", help="print the job as JSON instead of its name")
+
+    p = commands.add_parser(
+        "get", parents=[common], help="show a job", description="Show a job's state and progress."
+    )
+    p.set_defaults(run=_jobs_get)
+    p.add_argument("name", metavar="NAME", help="the job, jobs/ID")
+    p.add_argument("--json", action="store_true", help="print the job as JSON")
+
+    p = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list the jobs the server remembers",
+        description="List the jobs the server remembers, oldest first.",
+    )
+    p.set_defaults(run=_jobs_list)
+    p.add_argument("--state", choices=list(JOB_STATES), help="only jobs in this state")
+    p.add_argument("--json", action="store_true", help="print the jobs as a JSON array")
+
+    p = commands.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel a job",
+        description="Ask a job to stop; it ends cancelled before its next iteration. "
+        "Cancelling a finished job changes nothing.",
+    )
+    p.set_defaults(run=_jobs_cancel)
+    p.add_argument("name", metavar="NAME", help="the job, jobs/ID")
+    p.add_argument("--json", action="store_true", help="print the job as JSON")
+
+    p = commands.add_parser(
+        "watch",
+        parents=[common],
+        help="follow a job to its end",
+        description="Follow a job's events to its end, reconnecting when the connection "
+        "drops, and write its result to OUT. Stopping the watch (Ctrl-C) leaves the job "
+        "running.",
+    )
+    p.set_defaults(run=_jobs_watch)
+    p.add_argument("name", metavar="NAME", help="the job, jobs/ID")
+    p.add_argument(
+        "--after",
+        type=_uint,
+        default=0,
+        metavar="N",
+        help="show only the events numbered after N (the JSON `sequence`)",
+    )
+    note = "those the job was created to send with --preview-every"
+    _add_output(p.add_argument_group("output"), required=False, preview_note=note)
 
 
 def _add_info(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -253,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_parser()
-    for add in (_add_stylize, _add_info, _add_health):
+    for add in (_add_stylize, _add_jobs, _add_info, _add_health):
         add(subparsers, common)
     return parser
 
@@ -282,15 +406,30 @@ def _read(path: str) -> bytes:
         raise _UsageError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def _options(args: argparse.Namespace) -> TransferOptions:
+def _options(args: argparse.Namespace, output: Path | None = None) -> TransferOptions:
     """Build the options from the flags, filling in the format and preview defaults."""
     fields = dataclasses.fields(TransferOptions)
     values = {field.name: getattr(args, field.name) for field in fields}
-    if values["output_format"] is None:
-        values["output_format"] = SUFFIX_FORMATS.get(args.output.suffix.lower())
-    if args.preview_dir is not None and values["preview_every"] is None:
+    if values["output_format"] is None and output is not None:
+        values["output_format"] = SUFFIX_FORMATS.get(output.suffix.lower())
+    if getattr(args, "preview_dir", None) is not None and values["preview_every"] is None:
         values["preview_every"] = PREVIEW_EVERY_DEFAULT
     return TransferOptions(**values)
+
+
+def _styles(args: argparse.Namespace) -> list[StyleSource]:
+    """Read the STYLE arguments, each with its weight if it has one."""
+    styles: list[StyleSource] = []
+    for text in args.styles:
+        path, weight = parse_style(text)
+        styles.append(_read(path) if weight is None else (_read(path), weight))
+    return styles
+
+
+def _check_output(output: Path | None) -> None:
+    """Refuse an output file whose directory does not exist, before any work is done."""
+    if output is not None and not output.parent.is_dir():
+        raise _UsageError(f"the directory of {output} does not exist")
 
 
 def _preview_writer(directory: Path) -> Callable[[pb.Preview], None]:
@@ -304,34 +443,111 @@ def _preview_writer(directory: Path) -> Callable[[pb.Preview], None]:
     return write
 
 
-def _stylize(args: argparse.Namespace) -> int:
-    """Run ``stylize``: stream the job, show it, write previews and the result."""
-    output: Path = args.output
-    if not output.parent.is_dir():
-        raise _UsageError(f"the directory of {output} does not exist")
-    options = _options(args)
-    content = _read(args.content)
-    styles: list[StyleSource] = []
-    for text in args.styles:
-        path, weight = parse_style(text)
-        styles.append(_read(path) if weight is None else (_read(path), weight))
+def _event_handler(
+    args: argparse.Namespace, reporter: Callable[[pb.TransferEvent], None]
+) -> Callable[[pb.TransferEvent], None]:
+    """Return the ``on_event`` that shows each event and writes the previews ``--preview-dir`` asks for."""
     write_preview = None
     if args.preview_dir is not None:
         args.preview_dir.mkdir(parents=True, exist_ok=True)
         write_preview = _preview_writer(args.preview_dir)
-
-    reporter = JsonReporter(sys.stdout) if args.json else ProgressReporter(sys.stderr)
 
     def on_event(event: pb.TransferEvent) -> None:
         reporter(event)
         if write_preview is not None and event.HasField("preview"):
             write_preview(event.preview)
 
+    return on_event
+
+
+def _stylize(args: argparse.Namespace) -> int:
+    """Run ``stylize``: stream the job, show it, write previews and the result."""
+    output: Path = args.output
+    _check_output(output)
+    options = _options(args, output)
+    content = _read(args.content)
+    styles = _styles(args)
+    reporter = JsonReporter(sys.stdout) if args.json else ProgressReporter(sys.stderr)
+    on_event = _event_handler(args, reporter)
     with StyleTransferClient(args.server, timeout=args.timeout) as client, reporter:
         result = client.stylize(content, styles, options, on_event=on_event)
     write_atomic(output, result.image.data)
     if not args.json:
         print(describe_result(str(output), result))
+    return 0
+
+
+def _print_job(job: pb.Job) -> None:
+    """Print one job as JSON, its result image as its length only."""
+    print(json.dumps(summary_to_json(job), indent=2))
+
+
+def _jobs_create(args: argparse.Namespace) -> int:
+    """Run ``jobs create``: queue the job and print its name."""
+    options = _options(args)
+    content = _read(args.content)
+    styles = _styles(args)
+    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+        job = client.create_job(content, styles, options, idempotency_key=args.idempotency_key)
+    if args.json:
+        _print_job(job)
+    else:
+        print(job.name)
+    return 0
+
+
+def _jobs_get(args: argparse.Namespace) -> int:
+    """Run ``jobs get``."""
+    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+        job = client.get_job(args.name)
+    if args.json:
+        _print_job(job)
+    else:
+        print(describe_job(job, time.time()))
+    return 0
+
+
+def _jobs_list(args: argparse.Namespace) -> int:
+    """Run ``jobs list``: every page, as a table or a JSON array."""
+    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+        jobs = list(client.list_jobs(args.state))
+    if args.json:
+        print(json.dumps([summary_to_json(job) for job in jobs], indent=2))
+    else:
+        print(describe_jobs(jobs, time.time()))
+    return 0
+
+
+def _jobs_cancel(args: argparse.Namespace) -> int:
+    """Run ``jobs cancel``: ask the job to stop and say what state it is in."""
+    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+        job = client.cancel_job(args.name)
+    if args.json:
+        _print_job(job)
+    elif job.state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING):
+        print(f"{job.name}: {state_name(job.state)}, stopping before its next iteration")
+    else:
+        print(f"{job.name}: {state_name(job.state)}")
+    return 0
+
+
+def _jobs_watch(args: argparse.Namespace) -> int:
+    """Run ``jobs watch``: follow the job, show it, write previews and the result."""
+    output: Path | None = args.output
+    _check_output(output)
+    reporter = JsonReporter(sys.stdout) if args.json else ProgressReporter(sys.stderr, "watch")
+    on_event = _event_handler(args, reporter)
+    try:
+        with StyleTransferClient(args.server, timeout=args.timeout) as client, reporter:
+            result = client.follow_job(args.name, after_sequence=args.after, on_event=on_event)
+    except KeyboardInterrupt:
+        # Unlike stylize's, this call owns no job: leaving it stopped the watching only.
+        print(f"stopped watching; {args.name} goes on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if output is not None:
+        write_atomic(output, result.image.data)
+    if not args.json:
+        print(describe_result(None if output is None else str(output), result))
     return 0
 
 

@@ -16,17 +16,20 @@ waits for the result. Failed calls raise `StyleTransferError`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from styletransfer.client.errors import ProtocolError, StyleTransferError
-from styletransfer.client.images import ImageSource, StyleSource, build_request
-from styletransfer.client.options import TransferOptions, TransferOptionsKwargs
+from styletransfer.client.images import ImageSource, StyleSource, build_job_request, build_request
+from styletransfer.client.options import JOB_STATES, JobStateName, TransferOptions, TransferOptionsKwargs
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "StyleTransferClient", "TransferStream"]
@@ -44,18 +47,24 @@ def _method_path(service: ServiceDescriptor, method: str) -> str:
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["StyleTransfer"]
 
+_Request = TypeVar("_Request", bound=Message)
+_Response = TypeVar("_Response", bound=Message)
+
 
 class TransferStream:
-    """The events of one Transfer call, in order; iterating past a failure raises it.
+    """The events of one Transfer or WatchJob call, in order; iterating past a failure raises it.
 
     Use it as a context manager (or call `cancel`) so that leaving early, by ``break``, an
-    exception or Ctrl-C, cancels the call and with it the job on the server.
+    exception or Ctrl-C, ends the call. Ending a Transfer call cancels its job on the server;
+    ending a WatchJob call only stops the watching, and the job goes on.
     """
 
-    def __init__(self, call: grpc.CallIterator[pb.TransferEvent]) -> None:
-        """Wrap a started call."""
+    def __init__(self, call: grpc.CallIterator[pb.TransferEvent], after_sequence: int = 0) -> None:
+        """Wrap a started call; ``after_sequence`` is where a WatchJob call resumes."""
         self._call = call
         self._events = iter(call)
+        self.last_sequence = after_sequence
+        """The largest event sequence number seen; pass it to `StyleTransferClient.watch_job` to resume."""
 
     def __iter__(self) -> Self:
         """Return the stream itself: it can be iterated once."""
@@ -64,12 +73,14 @@ class TransferStream:
     def __next__(self) -> pb.TransferEvent:
         """Return the next event; raise `StyleTransferError` if the call failed."""
         try:
-            return next(self._events)
+            event = next(self._events)
         except grpc.RpcError as error:
             raise StyleTransferError.from_rpc_error(error) from None
+        self.last_sequence = max(self.last_sequence, event.sequence)
+        return event
 
     def cancel(self) -> None:
-        """Cancel the call; the server cancels the job. Harmless once the call has ended."""
+        """End the call (and, for Transfer, the job). Harmless once the call has ended."""
         self._call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it unannotated
 
     def __enter__(self) -> Self:
@@ -129,24 +140,37 @@ class StyleTransferClient:
         """Default deadline of each call in seconds, or None."""
 
         # Built from the descriptor rather than the generated stub class, which has no types.
-        self._transfer: grpc.UnaryStreamMultiCallable[pb.TransferRequest, pb.TransferEvent] = (
-            self._channel.unary_stream(
-                _method_path(_SERVICE, "Transfer"),
-                request_serializer=pb.TransferRequest.SerializeToString,
-                response_deserializer=pb.TransferEvent.FromString,
-            )
-        )
-        self._server_info: grpc.UnaryUnaryMultiCallable[pb.GetServerInfoRequest, pb.ServerInfo] = (
-            self._channel.unary_unary(
-                _method_path(_SERVICE, "GetServerInfo"),
-                request_serializer=pb.GetServerInfoRequest.SerializeToString,
-                response_deserializer=pb.ServerInfo.FromString,
-            )
-        )
+        self._transfer = self._unary_stream("Transfer", pb.TransferRequest)
+        self._watch_job = self._unary_stream("WatchJob", pb.WatchJobRequest)
+        self._server_info = self._unary_unary("GetServerInfo", pb.GetServerInfoRequest, pb.ServerInfo)
+        self._create_job = self._unary_unary("CreateJob", pb.CreateJobRequest, pb.Job)
+        self._get_job = self._unary_unary("GetJob", pb.GetJobRequest, pb.Job)
+        self._list_jobs = self._unary_unary("ListJobs", pb.ListJobsRequest, pb.ListJobsResponse)
+        self._cancel_job = self._unary_unary("CancelJob", pb.CancelJobRequest, pb.Job)
         self._health_check: grpc.UnaryUnaryMultiCallable[Any, Any] = self._channel.unary_unary(
             _method_path(health_pb2.DESCRIPTOR.services_by_name["Health"], "Check"),
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+    def _unary_unary(
+        self, method: str, request: type[_Request], response: type[_Response]
+    ) -> grpc.UnaryUnaryMultiCallable[_Request, _Response]:
+        """Return the callable of a StyleTransfer method that answers with one message."""
+        return self._channel.unary_unary(
+            _method_path(_SERVICE, method),
+            request_serializer=request.SerializeToString,
+            response_deserializer=response.FromString,
+        )
+
+    def _unary_stream(
+        self, method: str, request: type[_Request]
+    ) -> grpc.UnaryStreamMultiCallable[_Request, pb.TransferEvent]:
+        """Return the callable of a StyleTransfer method that streams `TransferEvent` messages."""
+        return self._channel.unary_stream(
+            _method_path(_SERVICE, method),
+            request_serializer=request.SerializeToString,
+            response_deserializer=pb.TransferEvent.FromString,
         )
 
     def close(self) -> None:
@@ -170,12 +194,25 @@ class StyleTransferClient:
         """Return the per-call timeout, falling back to the client's default."""
         return self.timeout if timeout is None else timeout
 
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+    ) -> _Response:
+        """Make a unary call, raising a failure as `StyleTransferError`."""
+        try:
+            return method(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as error:
+            raise StyleTransferError.from_rpc_error(error) from None
+
     def transfer(
         self,
         content: ImageSource,
         styles: Sequence[StyleSource],
         options: TransferOptions | None = None,
         *,
+        idempotency_key: str = "",
         timeout: float | None = None,
         **overrides: Unpack[TransferOptionsKwargs],
     ) -> TransferStream:
@@ -188,6 +225,9 @@ class StyleTransferClient:
             content: The content image, as bytes or a path.
             styles: One or more style images, each bytes, a path, or an ``(image, weight)`` pair.
             options: The job's options; unset fields take the server's defaults.
+            idempotency_key: Up to 128 characters of the caller's choosing; while the server
+                remembers a job made with this key, the call follows that job instead of
+                starting another, so that a retried call never runs twice. Empty: no key.
             timeout: Deadline of the whole job in seconds; None uses the client's default.
             **overrides: Fields of `TransferOptions` (``iterations=300``, ``size=512``, ...),
                 applied on top of ``options``.
@@ -197,7 +237,7 @@ class StyleTransferClient:
             OSError: When an image file cannot be read.
         """
         merged = dataclasses.replace(options or TransferOptions(), **overrides)
-        request = build_request(content, styles, merged)
+        request = build_request(content, styles, merged, idempotency_key=idempotency_key)
         return TransferStream(self._transfer(request, timeout=self._deadline(timeout)))
 
     def stylize(
@@ -206,6 +246,7 @@ class StyleTransferClient:
         styles: Sequence[StyleSource],
         options: TransferOptions | None = None,
         *,
+        idempotency_key: str = "",
         timeout: float | None = None,
         on_event: Callable[[pb.TransferEvent], None] | None = None,
         **overrides: Unpack[TransferOptionsKwargs],
@@ -213,32 +254,174 @@ class StyleTransferClient:
         """Run a job to the end and return its `Result` (the image is ``result.image.data``).
 
         Takes the arguments of `transfer`, plus ``on_event``, called with every event as it
-        arrives (the result included); if it raises, the job is cancelled and the error
-        propagates.
+        arrives (heartbeats and the result included); if it raises, the job is cancelled and
+        the error propagates.
 
         Raises:
             StyleTransferError: When the job fails or is rejected.
             ProtocolError: When the stream ends without a result.
         """
-        result: pb.Result | None = None
-        with self.transfer(content, styles, options, timeout=timeout, **overrides) as stream:
-            # Read to the end of the stream rather than stopping at the result, so the call ends
-            # with the server's own OK instead of a cancellation racing it.
-            for event in stream:
-                if on_event is not None:
-                    on_event(event)
-                if event.HasField("result"):
-                    result = event.result
+        stream = self.transfer(
+            content, styles, options, idempotency_key=idempotency_key, timeout=timeout, **overrides
+        )
+        with stream:
+            result = _read_to_end(stream, on_event)
         if result is None:
             raise ProtocolError("the Transfer stream ended without a result event")
         return result
 
+    def create_job(
+        self,
+        content: ImageSource,
+        styles: Sequence[StyleSource],
+        options: TransferOptions | None = None,
+        *,
+        idempotency_key: str = "",
+        timeout: float | None = None,
+        **overrides: Unpack[TransferOptionsKwargs],
+    ) -> pb.Job:
+        """Queue a job and return it at once, usually QUEUED or RUNNING; its name is ``job.name``.
+
+        Takes the arguments of `transfer`; ``timeout`` bounds this call only, not the job (use
+        the ``max_duration_seconds`` option for that). Follow the job with `follow_job` or
+        `watch_job`, or poll it with `get_job`. The same ``idempotency_key`` returns the same job.
+
+        Raises:
+            StyleTransferError: When the request is rejected or the server's queue is full.
+            OSError: When an image file cannot be read.
+        """
+        merged = dataclasses.replace(options or TransferOptions(), **overrides)
+        request = build_job_request(content, styles, merged, idempotency_key=idempotency_key)
+        return self._call(self._create_job, request, timeout)
+
+    def get_job(self, name: str, *, timeout: float | None = None) -> pb.Job:
+        """Return a job (``jobs/{id}``) as it is now, with its result once it succeeded.
+
+        A job the server never had or has forgotten raises ``NOT_FOUND``.
+        """
+        return self._call(self._get_job, pb.GetJobRequest(name=name), timeout)
+
+    def list_jobs(
+        self,
+        state: JobStateName | None = None,
+        page_size: int = 100,
+        *,
+        timeout: float | None = None,
+    ) -> Iterator[pb.Job]:
+        """Iterate over the jobs the server remembers, oldest first, without result image bytes.
+
+        Pages of ``page_size`` jobs are fetched as the iteration reaches them, following the
+        server's page tokens; ``timeout`` bounds each page's call. ``state`` keeps only the jobs
+        in that state: ``"queued"``, ``"running"``, ``"succeeded"``, ``"failed"`` or
+        ``"cancelled"``.
+
+        Raises:
+            ValueError: At once, for an unknown state name.
+            StyleTransferError: While iterating, when a page cannot be fetched.
+        """
+        if state is not None and state not in JOB_STATES:
+            raise ValueError(f"state must be one of {sorted(JOB_STATES)}, not {state!r}")
+        request = pb.ListJobsRequest(
+            state=JOB_STATES[state] if state is not None else pb.JOB_STATE_UNSPECIFIED,
+            page_size=page_size,
+        )
+        return self._pages(request, timeout)
+
+    def _pages(self, request: pb.ListJobsRequest, timeout: float | None) -> Iterator[pb.Job]:
+        """Yield the jobs of each page of ``request``, until a page comes without a next token."""
+        while True:
+            page = self._call(self._list_jobs, request, timeout)
+            yield from page.jobs
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def cancel_job(self, name: str, *, timeout: float | None = None) -> pb.Job:
+        """Ask a job to stop and return it; it ends CANCELLED before its next iteration.
+
+        The job returned may still read RUNNING: poll `get_job` to see it end. Cancelling a
+        finished job changes nothing.
+        """
+        return self._call(self._cancel_job, pb.CancelJobRequest(name=name), timeout)
+
+    def watch_job(
+        self, name: str, after_sequence: int = 0, *, timeout: float | None = None
+    ) -> TransferStream:
+        """Return the stream of a job's events after ``after_sequence`` (0: from the first).
+
+        The events are those a Transfer call of the job streams, each numbered by its
+        ``sequence``, with heartbeats while nothing happens. A failed or cancelled job ends the
+        stream with its status, raised while iterating. Closing the stream stops watching but
+        leaves the job running; re-open it with ``stream.last_sequence`` to go on where it
+        stopped, or use `follow_job`, which does that by itself.
+        """
+        request = pb.WatchJobRequest(name=name, after_sequence=after_sequence)
+        return TransferStream(self._watch_job(request, timeout=self._deadline(timeout)), after_sequence)
+
+    def follow_job(
+        self,
+        name: str,
+        *,
+        after_sequence: int = 0,
+        on_event: Callable[[pb.TransferEvent], None] | None = None,
+        max_reconnects: int = 5,
+        timeout: float | None = None,
+    ) -> pb.Result:
+        """Watch a job to its end and return its `Result`, reconnecting when the watch drops.
+
+        A watch that fails with ``UNAVAILABLE`` (the connection dropped, or a proxy or the
+        server went away for a while) is re-opened after a backoff, from the last sequence
+        number seen, so that ``on_event`` sees each event once, heartbeats included. Closing or
+        leaving this call never cancels the job.
+
+        Args:
+            name: The job, ``jobs/{id}``.
+            after_sequence: Follow only the events after this one; 0 follows them all.
+            on_event: Called with every event as it arrives; if it raises, the watch ends (the
+                job goes on) and the error propagates.
+            max_reconnects: Most reconnections in a row that bring no new event before the
+                ``UNAVAILABLE`` is raised.
+            timeout: Deadline of the whole follow, reconnections included; None uses the
+                client's default.
+
+        Raises:
+            StyleTransferError: When the job failed or was cancelled (with the job's code, such
+                as ``CANCELLED`` or ``DEADLINE_EXCEEDED``), is unknown (``NOT_FOUND``), or the
+                server stays unreachable.
+            ProtocolError: When the job ended without a result and without an error.
+        """
+        budget = self._deadline(timeout)
+        deadline = None if budget is None else time.monotonic() + budget
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        last, failures = after_sequence, 0
+        while True:
+            progress = _Progress(last, on_event)
+            try:
+                with self.watch_job(name, last, timeout=remaining()) as stream:
+                    for event in stream:
+                        progress(event)
+            except StyleTransferError as error:
+                if progress.result is not None:
+                    return progress.result  # only the end of the call was lost
+                # Count the reconnections that brought nothing new since the last that did.
+                failures = (0 if progress.last > last else failures) + 1
+                last = progress.last
+                delay = _reconnect_delay(error, failures, max_reconnects, remaining())
+                if delay is None:
+                    raise
+                _sleep(delay)
+                continue
+            if progress.result is not None:
+                return progress.result
+            # A watch that resumed past the result event ends OK without one; the job has it.
+            return _finished_result(self.get_job(name, timeout=remaining()))
+
     def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
         """Return the server's version, backends, weights, limits and option defaults."""
-        try:
-            return self._server_info(pb.GetServerInfoRequest(), timeout=self._deadline(timeout))
-        except grpc.RpcError as error:
-            raise StyleTransferError.from_rpc_error(error) from None
+        return self._call(self._server_info, pb.GetServerInfoRequest(), timeout)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """Return the serving status from grpc.health.v1, such as ``SERVING`` or ``NOT_SERVING``.
@@ -247,8 +430,88 @@ class StyleTransferClient:
         ``styletransfer.v1.StyleTransfer``; an unknown name raises a ``NOT_FOUND`` error.
         """
         request = health_pb2.HealthCheckRequest(service=service)
-        try:
-            response = self._health_check(request, timeout=self._deadline(timeout))
-        except grpc.RpcError as error:
-            raise StyleTransferError.from_rpc_error(error) from None
+        response = self._call(self._health_check, request, timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def _read_to_end(
+    stream: TransferStream, on_event: Callable[[pb.TransferEvent], None] | None
+) -> pb.Result | None:
+    """Read a stream to its end, handing each event to ``on_event``; return the result, if any.
+
+    Heartbeats go to ``on_event`` like any event, and play no other part.
+    """
+    result: pb.Result | None = None
+    # Read to the end of the stream rather than stopping at the result, so the call ends with
+    # the server's own OK instead of a cancellation racing it.
+    for event in stream:
+        if on_event is not None:
+            on_event(event)
+        if event.HasField("result"):
+            result = event.result
+    return result
+
+
+class _Progress:
+    """What one watch of `StyleTransferClient.follow_job` got: the last sequence and the result.
+
+    Called with each event; passes on the events after ``last`` and drops replays of earlier
+    ones, so that a server that resumes too early cannot show an event twice.
+    """
+
+    def __init__(self, last: int, on_event: Callable[[pb.TransferEvent], None] | None) -> None:
+        """Start after sequence ``last``."""
+        self.last = last
+        self.result: pb.Result | None = None
+        self._on_event = on_event
+
+    def __call__(self, event: pb.TransferEvent) -> None:
+        """Record and pass on one event."""
+        if not event.HasField("heartbeat") and 0 < event.sequence <= self.last:
+            return
+        self.last = max(self.last, event.sequence)
+        if event.HasField("result"):
+            self.result = event.result
+        if self._on_event is not None:
+            self._on_event(event)
+
+
+RECONNECT_BACKOFF_SECONDS = (0.1, 5.0)
+"""First and longest wait of `StyleTransferClient.follow_job` before re-opening a dropped watch."""
+_sleep = time.sleep  # a seam for tests, which record the waits instead of waiting
+
+
+def _reconnect_delay(
+    error: StyleTransferError, failures: int, max_reconnects: int, remaining: float | None
+) -> float | None:
+    """Return how long to wait before the ``failures``-th reconnection in a row, or None to give up.
+
+    Only ``UNAVAILABLE`` is worth another try; every other code is the job's own end or a
+    mistake of the caller. The wait doubles with each failure in a row, with jitter so that
+    many watchers of one restarted server do not return in step, unless the server said how
+    long to wait.
+    """
+    if error.code is not grpc.StatusCode.UNAVAILABLE or failures > max_reconnects:
+        return None
+    first, longest = RECONNECT_BACKOFF_SECONDS
+    delay = error.retry_delay
+    if delay is None:
+        delay = min(longest, first * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)  # noqa: S311  # jitter, not secrecy
+    if remaining is not None and delay >= remaining:
+        return None
+    return delay
+
+
+_STATUS_CODES: Mapping[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+"""gRPC status codes by number, for reading `JobError.code`."""
+
+
+def _finished_result(job: pb.Job) -> pb.Result:
+    """Return the result of a finished job, or raise the error it ended with."""
+    if job.state == pb.JOB_STATE_SUCCEEDED and job.HasField("result"):
+        return job.result
+    if job.state in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED) and job.HasField("error"):
+        code = _STATUS_CODES.get(job.error.code, grpc.StatusCode.UNKNOWN)
+        raise StyleTransferError(code, job.error.message, reason=job.error.reason or None)
+    state = pb.JobState.Name(job.state)
+    raise ProtocolError(f"the WatchJob stream of {job.name} ended without a result; the job is {state}")

@@ -1,4 +1,4 @@
-"""Turning the caller's images (bytes or paths) and style weights into a TransferRequest."""
+"""Turning the caller's images (bytes or paths) and style weights into a job request."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TypeAlias
 from styletransfer.client.options import TransferOptions
 from styletransfer.v1 import style_transfer_pb2 as pb
 
-__all__ = ["ImageSource", "StyleSource", "build_request", "read_image"]
+__all__ = ["ImageSource", "StyleSource", "build_job_request", "build_request", "read_image"]
 
 ImageSource: TypeAlias = bytes | str | os.PathLike[str]
 """An encoded image (PNG, JPEG or WebP) as bytes, or the path of a file holding one."""
@@ -41,6 +41,8 @@ def build_request(
     content: ImageSource,
     styles: Sequence[StyleSource],
     options: TransferOptions | None = None,
+    *,
+    idempotency_key: str = "",
 ) -> pb.TransferRequest:
     """Read the images and build the request; unset options stay unset in it.
 
@@ -54,4 +56,22 @@ def build_request(
         content=pb.Image(data=read_image(content)),
         styles=[_style_image(style) for style in styles],
         options=(options or TransferOptions()).to_proto(),
+        idempotency_key=idempotency_key,
+    )
+
+
+def build_job_request(
+    content: ImageSource,
+    styles: Sequence[StyleSource],
+    options: TransferOptions | None = None,
+    *,
+    idempotency_key: str = "",
+) -> pb.CreateJobRequest:
+    """Build a CreateJobRequest; it holds the fields of a TransferRequest, and they mean the same."""
+    request = build_request(content, styles, options, idempotency_key=idempotency_key)
+    return pb.CreateJobRequest(
+        content=request.content,
+        styles=request.styles,
+        options=request.options,
+        idempotency_key=request.idempotency_key,
     )

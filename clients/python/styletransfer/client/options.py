@@ -18,9 +18,11 @@ from styletransfer.v1 import style_transfer_pb2 as pb
 __all__ = [
     "FORMATS",
     "INITS",
+    "JOB_STATES",
     "OPTIMIZERS",
     "FormatName",
     "InitName",
+    "JobStateName",
     "OptimizerName",
     "TransferOptions",
     "TransferOptionsKwargs",
@@ -32,6 +34,8 @@ InitName = Literal["content", "noise", "style"]
 """Name of a starting image, as ``TransferOptions.init`` takes it."""
 FormatName = Literal["png", "jpeg", "webp"]
 """Name of an output encoding, as ``TransferOptions.output_format`` takes it."""
+JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+"""Name of a job state, as ``StyleTransferClient.list_jobs`` takes it."""
 
 
 def _names_of(enum: EnumTypeWrapper, prefix: str) -> dict[str, Any]:
@@ -48,6 +52,8 @@ INITS: Mapping[str, pb.Init] = _names_of(pb.Init, "INIT_")
 """Starting-image names and their ``styletransfer.v1.Init`` numbers."""
 FORMATS: Mapping[str, pb.ImageFormat] = _names_of(pb.ImageFormat, "IMAGE_FORMAT_")
 """Output format names and their ``styletransfer.v1.ImageFormat`` numbers."""
+JOB_STATES: Mapping[str, pb.JobState] = _names_of(pb.JobState, "JOB_STATE_")
+"""Job state names and their ``styletransfer.v1.JobState`` numbers."""
 
 _ENUMS: Mapping[str, Mapping[str, int]] = {
     "optimizer": OPTIMIZERS,
@@ -87,6 +93,7 @@ class TransferOptionsKwargs(TypedDict, total=False):
     preview_max_size: int | None
     backend: str | None
     device: str | None
+    max_duration_seconds: float | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -133,6 +140,9 @@ class TransferOptions:
     """Backend that runs the job, by name (``"pytorch"``)."""
     device: str | None = None
     """Device that runs the job: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    max_duration_seconds: float | None = None
+    """Longest the job may take from acceptance to its end, in seconds; past it, it fails with
+    ``DEADLINE_EXCEEDED``."""
 
     def __post_init__(self) -> None:
         """Check enum names and freeze the layer lists into tuples."""
