@@ -9,8 +9,8 @@ back what the heap holds free. Elsewhere than glibc both are no-ops.
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1 << 20  # blocks of 1 MiB and more are mapped, never kept on the heap
