@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import pytest
 from certs import Pki, make_pki
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
+from styletransfer.client import StyleTransferClient, StyleTransferError, tls_credentials
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -106,3 +111,43 @@ def test_health_has_its_own_plaintext_port_beside_tls(start, pki: Pki) -> None: 
         with pytest.raises(grpc.RpcError) as caught:
             _info(channel)
         assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_the_client_and_cli_speak_tls_with_a_token(start, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+    """StyleTransferClient and `styletransfer info` reach a mutual-TLS, token-guarded server."""
+    server = start(
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        tls_client_ca=pki.ca,
+        auth_tokens=SecretStr("s3cret"),
+    )
+    credentials = tls_credentials(pki.ca, pki.client_cert, pki.client_key)
+    with StyleTransferClient(f"localhost:{server.port}", credentials=credentials, token="s3cret") as client:
+        assert client.server_info().version
+    with StyleTransferClient(f"localhost:{server.port}", credentials=credentials) as client:
+        with pytest.raises(StyleTransferError) as caught:
+            client.server_info()
+        assert caught.value.code is grpc.StatusCode.UNAUTHENTICATED
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "styletransfer.client.cli",
+            "info",
+            "--json",
+            "--server",
+            f"localhost:{server.port}",
+            "--tls-ca",
+            str(pki.ca),
+            "--tls-cert",
+            str(pki.client_cert),
+            "--tls-key",
+            str(pki.client_key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "STYLETRANSFER_TOKEN": "s3cret"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["version"]

@@ -5,6 +5,7 @@ from styletransfer.client.client import (
     DEFAULT_TARGET,
     StyleTransferClient,
     TransferStream,
+    tls_credentials,
 )
 from styletransfer.client.errors import ClientError, ProtocolError, StyleTransferError
 from styletransfer.client.images import ImageSource, StyleSource
@@ -23,4 +24,5 @@ __all__ = [
     "TransferOptions",
     "TransferOptionsKwargs",
     "TransferStream",
+    "tls_credentials",
 ]

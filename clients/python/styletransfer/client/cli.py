@@ -43,7 +43,7 @@ from styletransfer.client._console import (
     state_name,
     summary_to_json,
 )
-from styletransfer.client.client import DEFAULT_TARGET, StyleTransferClient
+from styletransfer.client.client import DEFAULT_TARGET, StyleTransferClient, tls_credentials
 from styletransfer.client.errors import ClientError, StyleTransferError
 from styletransfer.client.images import StyleSource, read_image
 from styletransfer.client.options import (
@@ -60,6 +60,8 @@ __all__ = ["SERVER_ENV", "main", "parse_style"]
 
 SERVER_ENV = "STYLETRANSFER_SERVER"
 """Environment variable holding the server address when ``--server`` is not given."""
+TOKEN_ENV = "STYLETRANSFER_TOKEN"  # noqa: S105 (the name of a variable, not a secret)
+"""Environment variable holding the bearer token when ``--token`` is not given."""
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -144,7 +146,23 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="deadline of the call (default: none)"
     )
+    common.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"bearer token for servers that require one (default: ${TOKEN_ENV})",
+    )
+    common.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    common.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA bundle")
+    common.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS")
+    common.add_argument("--tls-key", metavar="PEM", help="client private key, for mutual TLS")
     return common
+
+
+def _connect(args: argparse.Namespace) -> StyleTransferClient:
+    """A client for the connection flags of `args`."""
+    secure = args.tls or args.tls_ca or args.tls_cert
+    credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if secure else None
+    return StyleTransferClient(args.server, timeout=args.timeout, credentials=credentials, token=args.token)
 
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -469,7 +487,7 @@ def _stylize(args: argparse.Namespace) -> int:
     styles = _styles(args)
     reporter = JsonReporter(sys.stdout) if args.json else ProgressReporter(sys.stderr)
     on_event = _event_handler(args, reporter)
-    with StyleTransferClient(args.server, timeout=args.timeout) as client, reporter:
+    with _connect(args) as client, reporter:
         result = client.stylize(content, styles, options, on_event=on_event)
     write_atomic(output, result.image.data)
     if not args.json:
@@ -487,7 +505,7 @@ def _jobs_create(args: argparse.Namespace) -> int:
     options = _options(args)
     content = _read(args.content)
     styles = _styles(args)
-    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         job = client.create_job(content, styles, options, idempotency_key=args.idempotency_key)
     if args.json:
         _print_job(job)
@@ -498,7 +516,7 @@ def _jobs_create(args: argparse.Namespace) -> int:
 
 def _jobs_get(args: argparse.Namespace) -> int:
     """Run ``jobs get``."""
-    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         job = client.get_job(args.name)
     if args.json:
         _print_job(job)
@@ -509,7 +527,7 @@ def _jobs_get(args: argparse.Namespace) -> int:
 
 def _jobs_list(args: argparse.Namespace) -> int:
     """Run ``jobs list``: every page, as a table or a JSON array."""
-    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         jobs = list(client.list_jobs(args.state))
     if args.json:
         print(json.dumps([summary_to_json(job) for job in jobs], indent=2))
@@ -520,7 +538,7 @@ def _jobs_list(args: argparse.Namespace) -> int:
 
 def _jobs_cancel(args: argparse.Namespace) -> int:
     """Run ``jobs cancel``: ask the job to stop and say what state it is in."""
-    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         job = client.cancel_job(args.name)
     if args.json:
         _print_job(job)
@@ -538,7 +556,7 @@ def _jobs_watch(args: argparse.Namespace) -> int:
     reporter = JsonReporter(sys.stdout) if args.json else ProgressReporter(sys.stderr, "watch")
     on_event = _event_handler(args, reporter)
     try:
-        with StyleTransferClient(args.server, timeout=args.timeout) as client, reporter:
+        with _connect(args) as client, reporter:
             result = client.follow_job(args.name, after_sequence=args.after, on_event=on_event)
     except KeyboardInterrupt:
         # Unlike stylize's, this call owns no job: leaving it stopped the watching only.
@@ -553,7 +571,7 @@ def _jobs_watch(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     """Run ``info``."""
-    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         info = client.server_info()
     if args.json:
         print(json.dumps(message_to_json(info), indent=2))
@@ -564,7 +582,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _health(args: argparse.Namespace) -> int:
     """Run ``health``."""
-    with StyleTransferClient(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else EXIT_FAILURE

@@ -16,9 +16,11 @@ waits for the result. Failed calls raise `StyleTransferError`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -97,6 +99,39 @@ class TransferStream:
         self.cancel()
 
 
+def tls_credentials(
+    ca: str | os.PathLike[str] | None = None,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: a CA to trust (None: the system's), and a client
+    certificate and key for servers that require mutual TLS."""
+
+    def read(path: str | os.PathLike[str] | None) -> bytes | None:
+        return None if path is None else Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Adds ``authorization: Bearer <token>`` to every call; works on plaintext channels too."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+
 class StyleTransferClient:
     """A client of one styletransfer server; closes its channel when used as a context manager.
 
@@ -111,6 +146,7 @@ class StyleTransferClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channel_options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         """Open a channel to ``target`` (``host:port``; connecting happens on the first call).
 
@@ -121,7 +157,9 @@ class StyleTransferClient:
             max_message_bytes: Largest message sent or received. The server has its own limit
                 (``ServerInfo.limits.max_receive_message_bytes``).
             channel_options: Extra gRPC channel arguments; they win over the size limits above.
-            credentials: TLS credentials; None opens a plaintext channel.
+            credentials: TLS credentials (see ``tls_credentials``); None opens a plaintext channel.
+            token: Bearer token sent as ``authorization`` metadata on every call, for servers
+                started with auth tokens.
         """
         options: dict[str, Any] = {
             "grpc.max_send_message_length": max_message_bytes,
@@ -129,11 +167,12 @@ class StyleTransferClient:
         }
         options.update(channel_options)
         channel_args = list(options.items())
-        self._channel = (
+        channel = (
             grpc.insecure_channel(target, channel_args)
             if credentials is None
             else grpc.secure_channel(target, credentials, channel_args)
         )
+        self._channel = channel if not token else grpc.intercept_channel(channel, _BearerToken(token))
         self.target = target
         """The server address."""
         self.timeout = timeout
