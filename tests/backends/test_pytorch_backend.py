@@ -10,6 +10,7 @@ from helpers import conv3x3_reference
 from imaging import image_array
 from torch import nn
 
+from backends.errors import ResourceExhausted
 from backends.pytorch import PyTorchBackend
 from backends.pytorch.model import Preprocess, VGGFeatures, build_trunk
 from backends.vgg import LAYERS, Kind, position
@@ -95,3 +96,16 @@ def test_lbfgs_evaluates_the_network_once_per_iteration(
     monkeypatch.setattr(VGGFeatures, "forward", counting)
     run(backend, make_job(iterations=6))
     assert len(calls) == 6 + 2  # plus one pass each for the content and the style targets
+
+
+def test_out_of_memory_becomes_resource_exhausted(
+    backend: PyTorchBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A framework out-of-memory error fails the job with ResourceExhausted, not a crash."""
+
+    def exhausted(self: object, pixels: torch.Tensor) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("backends.pytorch.backend.Problem.objective", exhausted)
+    with pytest.raises(ResourceExhausted, match="smaller max_size"):
+        run(backend, make_job(iterations=2))
