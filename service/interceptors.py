@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 
 from backends.errors import StyleTransferError
 from service.errors import INTERNAL_MESSAGE, status_code, to_status
+from service.metrics import Metrics, go_code, split_method
 
 log = structlog.get_logger("service.access")
 
@@ -26,12 +27,19 @@ _UNLOGGED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class _Call:
-    """Book-keeping for one RPC: its request id, and the code it ended with."""
+    """Book-keeping for one RPC: its request id, the code it ended with, its metrics."""
 
-    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
+    def __init__(
+        self, method: str, kind: str, context: grpc.ServicerContext, metrics: Metrics | None
+    ) -> None:
         self.method = method
         self.context = context
         self.started = time.perf_counter()
+        self.metrics = metrics
+        self.labels = (kind, *split_method(method))
+        if metrics is not None:
+            metrics.started.labels(*self.labels).inc()
+            metrics.received.labels(*self.labels).inc()
         metadata = dict(context.invocation_metadata() or ())
         supplied = metadata.get(REQUEST_ID_KEY)
         self.request_id = (
@@ -49,16 +57,27 @@ class _Call:
         log.error("unhandled_exception", method=self.method, request_id=self.request_id, exc_info=exc)
         self.context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
+    def sent(self) -> None:
+        """One response message went out."""
+        if self.metrics is not None:
+            self.metrics.sent.labels(*self.labels).inc()
+
     def done(self) -> None:
         if not self.context.is_active() and self.code is grpc.StatusCode.OK:
-            self.code = grpc.StatusCode.CANCELLED
+            remaining = self.context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        elapsed = time.perf_counter() - self.started
+        if self.metrics is not None:
+            self.metrics.handled.labels(*self.labels, go_code(self.code)).inc()
+            self.metrics.handling.labels(*self.labels).observe(elapsed)
         if not self.method.startswith(_UNLOGGED):
             log.info(
                 "rpc",
                 method=self.method,
                 peer=self.context.peer(),
                 code=self.code.name,
-                duration_s=round(time.perf_counter() - self.started, 4),
+                duration_s=round(elapsed, 4),
                 request_id=self.request_id,
             )
 
@@ -69,9 +88,11 @@ def _is_abort(exc: BaseException) -> bool:
 
 
 @contextmanager
-def _observed(method: str, context: grpc.ServicerContext) -> Iterator[_Call]:
-    """Around one RPC: bind its request id to the logs, map what it raises, log the outcome."""
-    call = _Call(method, context)
+def _observed(
+    method: str, kind: str, context: grpc.ServicerContext, metrics: Metrics | None
+) -> Iterator[_Call]:
+    """Around one RPC: bind its request id to the logs, map what it raises, log and count it."""
+    call = _Call(method, kind, context, metrics)
     structlog.contextvars.bind_contextvars(request_id=call.request_id)
     try:
         yield call
@@ -85,7 +106,10 @@ def _observed(method: str, context: grpc.ServicerContext) -> Iterator[_Call]:
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps unary and server-streaming handlers of the StyleTransfer service."""
+    """Wraps unary and server-streaming handlers of every service the server hosts."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -96,8 +120,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             inner = handler.unary_unary
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                with _observed(method, context):
-                    return inner(request, context)
+                with _observed(method, "unary", context, self.metrics) as call:
+                    response = inner(request, context)
+                    call.sent()
+                    return response
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
@@ -106,8 +132,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             inner_stream = handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with _observed(method, context):
-                    yield from inner_stream(request, context)
+                with _observed(method, "server_stream", context, self.metrics) as call:
+                    for response in inner_stream(request, context):
+                        call.sent()
+                        yield response
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer

@@ -109,6 +109,29 @@ Event = Accepted | Progress | Preview | Finished | Failed
 
 
 DEADLINE_SLACK = 0.25  # seconds; see Job.caller_gone
+PROGRESS_LOG_EVERY = 50  # iterations between job_progress log lines
+
+
+class JobObserver:
+    """Told of each step of a job's life; the service's metrics implement it. Does nothing here."""
+
+    def submitted(self, job: Job) -> None:
+        """The job entered a queue."""
+
+    def rejected(self, options: JobOptions) -> None:
+        """A job with these (placed) options was refused for lack of room."""
+
+    def started(self, job: Job) -> None:
+        """The job left its queue and began to run."""
+
+    def progressed(self, job: Job, iterate: Iterate, seconds: float) -> None:
+        """An iteration finished, taking `seconds`."""
+
+    def previewed(self, job: Job, size: int) -> None:
+        """A preview of `size` encoded bytes was made."""
+
+    def finished(self, job: Job, was_running: bool) -> None:
+        """The job reached its terminal state (job.state, job.error say which)."""
 
 
 class StopReason(StrEnum):
@@ -240,6 +263,7 @@ class Job:
     finished_at: float | None = None
     state: State = State.QUEUED
     error: StyleTransferError | None = None
+    observer: JobObserver = field(default_factory=JobObserver)
     stop: StopSignal = field(init=False)
     log: EventLog = field(init=False)
 
@@ -296,11 +320,13 @@ class Job:
 
     def finish(self, state: State, event: Finished | Failed) -> None:
         """Record the terminal state and event."""
+        was_running = self.state is State.RUNNING
         self.state = state
         self.finished_at = time.monotonic()
         if isinstance(event, Failed):
             self.error = event.error
         self.log.append(event)
+        self.observer.finished(self, was_running)
 
 
 class DeviceWorkers:
@@ -400,17 +426,29 @@ def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError],
         log.info("job_stopped", while_state="queued", reason=str(job.stop.reason))
         return
     job.state = State.RUNNING
+    job.observer.started(job)
+    last_elapsed = 0.0
     log.info("job_started", backend=options.backend, device=options.device, queued_s=round(queued, 3))
     work = BackendJob(job.spec.content, job.spec.styles, options.style, options.device, options.preview_every)
     try:
         for record in backend.run(work, job.stop):
             if isinstance(record, Iterate):
                 job.last_progress = record
+                job.observer.progressed(job, record, record.elapsed - last_elapsed)
+                last_elapsed = record.elapsed
                 job.log.append(Progress(record))
+                if record.iteration % PROGRESS_LOG_EVERY == 0:
+                    log.info(
+                        "job_progress",
+                        iteration=record.iteration,
+                        total=record.total,
+                        loss=record.losses.total,
+                    )
                 if record.image is not None:
                     data, width, height = images.encode(
                         record.image, options.output_format, options.output_quality, options.preview_max_size
                     )
+                    job.observer.previewed(job, len(data))
                     job.log.append(Preview(record.iteration, EncodedImage(data, width, height)))
             elif isinstance(record, Outcome):
                 encode_start = time.monotonic()
@@ -477,7 +515,9 @@ class JobCore:
         default_device: str,
         limits: Limits | None = None,
         on_fatal: Callable[[StyleTransferError], None] | None = None,
+        observer: JobObserver | None = None,
     ) -> None:
+        self.observer = observer or JobObserver()
         self.backends = backends
         self.on_fatal = on_fatal  # called when a device fails for good
         self.default_backend = default_backend
@@ -526,6 +566,7 @@ class JobCore:
                 history=self.limits.history,
                 deadline=deadline,
                 idempotency_key=idempotency_key,
+                observer=self.observer,
             )
             workers = self._devices.get(spec.options.device)
             if workers is None:
@@ -537,10 +578,15 @@ class JobCore:
                     self.on_fatal,
                 )
                 self._devices[spec.options.device] = workers
-            workers.put(job)
+            try:
+                workers.put(job)
+            except ResourceExhausted:
+                self.observer.rejected(spec.options)
+                raise
             self._jobs[job.id] = job
             if idempotency_key:
                 self._by_key[idempotency_key] = job
+        self.observer.submitted(job)
         log.info("job_queued", job_id=job.id, device=spec.options.device, backend=spec.options.backend)
         return job
 

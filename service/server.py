@@ -6,12 +6,14 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import numpy as np
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -23,6 +25,7 @@ from backends.weights.canonical import VGGWeights
 from service import convert, memory
 from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
+from service.metrics import JobMetrics, Metrics, QueueDepth
 from service.options import JobOptions
 from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
@@ -52,6 +55,8 @@ class Server:
     settings: Settings
     health_server: grpc.Server | None = None
     health_port: int | None = None
+    metrics: Metrics | None = None
+    metrics_server: WSGIServer | None = None
     ready: threading.Event = field(default_factory=threading.Event)
 
     def set_serving(self, serving: bool) -> None:
@@ -70,6 +75,9 @@ class Server:
         self.grpc_server.stop(grace=1.0).wait()
         if self.health_server is not None:
             self.health_server.stop(grace=0).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         log.info("server_stopped")
 
 
@@ -109,8 +117,16 @@ def warm_up(core: JobCore, backend: str) -> None:
             raise event.error
 
 
-def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] | None = None) -> Server:
-    """Create and start a server; it reports NOT_SERVING until warm-up has run."""
+def build(
+    settings: Settings,
+    weights: VGGWeights,
+    backends: dict[str, Backend] | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Server:
+    """Create and start a server; it reports NOT_SERVING until warm-up has run.
+
+    Metrics go to `registry` (a fresh one when None), served over HTTP when metrics_port is set.
+    """
     memory.keep_large_blocks_mapped()
     if backends is None:
         backends = create_backends(settings, weights)
@@ -129,7 +145,27 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
         if holder:
             holder[0].set_serving(False)
 
-    core = JobCore(backends, settings.backend, settings.device, limits, on_fatal=device_failed)
+    enabled = backends
+    metrics = Metrics(
+        registry if registry is not None else CollectorRegistry(),
+        devices=lambda: sorted({d for b in enabled.values() for d in b.devices()}),
+    )
+    core = JobCore(
+        backends,
+        settings.backend,
+        settings.device,
+        limits,
+        on_fatal=device_failed,
+        observer=JobMetrics(metrics),
+    )
+    metrics.registry.register(QueueDepth(core.queue_depths))
+    metrics.set_info(
+        server_version(),
+        {name: b.framework_version() for name, b in backends.items()},  # type: ignore[attr-defined]
+        weights.meta.source,
+        weights.sha256,
+        weights.meta.random,
+    )
     defaults = JobOptions()
     version_string = server_version()
 
@@ -149,7 +185,7 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
     ]
     tokens = load_tokens(settings)
     interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(tokens)] if tokens else []  # type: ignore[type-arg]
-    interceptors.append(ServiceInterceptor())
+    interceptors.append(ServiceInterceptor(metrics))
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
         interceptors=interceptors,
@@ -180,12 +216,28 @@ def build(settings: Settings, weights: VGGWeights, backends: dict[str, Backend] 
         if health_port == 0:
             raise OSError(f"could not bind the health port {settings.host}:{settings.health_port}")
         health_server.start()
-    server = Server(grpc_server, port, health_servicer, core, settings, health_server, health_port)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server, _ = start_http_server(
+            settings.metrics_port, settings.metrics_host or settings.host, registry=metrics.registry
+        )
+    server = Server(
+        grpc_server,
+        port,
+        health_servicer,
+        core,
+        settings,
+        health_server,
+        health_port,
+        metrics,
+        metrics_server,
+    )
     holder.append(server)
     server.set_serving(False)
     grpc_server.start()
     log.info(
         "server_listening",
+        metrics_port=metrics_server.server_port if metrics_server is not None else None,
         host=settings.host,
         port=port,
         backends=list(backends),

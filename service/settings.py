@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     """Comma-separated bearer tokens; when set (or auth_tokens_file), every RPC but health needs one."""
     auth_tokens_file: Path | None = None
     """File with one bearer token per line (blank lines and # comments ignored)."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """HTTP port serving Prometheus metrics at /metrics; unset serves none (0 picks a free port)."""
+    metrics_host: str | None = None
+    """Address of the metrics port; unset: the same as host."""
     health_port: int | None = Field(default=None, ge=0, le=65535)
     """Extra plaintext port that serves only grpc.health.v1, for Kubernetes probes under TLS."""
     log_format: Literal["json", "console"] = "json"
