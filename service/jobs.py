@@ -264,6 +264,7 @@ class Job:
     state: State = State.QUEUED
     error: StyleTransferError | None = None
     observer: JobObserver = field(default_factory=JobObserver)
+    request_id: str = ""  # of the call that created it, for the logs
     stop: StopSignal = field(init=False)
     log: EventLog = field(init=False)
 
@@ -406,7 +407,12 @@ class DeviceWorkers:
 
     def _loop(self) -> None:
         while (job := self._take()) is not None:
-            with structlog.contextvars.bound_contextvars(job_id=job.id):
+            with structlog.contextvars.bound_contextvars(
+                job_id=job.id,
+                request_id=job.request_id,
+                backend=job.options.backend,
+                device=job.options.device,
+            ):
                 run_job(self._backends[job.options.backend], job, self._on_fatal)
             memory.release()
 
@@ -428,7 +434,7 @@ def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError],
     job.state = State.RUNNING
     job.observer.started(job)
     last_elapsed = 0.0
-    log.info("job_started", backend=options.backend, device=options.device, queued_s=round(queued, 3))
+    log.info("job_started", queued_s=round(queued, 3))
     work = BackendJob(job.spec.content, job.spec.styles, options.style, options.device, options.preview_every)
     try:
         for record in backend.run(work, job.stop):
@@ -567,6 +573,7 @@ class JobCore:
                 deadline=deadline,
                 idempotency_key=idempotency_key,
                 observer=self.observer,
+                request_id=str(structlog.contextvars.get_contextvars().get("request_id", "")),
             )
             workers = self._devices.get(spec.options.device)
             if workers is None:
