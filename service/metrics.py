@@ -163,6 +163,15 @@ class Metrics:
             buckets=PIXEL_BUCKETS,
             registry=registry,
         )
+        self.errors = Counter(
+            "styletransfer_job_errors_total",
+            "Jobs that ended without a result, by ErrorInfo reason (RESOURCE_EXHAUSTED is out of memory).",
+            ["reason", *placed],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "styletransfer_ready", "1 while health reports SERVING, else 0.", registry=registry
+        )
         self.preview_bytes = Counter(
             "styletransfer_preview_bytes_total", "Encoded preview bytes produced.", placed, registry=registry
         )
@@ -230,6 +239,8 @@ class JobMetrics(JobObserver):
             self.m.running.labels(*placed).dec()
         label = outcome(job.state.value, job.error.reason if job.error is not None else None)
         self.m.completed.labels(label, *placed).inc()
+        if job.error is not None:
+            self.m.errors.labels(job.error.reason, *placed).inc()
         self.m.duration.labels(label, *placed).observe((job.finished_at or job.accepted_at) - job.accepted_at)
 
 

@@ -65,11 +65,15 @@ class Server:
         )
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
+        if self.metrics is not None:
+            self.metrics.ready.set(1 if serving else 0)
 
     def stop(self, grace: float | None = None) -> None:
         """Go NOT_SERVING, refuse new jobs, let running ones finish within `grace`, stop."""
         grace = self.settings.shutdown_grace if grace is None else grace
         self.health.enter_graceful_shutdown()
+        if self.metrics is not None:
+            self.metrics.ready.set(0)
         log.info("server_stopping", grace_s=grace)
         self.core.close(grace=grace)
         self.grpc_server.stop(grace=1.0).wait()
