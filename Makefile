@@ -7,6 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 50051
 WEIGHTS ?=
 BACKENDS ?= pytorch,tensorflow
+METRICS_PORT ?= 9095
 PYTEST_ARGS ?=
 
 .PHONY: setup generate weights run test lint fmt clean bench load
@@ -31,9 +32,9 @@ weights: $(STAMP)
 run: $(STAMP)
 ifeq ($(WEIGHTS),)
 	$(BIN)/styletransfer-weights download
-	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --log-format console
+	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --metrics-port $(METRICS_PORT) --log-format console
 else
-	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --log-format console --weights $(WEIGHTS)
+	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --metrics-port $(METRICS_PORT) --log-format console --weights $(WEIGHTS)
 endif
 
 test: $(STAMP)
