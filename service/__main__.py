@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from types import FrameType
 
 import structlog
@@ -71,16 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"styletransfer-server: {exc}", file=sys.stderr)
         return 2
     server = build(settings, weights)
-    stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal_received", signal=signal.Signals(signum).name)
-        stop.set()
+        # The handler may interrupt the main thread anywhere, even inside a lock it holds, so it
+        # only records the signal; it takes no lock and writes no log line.
+        received.append(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"styletransfer-server listening on {settings.host}:{server.port}", flush=True)
-    stop.wait()
+    # A signal delivered to another thread does not wake a main thread blocked on a lock; a short
+    # sleep returns to the interpreter often, which then runs the handler.
+    while not received:
+        time.sleep(0.2)
+    log.info("signal_received", signal=signal.Signals(received[0]).name)
     server.stop()
     return 0
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+import serverproc
 from imaging import image_bytes
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -29,27 +27,10 @@ def _rss_mib(pid: int) -> float:
 
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", "0", "--weights", "random:0", "--log-level", "warning"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    port = next(
-        int(m.group(1)) for line in proc.stdout if (m := re.search(r"listening on [^:]+:(\d+)", line))
-    )
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        for response in health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(), timeout=120
-        ):
-            if response.status == health_pb2.HealthCheckResponse.SERVING:
-                break
-    yield proc, port
-    proc.kill()
-    proc.wait()
+    server = serverproc.start("--weights", "random:0", "--log-level", "warning", cache=tmp_path)
+    server.wait_serving()
+    yield server.proc, server.port
+    server.stop()
 
 
 def _request(iterations: int) -> pb.TransferRequest:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import serverproc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -71,31 +71,16 @@ def test_health_is_not_serving_until_warm_up_has_run() -> None:
 
 @pytest.fixture
 def process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    env = {
-        **os.environ,
-        "XDG_CACHE_HOME": str(tmp_path),
-        "PYTHONUNBUFFERED": "1",
-        "STYLETRANSFER_SHUTDOWN_GRACE": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", "0", "--weights", "random:0", "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+    server = serverproc.start(
+        "--weights",
+        "random:0",
+        "--log-format",
+        "json",
+        cache=tmp_path,
+        env={"STYLETRANSFER_SHUTDOWN_GRACE": "2"},
     )
-    assert proc.stdout is not None
-    port = None
-    for line in proc.stdout:  # the server prints its port once it is bound
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            port = int(match.group(1))
-            break
-    assert port, "the server never said where it listens"
-    yield proc, port
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    yield server.proc, server.port
+    server.stop()
 
 
 def _wait_serving(port: int) -> None:
