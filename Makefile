@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+TOOLS  := tools/.installed-stamp
+SYSTEM := .system-deps-stamp
+BUF    := tools/node_modules/.bin/buf
 HOST   ?= 127.0.0.1
 PORT   ?= 50051
 WEIGHTS ?=
@@ -10,15 +13,31 @@ BACKENDS ?= pytorch,tensorflow
 METRICS_PORT ?= 9095
 PYTEST_ARGS ?=
 
-.PHONY: setup generate weights run test lint fmt clean bench load
+.PHONY: setup system-deps generate weights run test lint fmt clean bench load manifests image-locks api-baseline
 
-setup: $(STAMP)
+## Everything the service, the tests and the linters need: the Python environment, the pinned
+## tools under tools/ (buf, kubectl, schema validators, scanners) and the system packages.
+setup: $(STAMP) $(TOOLS) $(SYSTEM)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e clients/python -e '.[torch,tensorflow,dev]'
 	touch $@
+
+$(TOOLS): tools/package.json tools/package-lock.json tools/requirements.lock
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+	test -x tools/.venv/bin/python || $(PYTHON) -m venv tools/.venv
+	tools/.venv/bin/python -m pip install -q --upgrade pip
+	tools/.venv/bin/python -m pip install -q -r tools/requirements.lock
+	touch $@
+
+$(SYSTEM): scripts/install-system-deps.sh
+	scripts/install-system-deps.sh
+	touch $@
+
+system-deps:
+	scripts/install-system-deps.sh
 
 ## Regenerate the API's code from proto/ (committed; `make lint` checks it has not drifted).
 generate: $(STAMP)
@@ -37,10 +56,14 @@ else
 	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --metrics-port $(METRICS_PORT) --log-format console --weights $(WEIGHTS)
 endif
 
-test: $(STAMP)
+test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: setup
+	$(BUF) lint
+	$(BUF) breaking --against proto/baseline/styletransfer-v1.binpb
+	$(BIN)/python scripts/k8s_manifests.py --check
+	$(BIN)/python scripts/image_locks.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -50,12 +73,24 @@ lint: $(STAMP)
 	test -z "$$(git status --porcelain -- clients/python/styletransfer/v1)" \
 	  || (echo "generated code is not committed: run 'make generate' and commit" >&2; exit 1)
 
+## Rewrite the Kubernetes manifests made from the alert rules and the dashboard.
+manifests: $(STAMP)
+	$(BIN)/python scripts/k8s_manifests.py
+
+## Rewrite the container images' Python locks from requirements.lock.
+image-locks: $(STAMP)
+	$(BIN)/python scripts/image_locks.py
+
+## After a release: make the current API the baseline that `buf breaking` compares against.
+api-baseline: $(TOOLS)
+	$(BUF) build --exclude-source-info -o proto/baseline/styletransfer-v1.binpb
+
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/.venv $(TOOLS) $(SYSTEM)
 
 ## Print ms/iteration of each installed backend at 128 and 256 px (random weights unless BENCH_WEIGHTS).
 bench: $(STAMP)

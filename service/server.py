@@ -34,6 +34,9 @@ from service.settings import Settings, load_tokens
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
+# A health service name that is SERVING for as long as the process answers: for liveness probes,
+# which must not fail while the server drains or after a device failure (readiness covers those).
+LIVENESS_SERVICE = "liveness"
 
 
 def server_version() -> str:
@@ -58,8 +61,11 @@ class Server:
     metrics: Metrics | None = None
     metrics_server: WSGIServer | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    stopping: bool = False
 
     def set_serving(self, serving: bool) -> None:
+        if serving and self.stopping:
+            return  # a warm-up that ends during shutdown must not turn it back on
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -71,7 +77,10 @@ class Server:
     def stop(self, grace: float | None = None) -> None:
         """Go NOT_SERVING, refuse new jobs, let running ones finish within `grace`, stop."""
         grace = self.settings.shutdown_grace if grace is None else grace
-        self.health.enter_graceful_shutdown()
+        self.stopping = True
+        # Not enter_graceful_shutdown(): that would also turn LIVENESS_SERVICE NOT_SERVING, and
+        # an orchestrator would then kill the process while it drains.
+        self.set_serving(False)
         if self.metrics is not None:
             self.metrics.ready.set(0)
         log.info("server_stopping", grace_s=grace)
@@ -186,7 +195,20 @@ def build(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        # Keepalive: ping idle connections so that proxies and NATs keep them, and accept client
+        # pings as often as every 20 s, with or without calls in flight.
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
+    if settings.max_connection_age_seconds is not None:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            # A job stream in flight gets as long as the drain to finish on the old connection.
+            ("grpc.max_connection_age_grace_ms", int(max(settings.shutdown_grace, 1) * 1000)),
+        ]
     tokens = load_tokens(settings)
     interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(tokens)] if tokens else []  # type: ignore[type-arg]
     interceptors.append(ServiceInterceptor(metrics))
@@ -238,6 +260,7 @@ def build(
     )
     holder.append(server)
     server.set_serving(False)
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     grpc_server.start()
     log.info(
         "server_listening",

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     """Run a tiny job at start-up before reporting SERVING."""
     shutdown_grace: float = Field(default=30.0, ge=0)
     """Seconds running jobs get to finish after SIGTERM."""
+    max_connection_age_seconds: float | None = Field(default=None, gt=0)
+    """Close each client connection this long after it opened (calls in flight may finish), so
+    that clients behind a connection-balancing proxy or Service spread over new replicas; unset
+    keeps connections open."""
+    keepalive_seconds: float = Field(default=60.0, gt=0)
+    """Interval of the server's HTTP/2 keepalive pings on idle connections."""
     tls_cert: Path | None = None
     """PEM certificate chain of the server; with tls_key, the gRPC port speaks TLS only."""
     tls_key: Path | None = None

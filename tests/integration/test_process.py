@@ -28,7 +28,7 @@ from backends.base import BackendJob, CancelToken, Iterate, Outcome
 from backends.errors import DeviceFailure
 from backends.pytorch import PyTorchBackend
 from backends.weights.canonical import random_weights
-from service.server import SERVICE_NAME, build
+from service.server import LIVENESS_SERVICE, SERVICE_NAME, build
 from service.settings import Settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -178,6 +178,8 @@ def test_sigterm_drains_refuses_new_jobs_and_ends_running_ones_unavailable(
         while _health(port) != NOT_SERVING and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _health(port) == NOT_SERVING
+        assert _health(port, SERVICE_NAME) == NOT_SERVING
+        assert _health(port, LIVENESS_SERVICE) == SERVING  # draining is not dead
         with pytest.raises(grpc.RpcError) as refused:
             list(stub.Transfer(_long_request(), timeout=30))
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -216,5 +218,34 @@ def test_a_failed_device_fails_its_job_and_flips_health() -> None:
                 list(stub.Transfer(request, timeout=60))
         assert caught.value.code() is grpc.StatusCode.INTERNAL
         assert _health(server.port) == NOT_SERVING
+        assert _health(server.port, LIVENESS_SERVICE) == SERVING
+    finally:
+        server.stop(grace=2)
+
+
+def test_max_connection_age_rotates_connections_without_breaking_streams() -> None:
+    """With max_connection_age_seconds, the server closes old connections (the client goes IDLE
+    and reconnects on its next call), yet a job stream in flight at that moment completes."""
+    server = build(
+        Settings(port=0, warmup=False, max_connection_age_seconds=1.0, shutdown_grace=120),
+        random_weights(0),
+    )
+    try:
+        server.set_serving(True)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            states: list[grpc.ChannelConnectivity] = []
+            channel.subscribe(states.append)
+            request = _long_request()
+            request.options.iterations = 40  # outlives the connection's age
+            started = time.monotonic()
+            events = list(stub.Transfer(request, timeout=120))
+            assert time.monotonic() - started > 1.0
+            assert events[-1].HasField("result")
+            deadline = time.monotonic() + 10
+            while grpc.ChannelConnectivity.IDLE not in states and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert grpc.ChannelConnectivity.IDLE in states, states  # the server closed it
+            assert stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).version  # and it reconnects
     finally:
         server.stop(grace=2)
