@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Generates every language's code from proto/. Python lands in clients/python and is committed;
+# Generates the Python code from proto/ into clients/python, where it is committed (the other
+# clients generate theirs in their own build.sh).
 # `make lint` regenerates it and fails when the committed copy differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
