@@ -92,9 +92,10 @@ fmt: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/.venv $(TOOLS) $(SYSTEM)
 
-## Print ms/iteration of each installed backend at 128 and 256 px (random weights unless BENCH_WEIGHTS).
+## Speed against a plain reference implementation, time to quality, service overhead, and a
+## figure (benchmarks/bench.png); random weights unless BENCH_WEIGHTS. QUICK=1: under two minutes.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/iteration_speed.py $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS))
+	$(BIN)/python benchmarks/bench.py $(if $(QUICK),--quick) $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS))
 
 ## A bounded load run on loopback (its own server, random weights); prints outcomes, fails on lost jobs.
 load: $(STAMP)

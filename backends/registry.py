@@ -59,11 +59,14 @@ def unavailable_reason(name: str) -> str | None:
     return None
 
 
-def create(name: str, weights: VGGWeights) -> Backend:
-    """Import and construct a backend; raise Unavailable when it cannot run here."""
+def create(name: str, weights: VGGWeights, **options: object) -> Backend:
+    """Import and construct a backend; raise Unavailable when it cannot run here.
+
+    `options` are the backend's own keyword arguments (the PyTorch backend's `precision`).
+    """
     reason = unavailable_reason(name)
     if reason is not None:
         raise Unavailable(f"backend {name!r} is unavailable: {reason}")
     spec = REGISTRY[name]
     module = importlib.import_module(spec.module)
-    return cast(Backend, getattr(module, spec.factory)(weights))
+    return cast(Backend, getattr(module, spec.factory)(weights, **options))

@@ -22,7 +22,7 @@ from backends.base import Backend, StyleInput
 from backends.errors import StyleTransferError
 from backends.options import StyleOptions
 from backends.weights.canonical import VGGWeights
-from service import convert, memory
+from service import convert
 from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
 from service.metrics import JobMetrics, Metrics, QueueDepth
@@ -116,7 +116,8 @@ def create_backends(settings: Settings, weights: VGGWeights) -> dict[str, Backen
         raise ValueError(
             f"default backend {settings.backend!r} is not in enabled backends {list(settings.backends)}"
         )
-    return {name: registry.create(name, weights) for name in settings.backends}
+    options: dict[str, dict[str, object]] = {"pytorch": {"precision": settings.pytorch_precision}}
+    return {name: registry.create(name, weights, **options.get(name, {})) for name in settings.backends}
 
 
 def warm_up(core: JobCore, backend: str) -> None:
@@ -140,7 +141,6 @@ def build(
 
     Metrics go to `registry` (a fresh one when None), served over HTTP when metrics_port is set.
     """
-    memory.keep_large_blocks_mapped()
     if backends is None:
         backends = create_backends(settings, weights)
     limits = Limits(

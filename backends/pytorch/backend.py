@@ -24,6 +24,7 @@ from backends.weights.canonical import VGGWeights
 # L-BFGS keeps this many correction pairs; 100 is what Gatys-era implementations used
 # (torch's default too). Memory cost: 2 * history * image floats.
 LBFGS_HISTORY = 100
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _to_tensor(image: npt.NDArray[np.uint8] | npt.NDArray[np.float32], device: torch.device) -> torch.Tensor:
@@ -41,8 +42,11 @@ def _to_image(pixels: torch.Tensor) -> RGBImage:
 class Problem:
     """One job's objective: the cut network, its targets, and the weighted losses of an image."""
 
-    def __init__(self, trunk: nn.Sequential, weights: VGGWeights, job: BackendJob) -> None:
+    def __init__(
+        self, trunk: nn.Sequential, weights: VGGWeights, job: BackendJob, precision: str = "float32"
+    ) -> None:
         self.job = job
+        self.autocast = precision == "bfloat16"
         self.options = options = job.options
         self.device = torch.device(job.device)
         self.preprocess = Preprocess(weights.meta).to(self.device)
@@ -52,7 +56,7 @@ class Problem:
         )
         height, width = job.content.shape[:2]
         with torch.no_grad():
-            feats = self.net(self.preprocess(_to_tensor(job.content, self.device)))
+            feats = self.features(_to_tensor(job.content, self.device))
             self.content_targets = {n: feats[n].clone() for n in options.content_layers}
             self.style_targets = self._style_targets(height * width)
 
@@ -64,12 +68,18 @@ class Problem:
         """
         targets: dict[str, torch.Tensor] = {}
         for style in self.job.styles:
-            feats = self.net(self.preprocess(_to_tensor(style.image, self.device)))
+            feats = self.features(_to_tensor(style.image, self.device))
             scale = positions / (style.image.shape[0] * style.image.shape[1])
             for name in self.options.style_layers:
                 contribution = style.weight * scale * gram(feats[name])
                 targets[name] = targets[name] + contribution if name in targets else contribution
         return targets
+
+    def features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's activations at the job's layers, float32 whatever the precision."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            feats = self.net(self.preprocess(pixels))
+        return {name: t.float() for name, t in feats.items()} if self.autocast else feats
 
     def initial(self) -> torch.Tensor:
         """The starting image, as a leaf tensor that asks for its gradient."""
@@ -78,7 +88,7 @@ class Problem:
     def objective(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Losses]:
         """The total loss (differentiable) and its weighted terms as plain floats."""
         options = self.options
-        feats = self.net(self.preprocess(pixels))
+        feats = self.features(pixels)
         zero = torch.zeros((), device=self.device)
         lc = sum((content_loss(feats[n], self.content_targets[n]) for n in options.content_layers), zero)
         ls = sum(
@@ -100,8 +110,11 @@ class PyTorchBackend:
 
     name = "pytorch"
 
-    def __init__(self, weights: VGGWeights) -> None:
+    def __init__(self, weights: VGGWeights, precision: str = "float32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.weights = weights
+        self.precision = precision
         self._trunks: dict[str, nn.Sequential] = {}
         self._lock = threading.Lock()
 
@@ -124,7 +137,7 @@ class PyTorchBackend:
 
     def problem(self, job: BackendJob) -> Problem:
         """The objective of a job, for running it or inspecting it."""
-        return Problem(self._trunk(job.device), self.weights, job)
+        return Problem(self._trunk(job.device), self.weights, job, self.precision)
 
     def features(
         self, image: npt.NDArray[np.float32], layers: Sequence[str], device: str = "cpu"

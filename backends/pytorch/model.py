@@ -31,7 +31,10 @@ def build_trunk(weights: VGGWeights, device: torch.device | str = "cpu") -> nn.S
                 assert module.bias is not None
                 module.bias.copy_(torch.from_numpy(np.asarray(weights.tensors[f"{layer.name}.bias"])))
     trunk.requires_grad_(False)
+    # channels_last (NHWC) convolutions are measurably faster with oneDNN on CPU and with cuDNN's
+    # tensor-core kernels on GPU; the activations come out in the same layout.
     trunk.eval().to(device)
+    trunk.to(memory_format=torch.channels_last)
     return trunk
 
 
