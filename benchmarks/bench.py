@@ -225,6 +225,9 @@ def plot(path: Path, rows: list[Row], curves: dict[str, list], label: str) -> No
         mine = [r for r in rows if r.name == name]
         left.plot([r.size for r in mine], [r.median_ms for r in mine], marker="o", label=name)
     left.set(xscale="log", yscale="log", xlabel="image side (px)", ylabel="ms per iteration")
+    sides = sorted({r.size for r in rows})
+    left.set_xticks(sides, [str(side) for side in sides])
+    left.minorticks_off()
     left.set_title("Speed per iteration")
     left.legend(fontsize=8)
     for name, curve in curves.items():
