@@ -14,13 +14,24 @@ from backends.options import StyleOptions
 RGBImage = npt.NDArray[np.uint8]
 """An H x W x 3 array of 8-bit RGB pixels."""
 
+FloatImage = npt.NDArray[np.float32]
+"""An H x W x 3 array of RGB values on a 0-255 scale, not rounded."""
+
+Mask = npt.NDArray[np.float32]
+"""An H x W array in [0, 1]: how much a style applies at each output pixel."""
+
 
 @dataclass(frozen=True)
 class StyleInput:
-    """One style image, already resized, and its blend weight (weights sum to 1 over a job)."""
+    """One style image, already resized, its blend weight (weights sum to 1 over a job) and mask.
 
-    image: RGBImage
+    The image is sized for the output's last scale (`style_scale` applied). A mask, when given,
+    has the output's size and confines this style to where it is non-zero.
+    """
+
+    image: RGBImage | FloatImage
     weight: float
+    mask: Mask | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class BackendJob:
     options: StyleOptions
     device: str  # resolved, e.g. "cpu" or "cuda:0"
     preview_every: int = 0  # attach the image to every this-many-th iterate; 0 never
+    init_image: RGBImage | None = None  # the start when options.init is IMAGE; any size
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,11 @@ class Iterate:
     total: int
     losses: Losses  # at the image this iteration evaluated
     elapsed: float  # seconds since the optimization loop started
-    image: RGBImage | None = None  # set every `preview_every` iterations
+    image: RGBImage | FloatImage | None = None  # set every `preview_every` iterations, unrounded
+    scale: int = 1  # 1-based, coarsest first
+    scales: int = 1
+    tile: int = 0  # 1-based while the last scale is refined in tiles; 0 otherwise
+    tiles: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,33 @@ class Outcome:
     iterations: int
     setup_seconds: float
     optimize_seconds: float
+    pixels: FloatImage | None = None  # the image before rounding, for 16-bit outputs
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One optimization pass: the whole image at one scale, or one tile of the last scale.
+
+    The content, the starting image and any masks share one size; style images have their own.
+    """
+
+    content: FloatImage
+    styles: tuple[StyleInput, ...]
+    init: FloatImage
+    options: StyleOptions
+    device: str
+
+
+class Solver(Protocol):
+    """A stage being optimized."""
+
+    def step(self) -> Losses:
+        """Run one iteration; return the losses at the image it evaluated."""
+        ...
+
+    def pixels(self) -> FloatImage:
+        """The current image, clamped to [0, 255]."""
+        ...
 
 
 class CancelToken(Protocol):
@@ -90,4 +133,12 @@ class Backend(Protocol):
 
         Checks `cancel` every iteration and raises errors.Cancelled when it is set.
         """
+        ...
+
+
+class StageBackend(Backend, Protocol):
+    """A backend built on the shared driver (`backends.driver`): it only has to solve stages."""
+
+    def solver(self, stage: Stage) -> Solver:
+        """Set up a stage's objective and optimizer, starting from `stage.init`."""
         ...

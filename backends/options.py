@@ -19,6 +19,24 @@ class Init(StrEnum):
     CONTENT = "content"
     NOISE = "noise"
     STYLE = "style"
+    IMAGE = "image"  # an image the caller supplies
+
+
+class Pooling(StrEnum):
+    """How VGG19's pooling layers downsample."""
+
+    MAX = "max"
+    AVERAGE = "average"  # Gatys et al. found it gives slightly smoother results
+
+
+class ColorPreservation(StrEnum):
+    """Keeping the content's colours (Gatys et al. 2017, "Controlling Perceptual Factors")."""
+
+    NONE = "none"
+    # Transfer on luminance only; the output takes the content's chroma back.
+    LUMINANCE = "luminance"
+    # Match the style images' colour mean and covariance to the content's before transfer.
+    HISTOGRAM = "histogram"
 
 
 # Adam steps are in pixel units on a 0-255 scale; L-BFGS scales its own step, so its rate is a
@@ -47,6 +65,17 @@ class StyleOptions:
     learning_rate: float | None = None
     init: Init = Init.CONTENT
     seed: int = 0
+    pooling: Pooling = Pooling.MAX
+    color_preservation: ColorPreservation = ColorPreservation.NONE
+    # Long side of each style image relative to the output's long side, at every scale.
+    style_scale: float = 1.0
+    # Coarse to fine: iterations at each scale, coarsest first; empty means one scale running
+    # `iterations`. Each scale's long side is `scale_factor` times the previous one's.
+    scale_iterations: tuple[int, ...] = field(default=())
+    scale_factor: float = 2.0
+    # Refine the last scale in tiles of at most this many pixels a side; 0 never tiles.
+    tile_size: int = 0
+    tile_overlap: int = 32
 
     @property
     def resolved_learning_rate(self) -> float:
@@ -54,6 +83,11 @@ class StyleOptions:
         if self.learning_rate is not None:
             return self.learning_rate
         return DEFAULT_LEARNING_RATE[self.optimizer]
+
+    @property
+    def resolved_scale_iterations(self) -> tuple[int, ...]:
+        """Iterations per scale, coarsest first; one entry for a single-scale job."""
+        return self.scale_iterations or (self.iterations,)
 
     @property
     def resolved_style_layer_weights(self) -> tuple[float, ...]:

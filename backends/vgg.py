@@ -62,3 +62,15 @@ def position(name: str) -> int:
 def deepest(names: tuple[str, ...] | list[str]) -> int:
     """Index of the deepest of the named layers: the network can be cut after it."""
     return max(position(n) for n in names)
+
+
+def feature_size(name: str, height: int, width: int) -> tuple[int, int]:
+    """(height, width) of a layer's activations for an input of that size.
+
+    Convolutions keep the size (3x3, padding 1); each 2x2 pooling before the layer halves it,
+    rounding down, in both backends.
+    """
+    for layer in LAYERS[: position(name)]:
+        if layer.kind is Kind.POOL:
+            height, width = height // 2, width // 2
+    return height, width

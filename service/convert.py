@@ -10,7 +10,7 @@ from styletransfer.v1 import style_transfer_pb2 as pb
 from backends import registry
 from backends.base import Losses
 from backends.errors import InvalidArgument
-from backends.options import Init, Optimizer
+from backends.options import ColorPreservation, Init, Optimizer, Pooling
 from backends.vgg import LOSS_LAYER_NAMES
 from backends.weights.canonical import VGGWeights
 from service.errors import to_status
@@ -21,11 +21,23 @@ from service.settings import Settings
 
 _ENUMS: dict[str, dict[int, Any]] = {
     "optimizer": {pb.OPTIMIZER_LBFGS: Optimizer.LBFGS, pb.OPTIMIZER_ADAM: Optimizer.ADAM},
-    "init": {pb.INIT_CONTENT: Init.CONTENT, pb.INIT_NOISE: Init.NOISE, pb.INIT_STYLE: Init.STYLE},
+    "init": {
+        pb.INIT_CONTENT: Init.CONTENT,
+        pb.INIT_NOISE: Init.NOISE,
+        pb.INIT_STYLE: Init.STYLE,
+        pb.INIT_IMAGE: Init.IMAGE,
+    },
     "output_format": {
         pb.IMAGE_FORMAT_PNG: ImageFormat.PNG,
+        pb.IMAGE_FORMAT_PNG16: ImageFormat.PNG16,
         pb.IMAGE_FORMAT_JPEG: ImageFormat.JPEG,
         pb.IMAGE_FORMAT_WEBP: ImageFormat.WEBP,
+    },
+    "pooling": {pb.POOLING_MAX: Pooling.MAX, pb.POOLING_AVERAGE: Pooling.AVERAGE},
+    "color_preservation": {
+        pb.COLOR_PRESERVATION_NONE: ColorPreservation.NONE,
+        pb.COLOR_PRESERVATION_LUMINANCE: ColorPreservation.LUMINANCE,
+        pb.COLOR_PRESERVATION_HISTOGRAM: ColorPreservation.HISTOGRAM,
     },
 }
 _ENUMS_BACK: dict[str, dict[Any, Any]] = {
@@ -55,9 +67,15 @@ def overrides(options: pb.TransferOptions) -> dict[str, Any]:
 def job_request(request: pb.TransferRequest | pb.CreateJobRequest) -> JobRequest:
     """A TransferRequest or CreateJobRequest as plain values; options not yet checked."""
     styles = tuple(
-        StyleSource(s.image.data, s.weight if s.HasField("weight") else None) for s in request.styles
+        StyleSource(
+            s.image.data,
+            s.weight if s.HasField("weight") else None,
+            s.mask.data if s.HasField("mask") else None,
+        )
+        for s in request.styles
     )
-    return JobRequest(request.content.data, styles, overrides(request.options))
+    init_image = request.init_image.data if request.HasField("init_image") else None
+    return JobRequest(request.content.data, styles, overrides(request.options), init_image)
 
 
 def options_to_proto(options: JobOptions) -> pb.TransferOptions:
@@ -83,6 +101,13 @@ def options_to_proto(options: JobOptions) -> pb.TransferOptions:
         backend=options.backend,
         device=options.device,
         max_duration_seconds=options.max_duration,
+        pooling=_ENUMS_BACK["pooling"][style.pooling],
+        color_preservation=_ENUMS_BACK["color_preservation"][style.color_preservation],
+        style_scale=style.style_scale,
+        scale_iterations=style.scale_iterations,
+        scale_factor=style.scale_factor,
+        tile_size=style.tile_size,
+        tile_overlap=style.tile_overlap,
     )
 
 
@@ -149,6 +174,10 @@ def event(job: Job, sequence: int, item: Event | Heartbeat) -> pb.TransferEvent:
                 total_iterations=it.total,
                 elapsed_seconds=it.elapsed,
                 losses=_losses(it.losses),
+                scale=it.scale,
+                scale_count=it.scales,
+                tile=it.tile,
+                tile_count=it.tiles,
             )
         )
     elif isinstance(item, Preview):

@@ -12,13 +12,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import structlog
 
 from backends import registry
-from backends.base import Backend, BackendJob, Iterate, Losses, Outcome
+from backends.base import Backend, BackendJob, FloatImage, Iterate, Losses, Outcome, RGBImage
 from backends.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -417,6 +418,69 @@ class DeviceWorkers:
             memory.release()
 
 
+# Previews are encoded here, off the workers that run the optimizers. Two threads serve every job:
+# encoding releases the GIL in zlib, libjpeg and libwebp, so it overlaps the optimizer's work.
+_PREVIEW_ENCODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preview-encoder")
+
+
+class PreviewStream:
+    """Encodes one job's previews on the shared encoder threads, in order, one at a time.
+
+    A preview that comes due while the previous one is still encoding waits in a single slot; a
+    newer one replaces it there (the skipped snapshot is logged and never sent). So a job never
+    queues more than two snapshots and its optimizer never waits for an encoder.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._lock = threading.Lock()
+        self._running: Future[None] | None = None
+        self._waiting: tuple[int, RGBImage | FloatImage] | None = None
+        self.skipped = 0
+
+    def offer(self, iteration: int, image: RGBImage | FloatImage) -> None:
+        """Queue a snapshot for encoding; returns at once."""
+        with self._lock:
+            if self._running is None:
+                self._running = _PREVIEW_ENCODERS.submit(self._encode, iteration, image)
+                return
+            if self._waiting is not None:
+                self.skipped += 1
+                log.debug("preview_skipped", iteration=self._waiting[0], reason="encoder busy")
+            self._waiting = (iteration, image)
+
+    def _encode(self, iteration: int, image: RGBImage | FloatImage) -> None:
+        with structlog.contextvars.bound_contextvars(job_id=self.job.id):
+            self._encode_in_order(iteration, image)
+
+    def _encode_in_order(self, iteration: int, image: RGBImage | FloatImage) -> None:
+        while True:
+            options = self.job.options
+            try:
+                data, width, height = images.encode(
+                    image, options.output_format, options.output_quality, options.preview_max_size
+                )
+            except Exception:
+                log.exception("preview_failed", iteration=iteration)
+            else:
+                self.job.observer.previewed(self.job, len(data))
+                self.job.log.append(Preview(iteration, EncodedImage(data, width, height)))
+            with self._lock:
+                if self._waiting is None:
+                    self._running = None
+                    return
+                (iteration, image), self._waiting = self._waiting, None
+
+    def drain(self) -> None:
+        """Wait until every accepted snapshot is sent; call before the job's terminal event."""
+        while True:
+            with self._lock:
+                running = self._running
+            if running is None:
+                return
+            running.result()
+
+
 def _terminal_state(error: StyleTransferError) -> State:
     return State.CANCELLED if isinstance(error, Cancelled | ShuttingDown) else State.FAILED
 
@@ -435,7 +499,15 @@ def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError],
     job.observer.started(job)
     last_elapsed = 0.0
     log.info("job_started", queued_s=round(queued, 3))
-    work = BackendJob(job.spec.content, job.spec.styles, options.style, options.device, options.preview_every)
+    work = BackendJob(
+        job.spec.content,
+        job.spec.styles,
+        options.style,
+        options.device,
+        options.preview_every,
+        job.spec.init_image,
+    )
+    previews = PreviewStream(job)
     try:
         for record in backend.run(work, job.stop):
             if isinstance(record, Iterate):
@@ -451,16 +523,12 @@ def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError],
                         loss=record.losses.total,
                     )
                 if record.image is not None:
-                    data, width, height = images.encode(
-                        record.image, options.output_format, options.output_quality, options.preview_max_size
-                    )
-                    job.observer.previewed(job, len(data))
-                    job.log.append(Preview(record.iteration, EncodedImage(data, width, height)))
+                    previews.offer(record.iteration, record.image)
             elif isinstance(record, Outcome):
                 encode_start = time.monotonic()
-                data, width, height = images.encode(
-                    record.image, options.output_format, options.output_quality
-                )
+                final = record.pixels if record.pixels is not None else record.image
+                data, width, height = images.encode(final, options.output_format, options.output_quality)
+                previews.drain()
                 now = time.monotonic()
                 timings = Timings(
                     queued=queued,
@@ -482,17 +550,23 @@ def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError],
                 return
         raise RuntimeError("backend ended without an outcome")
     except Cancelled:
+        previews.drain()  # no preview may follow the terminal event
         error = job.stop.error()  # the backend saw the signal; the signal knows why it was set
         job.finish(_terminal_state(error), Failed(error))
         log.info("job_stopped", while_state="running", reason=str(job.stop.reason))
     except StyleTransferError as exc:
+        previews.drain()
         job.finish(State.FAILED, Failed(exc))
         log.warning("job_failed", error=exc.message, reason=exc.reason)
         if isinstance(exc, DeviceFailure) and on_fatal is not None:
             on_fatal(exc)
     except Exception:
+        previews.drain()
         job.finish(State.FAILED, Failed(StyleTransferError("the job failed inside the server")))
         log.exception("job_crashed")
+    finally:
+        if previews.skipped:
+            log.info("previews_skipped", count=previews.skipped)
 
 
 @dataclass(frozen=True)

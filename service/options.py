@@ -12,6 +12,7 @@ class ImageFormat(StrEnum):
     """Encoding of returned images."""
 
     PNG = "png"
+    PNG16 = "png16"  # 16 bits per channel, from the optimizer's unrounded values
     JPEG = "jpeg"
     WEBP = "webp"
 

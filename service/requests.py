@@ -10,10 +10,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from backends.base import RGBImage, StyleInput
+from backends.driver import min_side, scale_sizes, total_iterations
 from backends.errors import InvalidArgument
-from backends.options import Init, Optimizer, StyleOptions
-from backends.vgg import LAYERS, LOSS_LAYER_NAMES, Kind, deepest
+from backends.options import ColorPreservation, Init, Optimizer, Pooling, StyleOptions
+from backends.vgg import LOSS_LAYER_NAMES
 from service import images
 from service.options import ImageFormat, JobOptions
 from service.settings import Settings
@@ -21,10 +24,11 @@ from service.settings import Settings
 
 @dataclass(frozen=True)
 class StyleSource:
-    """One encoded style image and its blend weight (None: the default of 1)."""
+    """One encoded style image, its blend weight (None: the default of 1) and its mask, if any."""
 
     data: bytes
     weight: float | None
+    mask: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class JobRequest:
     content: bytes
     styles: tuple[StyleSource, ...]
     overrides: Mapping[str, Any]
+    init_image: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class JobSpec:
     content: RGBImage
     styles: tuple[StyleInput, ...]
     options: JobOptions
+    init_image: RGBImage | None = None  # at the output size
 
 
 def _number(
@@ -81,6 +87,29 @@ def _layer_weights(field: str, value: Any) -> tuple[float, ...]:
     return weights
 
 
+def _iterations_list(high: int) -> Callable[[str, Any], tuple[int, ...]]:
+    def check(field: str, value: Any) -> tuple[int, ...]:
+        counts = tuple(value)
+        for i, count in enumerate(counts):
+            if not 1 <= count <= high:
+                raise InvalidArgument(f"{field}[{i}]", f"{count} is outside [1, {high}]")
+        if len(counts) > MAX_SCALES:
+            raise InvalidArgument(field, f"{len(counts)} scales; at most {MAX_SCALES} are allowed")
+        return counts
+
+    return check
+
+
+def _tile_size(field: str, value: Any) -> int:
+    if value != 0 and value < MIN_TILE:
+        raise InvalidArgument(field, f"{value} is below {MIN_TILE}; use 0 to turn tiling off")
+    return int(value)
+
+
+MAX_SCALES = 8
+MIN_TILE = 64
+
+
 def _rules(settings: Settings) -> dict[str, Callable[[str, Any], Any]]:
     inf = math.inf
     return {
@@ -103,6 +132,13 @@ def _rules(settings: Settings) -> dict[str, Callable[[str, Any], Any]]:
         "backend": lambda f, v: str(v),
         "device": lambda f, v: str(v),
         "max_duration_seconds": _number(0, 7 * 24 * 3600, low_open=True),
+        "pooling": lambda f, v: Pooling(v),
+        "color_preservation": lambda f, v: ColorPreservation(v),
+        "style_scale": _number(0, 4, low_open=True),
+        "scale_iterations": _iterations_list(settings.max_iterations),
+        "scale_factor": _number(1.1, 4),
+        "tile_size": _tile_size,
+        "tile_overlap": _number(0, 1024, integer=True),
     }
 
 
@@ -118,7 +154,23 @@ def resolve_options(overrides: Mapping[str, Any], defaults: JobOptions, settings
     for name, value in overrides.items():
         checked = rules[name](f"options.{name}", value)
         (style if name in STYLE_FIELDS else job)[_FIELD_NAMES.get(name, name)] = checked
+    scales = style.get("scale_iterations")
+    if scales:
+        if "iterations" in style and style["iterations"] != sum(scales):
+            raise InvalidArgument(
+                "options.iterations",
+                f"is {style['iterations']} but scale_iterations sum to {sum(scales)}; set one of them",
+            )
+        style["iterations"] = sum(scales)
     options = replace(defaults, style=replace(defaults.style, **style), **job)
+    if options.style.iterations > settings.max_iterations:
+        raise InvalidArgument(
+            "options.scale_iterations",
+            f"sum to {options.style.iterations}, above the limit of {settings.max_iterations}",
+        )
+    tile, overlap = options.style.tile_size, options.style.tile_overlap
+    if tile and overlap * 2 > tile:
+        raise InvalidArgument("options.tile_overlap", f"{overlap} is more than half of tile_size {tile}")
     weights = options.style.style_layer_weights
     if weights and len(weights) != len(options.style.style_layers):
         raise InvalidArgument(
@@ -128,11 +180,33 @@ def resolve_options(overrides: Mapping[str, Any], defaults: JobOptions, settings
     return options
 
 
-def _min_side(options: StyleOptions) -> int:
-    """Smallest image side whose feature maps are non-empty at the deepest layer used."""
-    cut = deepest(list(options.content_layers + options.style_layers))
-    pools = sum(1 for layer in LAYERS[:cut] if layer.kind is Kind.POOL)
-    return int(2**pools)
+def _check_scales(width: int, height: int, options: StyleOptions, settings: Settings) -> None:
+    """The coarsest scale must be large enough for the layers; tiles must not run away."""
+    minimum = min_side(options)
+    coarse_height, coarse_width = scale_sizes(height, width, options)[0]
+    if min(coarse_height, coarse_width) < minimum:
+        raise InvalidArgument(
+            "options.scale_iterations",
+            f"the coarsest of {len(options.resolved_scale_iterations)} scales would be "
+            f"{coarse_width}x{coarse_height}; both sides must be at least {minimum} px for the layers "
+            "in use: use fewer scales or a smaller scale_factor",
+        )
+    total = total_iterations(height, width, options)
+    if total > settings.max_iterations:
+        raise InvalidArgument(
+            "options.tile_size",
+            f"the job would run {total} iterations in all (the last scale's once per tile), above the "
+            f"limit of {settings.max_iterations}: use larger tiles or fewer iterations",
+        )
+
+
+def _mask(data: bytes, field: str, width: int, height: int, settings: Settings) -> np.ndarray:
+    """A mask image as an (H, W) float32 array in [0, 1] at the output size."""
+    image = images.decode(data, field, settings.max_input_pixels).convert("L")
+    mask = np.asarray(images.stretch(image, width, height), dtype=np.float32) / 255.0
+    if not mask.any():
+        raise InvalidArgument(field, "the mask is black everywhere: the style would apply nowhere")
+    return mask
 
 
 def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> JobSpec:
@@ -154,22 +228,36 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
     # The output never exceeds the content's own size: upscaling only costs memory.
     long_side = min(options.max_size, max(content.size))
     content = images.fit_long_side(content, long_side)
-    minimum = _min_side(options.style)
+    minimum = min_side(options.style)
     if min(content.size) < minimum:
         raise InvalidArgument(
             "content.data",
             f"output would be {content.width}x{content.height}; "
             f"both sides must be at least {minimum} px for the layers in use",
         )
+    _check_scales(content.width, content.height, options.style, settings)
     total = sum(weights)
+    style_side = max(1, round(long_side * options.style.style_scale))
     styles = []
     for i, (style, weight) in enumerate(zip(request.styles, weights, strict=True)):
         image = images.decode(style.data, f"styles[{i}].image.data", settings.max_input_pixels)
-        image = images.fit_long_side(image, long_side)
+        image = images.fit_long_side(image, style_side)
         if min(image.size) < minimum:
             raise InvalidArgument(
                 f"styles[{i}].image.data",
-                f"style image is too thin at {image.width}x{image.height}; both sides must be >= {minimum}",
+                f"style image is too thin at {image.width}x{image.height}; both sides must be >= {minimum}"
+                + (" (after style_scale)" if options.style.style_scale != 1 else ""),
             )
-        styles.append(StyleInput(images.to_array(image), weight / total))
-    return JobSpec(images.to_array(content), tuple(styles), options)
+        mask = None
+        if style.mask is not None:
+            mask = _mask(style.mask, f"styles[{i}].mask.data", content.width, content.height, settings)
+        styles.append(StyleInput(images.to_array(image), weight / total, mask))
+    init_image = None
+    if options.style.init is Init.IMAGE:
+        if request.init_image is None:
+            raise InvalidArgument("init_image", "is required when options.init is INIT_IMAGE")
+        decoded = images.decode(request.init_image, "init_image.data", settings.max_input_pixels)
+        init_image = images.to_array(images.stretch(decoded, content.width, content.height))
+    elif request.init_image is not None:
+        raise InvalidArgument("init_image", "is only used with options.init INIT_IMAGE; set both or neither")
+    return JobSpec(images.to_array(content), tuple(styles), options, init_image)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
-from backends import devices
-from backends.base import BackendJob, CancelToken, Iterate, Losses, Outcome, RGBImage
+from backends import devices, styleplan
+from backends.base import BackendJob, CancelToken, FloatImage, Iterate, Losses, Outcome, Stage
+from backends.cache import DEFAULT_BYTES, TargetCache, cached, digest, off_heap
+from backends.driver import drive, single_stage
 from backends.errors import DeviceFailure, ResourceExhausted
-from backends.init import initial_pixels
-from backends.loop import optimize
-from backends.options import Optimizer
-from backends.pytorch.losses import content_loss, gram, style_layer_loss, tv_loss
+from backends.options import Optimizer, Pooling
+from backends.pytorch.losses import content_loss, gram, tv_loss
 from backends.pytorch.model import Preprocess, VGGFeatures, build_trunk
 from backends.weights.canonical import VGGWeights
 
@@ -27,63 +27,104 @@ LBFGS_HISTORY = 100
 PRECISIONS = ("float32", "bfloat16")
 
 
-def _to_tensor(image: npt.NDArray[np.uint8] | npt.NDArray[np.float32], device: torch.device) -> torch.Tensor:
+def _to_tensor(image: npt.NDArray[np.generic], device: torch.device) -> torch.Tensor:
     """(H, W, 3) pixels -> (1, 3, H, W) float32 in [0, 255]."""
     array = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     return torch.from_numpy(array).unsqueeze(0).to(device)
 
 
-def _to_image(pixels: torch.Tensor) -> RGBImage:
-    """(1, 3, H, W) float in [0, 255] -> (H, W, 3) uint8, clamped to valid pixels."""
-    array = pixels.detach().clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0)
-    return np.ascontiguousarray(array.cpu().numpy())
+def _cache_bytes(grams: dict[str, npt.NDArray[np.float32]]) -> int:
+    return sum(g.nbytes for g in grams.values())
+
+
+class StyleTerm(NamedTuple):
+    """One term of a layer's style loss: coef * |G(F * mask) - target|^2 + offset, over norm."""
+
+    coef: float
+    target: torch.Tensor
+    offset: float
+    mask: torch.Tensor | None
+    norm: float  # 4 N^2 M^2, M counting the mask's weight
 
 
 class Problem:
-    """One job's objective: the cut network, its targets, and the weighted losses of an image."""
+    """One stage's objective: the cut network, its targets, and the weighted losses of an image."""
 
     def __init__(
-        self, trunk: nn.Sequential, weights: VGGWeights, job: BackendJob, precision: str = "float32"
+        self,
+        trunk: nn.Sequential,
+        weights: VGGWeights,
+        stage: Stage,
+        precision: str = "float32",
+        cache: TargetCache[dict[str, npt.NDArray[np.float32]]] | None = None,
     ) -> None:
-        self.job = job
+        self.stage = stage
         self.autocast = precision == "bfloat16"
-        self.options = options = job.options
-        self.device = torch.device(job.device)
+        self.options = options = stage.options
+        self.device = torch.device(stage.device)
         self.preprocess = Preprocess(weights.meta).to(self.device)
-        self.net = VGGFeatures(trunk, list(dict.fromkeys(options.content_layers + options.style_layers)))
+        self.net = VGGFeatures(
+            trunk,
+            list(dict.fromkeys(options.content_layers + options.style_layers)),
+            average_pooling=options.pooling is Pooling.AVERAGE,
+        )
         self.layer_weights = dict(
             zip(options.style_layers, options.resolved_style_layer_weights, strict=True)
         )
-        height, width = job.content.shape[:2]
+        self._cache = cache
+        self._cache_parts = (options.style_layers, options.pooling, precision, stage.device, weights.sha256)
         with torch.no_grad():
-            feats = self.features(_to_tensor(job.content, self.device))
+            feats = self.features(_to_tensor(stage.content, self.device))
             self.content_targets = {n: feats[n].clone() for n in options.content_layers}
-            self.style_targets = self._style_targets(height * width)
+            self.style_terms = self._style_terms()
 
-    def _style_targets(self, positions: int) -> dict[str, torch.Tensor]:
-        """Blended Gram targets A^l, each style's Gram rescaled to the output's M_l.
+    def style_grams(self, image: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
+        """Gram matrices of one style image at the style layers; cached across jobs."""
 
-        A style image need not have the output's size; G grows with the number of positions, so
-        each style Gram is scaled by M_l(output) / M_l(style) before blending by the style weights.
-        """
-        targets: dict[str, torch.Tensor] = {}
-        for style in self.job.styles:
-            feats = self.features(_to_tensor(style.image, self.device))
-            scale = positions / (style.image.shape[0] * style.image.shape[1])
-            for name in self.options.style_layers:
-                contribution = style.weight * scale * gram(feats[name])
-                targets[name] = targets[name] + contribution if name in targets else contribution
-        return targets
+        def compute() -> dict[str, npt.NDArray[np.float32]]:
+            feats = self.features(_to_tensor(image, self.device))
+            return {name: off_heap(gram(feats[name]).cpu().numpy()) for name in self.options.style_layers}
+
+        return cached(self._cache, lambda: digest(image, *self._cache_parts), compute)
+
+    def _style_terms(self) -> dict[str, list[StyleTerm]]:
+        """Each layer's style terms, laid out by `backends.styleplan`, on the device."""
+        planned = styleplan.stage_terms(self.stage, self.style_grams)
+
+        def tensor(array: npt.NDArray[np.float32]) -> torch.Tensor:
+            return torch.from_numpy(array).to(self.device)
+
+        return {
+            name: [
+                StyleTerm(
+                    t.coef,
+                    tensor(t.target),
+                    t.offset,
+                    None if t.mask is None else tensor(t.mask)[None, None],
+                    t.norm,
+                )
+                for t in layer_terms
+            ]
+            for name, layer_terms in planned.items()
+        }
 
     def features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's activations at the job's layers, float32 whatever the precision."""
+        """The network's activations at the stage's layers, float32 whatever the precision."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             feats = self.net(self.preprocess(pixels))
         return {name: t.float() for name, t in feats.items()} if self.autocast else feats
 
     def initial(self) -> torch.Tensor:
         """The starting image, as a leaf tensor that asks for its gradient."""
-        return _to_tensor(initial_pixels(self.job), self.device).requires_grad_(True)
+        return _to_tensor(self.stage.init, self.device).requires_grad_(True)
+
+    def style_loss(self, name: str, features: torch.Tensor) -> torch.Tensor:
+        """E_l of one layer, summed over its terms."""
+        total = torch.zeros((), device=self.device)
+        for term in self.style_terms[name]:
+            masked = features if term.mask is None else features * term.mask
+            total = total + (term.coef * (gram(masked) - term.target).pow(2).sum() + term.offset) / term.norm
+        return total
 
     def objective(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Losses]:
         """The total loss (differentiable) and its weighted terms as plain floats."""
@@ -91,13 +132,7 @@ class Problem:
         feats = self.features(pixels)
         zero = torch.zeros((), device=self.device)
         lc = sum((content_loss(feats[n], self.content_targets[n]) for n in options.content_layers), zero)
-        ls = sum(
-            (
-                self.layer_weights[n] * style_layer_loss(feats[n], self.style_targets[n])
-                for n in options.style_layers
-            ),
-            zero,
-        )
+        ls = sum((self.layer_weights[n] * self.style_loss(n, feats[n]) for n in options.style_layers), zero)
         tv = options.tv_weight * tv_loss(pixels) if options.tv_weight else zero
         total = options.content_weight * lc + options.style_weight * ls + tv
         weighted = torch.stack([options.content_weight * lc, options.style_weight * ls, tv, total])
@@ -105,16 +140,32 @@ class Problem:
         return total, Losses(content=c, style=s, tv=t, total=tot)
 
 
+class _Solver:
+    """A stage's image and optimizer."""
+
+    def __init__(self, problem: Problem, pixels: torch.Tensor, step: Callable[[], Losses]) -> None:
+        self.problem, self._pixels, self.step = problem, pixels, step
+
+    def pixels(self) -> FloatImage:
+        array = self._pixels.detach().clamp(0, 255)[0].permute(1, 2, 0)
+        return np.ascontiguousarray(array.float().cpu().numpy())
+
+
 class PyTorchBackend:
     """Runs jobs with PyTorch on CPU or CUDA; keeps one frozen trunk per device."""
 
     name = "pytorch"
 
-    def __init__(self, weights: VGGWeights, precision: str = "float32") -> None:
+    def __init__(
+        self, weights: VGGWeights, precision: str = "float32", style_cache_bytes: int = DEFAULT_BYTES
+    ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.weights = weights
         self.precision = precision
+        self.style_cache: TargetCache[dict[str, npt.NDArray[np.float32]]] = TargetCache(
+            style_cache_bytes, _cache_bytes
+        )
         self._trunks: dict[str, nn.Sequential] = {}
         self._lock = threading.Lock()
 
@@ -135,15 +186,28 @@ class PyTorchBackend:
                 self._trunks[device] = build_trunk(self.weights, device)
             return self._trunks[device]
 
-    def problem(self, job: BackendJob) -> Problem:
-        """The objective of a job, for running it or inspecting it."""
-        return Problem(self._trunk(job.device), self.weights, job, self.precision)
+    def problem(self, job: BackendJob | Stage) -> Problem:
+        """The objective of a stage (or of a job as one stage), for running it or inspecting it."""
+        stage = job if isinstance(job, Stage) else single_stage(job)
+        return Problem(self._trunk(stage.device), self.weights, stage, self.precision, self.style_cache)
+
+    def solver(self, stage: Stage) -> _Solver:
+        """Set up a stage: its objective, its image and its optimizer."""
+        problem = self.problem(stage)
+        pixels = problem.initial()
+        options = stage.options
+        step = _stepper(options.optimizer, options.resolved_learning_rate, pixels, problem)
+        return _Solver(problem, pixels, step)
 
     def features(
-        self, image: npt.NDArray[np.float32], layers: Sequence[str], device: str = "cpu"
+        self,
+        image: npt.NDArray[np.float32],
+        layers: Sequence[str],
+        device: str = "cpu",
+        pooling: Pooling = Pooling.MAX,
     ) -> dict[str, npt.NDArray[np.float32]]:
         """Activations (C, H, W) of the named layers for an RGB 0-255 image; for diagnostics."""
-        net = VGGFeatures(self._trunk(device), list(layers))
+        net = VGGFeatures(self._trunk(device), list(layers), average_pooling=pooling is Pooling.AVERAGE)
         with torch.no_grad():
             x = Preprocess(self.weights.meta).to(device)(_to_tensor(image, torch.device(device)))
             return {name: t[0].cpu().numpy() for name, t in net(x).items()}
@@ -152,7 +216,7 @@ class PyTorchBackend:
         self, job: BackendJob, image: npt.NDArray[np.float32]
     ) -> tuple[Losses, npt.NDArray[np.float32]]:
         """Losses and the gradient (H, W, 3) of the total at an image; for diagnostics."""
-        problem = self.problem(job)
+        problem = self.problem(single_stage(job, image))
         pixels = _to_tensor(image, problem.device).requires_grad_(True)
         total, losses = problem.objective(pixels)
         total.backward()
@@ -161,11 +225,7 @@ class PyTorchBackend:
 
     def run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
         try:
-            started = time.perf_counter()
-            problem = self.problem(job)
-            pixels = problem.initial()
-            step = _stepper(job.options.optimizer, job.options.resolved_learning_rate, pixels, problem)
-            yield from optimize(job, cancel, step, lambda: _to_image(pixels), time.perf_counter() - started)
+            yield from drive(self.solver, job, cancel)
         except torch.OutOfMemoryError as exc:
             raise ResourceExhausted(f"out of memory on {job.device}; try a smaller max_size") from exc
         except RuntimeError as exc:

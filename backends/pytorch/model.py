@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional
 from torchvision.models.vgg import cfgs, make_layers
 
 from backends.vgg import LAYERS, Kind, deepest, position
@@ -60,21 +61,25 @@ class VGGFeatures(nn.Module):
     """Returns the activations of the requested layers, running the trunk only as deep as needed.
 
     The input is the preprocessed image (N, 3, H, W). ReLUs run in place except right after a
-    convolution whose output is requested, which must survive unchanged.
+    convolution whose output is requested, which must survive unchanged. With `average_pooling`
+    each 2x2 max-pooling is replaced by a 2x2 average, as Gatys et al. suggest.
     """
 
-    def __init__(self, trunk: nn.Sequential, layers: Sequence[str]) -> None:
+    def __init__(self, trunk: nn.Sequential, layers: Sequence[str], average_pooling: bool = False) -> None:
         super().__init__()
         if not layers:
             raise ValueError("at least one layer is needed")
         self.trunk = trunk[: deepest(list(layers)) + 1]
         self.wanted = {position(name): name for name in layers}
+        self.average_pooling = average_pooling
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for index, module in enumerate(self.trunk):
             if isinstance(module, nn.ReLU):
                 x = torch.relu(x) if (index - 1) in self.wanted else torch.relu_(x)
+            elif isinstance(module, nn.MaxPool2d) and self.average_pooling:
+                x = functional.avg_pool2d(x, kernel_size=2, stride=2)
             else:
                 x = module(x)
             name = self.wanted.get(index)

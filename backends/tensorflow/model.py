@@ -40,12 +40,13 @@ def preprocessor(meta: WeightsMeta) -> Callable[[tf.Tensor], tf.Tensor]:
 
 
 def feature_extractor(
-    model: keras.Model, layers: Sequence[str]
+    model: keras.Model, layers: Sequence[str], average_pooling: bool = False
 ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """A function returning the named activations, running Keras' layers only as deep as needed.
 
     Each Keras convolution is applied as its kernel and bias (giving the pre-activation that a
-    `convB_N` name asks for) followed by its own activation (the `reluB_N` output).
+    `convB_N` name asks for) followed by its own activation (the `reluB_N` output). With
+    `average_pooling` each 2x2 max-pooling becomes a 2x2 average.
     """
     wanted = set(layers)
     cut = deepest(list(layers))
@@ -63,7 +64,7 @@ def feature_extractor(
                 x = layer.activation(pre)
                 taps = {Tap.PRE_ACTIVATION: pre, Tap.OUTPUT: x}
             else:
-                x = layer(x)
+                x = tf.nn.avg_pool2d(x, 2, 2, "VALID") if average_pooling else layer(x)
                 taps = {Tap.OUTPUT: x}
             for api_name, tap in by_keras[layer.name]:
                 if api_name in wanted:

@@ -62,7 +62,7 @@ def _cancel_one(stub: pb_grpc.StyleTransferStub, pid: int, idle: float) -> tuple
     return peak, after
 
 
-SLACK_MIB = 32  # what the allocators may keep of a 256 px job (measured 3-19 MiB)
+SLACK_MIB = 48  # what the allocators may keep of a 256 px job (measured 1-36 MiB; a job peaks ~250 above)
 
 
 def test_cancelled_jobs_return_rss_to_the_idle_level(

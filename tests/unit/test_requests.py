@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
-from imaging import image_bytes
+from imaging import encode, image_bytes
 
 from backends.errors import InvalidArgument
 from backends.options import Init, Optimizer, StyleOptions
@@ -150,3 +151,84 @@ def test_too_thin_output_is_rejected() -> None:
             JobOptions(max_size=64),
             SETTINGS,
         )
+
+
+def _with(**style: object) -> JobOptions:
+    return JobOptions(max_size=64, style=StyleOptions(**style))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("scale", "long_side"), [(0.5, 32), (1.0, 64), (2.0, 128)])
+def test_style_scale_sizes_the_style_relative_to_the_output(scale: float, long_side: int) -> None:
+    """style_scale 0.5 gives a style whose long side is half the output's; 2 gives twice (the style
+    may be enlarged: its strokes then come out smaller)."""
+    spec = build_spec(_request(StyleSource(image_bytes(2, 60, 90), None)), _with(style_scale=scale), SETTINGS)
+    assert max(spec.styles[0].image.shape[:2]) == long_side
+    assert spec.content.shape == (32, 64, 3)
+
+
+def test_a_mask_becomes_an_output_sized_map_of_its_luminance() -> None:
+    """A mask image of another size is stretched to the output and read as luminance in [0, 1]."""
+    mask = np.zeros((10, 30, 3), np.uint8)
+    mask[:, :15] = 255
+    spec = build_spec(
+        _request(StyleSource(image_bytes(2), None, encode(mask))), JobOptions(max_size=64), SETTINGS
+    )
+    got = spec.styles[0].mask
+    assert got is not None and got.shape == (32, 64) and got.dtype == np.float32
+    assert got[:, :28].min() > 0.95 and got[:, 36:].max() < 0.05
+
+
+def test_an_all_black_mask_is_refused() -> None:
+    """A style that applies nowhere is a mistake, named on its mask."""
+    black = encode(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(InvalidArgument) as caught:
+        build_spec(_request(StyleSource(image_bytes(2), None, black)), JobOptions(max_size=64), SETTINGS)
+    assert caught.value.field == "styles[0].mask.data"
+
+
+def test_init_image_goes_with_init_image_only() -> None:
+    """init=IMAGE needs init_image, which is stretched to the output; init_image alone is refused."""
+    style = StyleSource(image_bytes(2), None)
+    with pytest.raises(InvalidArgument) as caught:
+        build_spec(_request(style), _with(init=Init.IMAGE), SETTINGS)
+    assert caught.value.field == "init_image"
+    request = JobRequest(image_bytes(1, 200, 100), (style,), {}, image_bytes(5, 20, 20))
+    spec = build_spec(request, _with(init=Init.IMAGE), SETTINGS)
+    assert spec.init_image is not None and spec.init_image.shape == (32, 64, 3)
+    with pytest.raises(InvalidArgument) as caught:
+        build_spec(request, _with(), SETTINGS)
+    assert caught.value.field == "init_image"
+
+
+def test_scale_iterations_set_the_iterations() -> None:
+    """scale_iterations [100, 50] make 150 iterations; a contradicting `iterations` is refused."""
+    assert _resolve(scale_iterations=[100, 50]).style.iterations == 150
+    assert _resolve(scale_iterations=[100, 50], iterations=150).style.scale_iterations == (100, 50)
+    with pytest.raises(InvalidArgument) as caught:
+        _resolve(scale_iterations=[100, 50], iterations=10)
+    assert caught.value.field == "options.iterations"
+    with pytest.raises(InvalidArgument) as caught:
+        _resolve(scale_iterations=[1500, 600])
+    assert caught.value.field == "options.scale_iterations"
+
+
+def test_a_coarsest_scale_too_small_for_the_layers_is_refused() -> None:
+    """Three scales of a 64 x 32 output at factor 2 make a 16 x 8 coarsest scale: below conv5_1's 16."""
+    with pytest.raises(InvalidArgument, match="coarsest of 3 scales would be 16x8") as caught:
+        build_spec(_request(StyleSource(image_bytes(2), None)), _with(scale_iterations=(5, 5, 5)), SETTINGS)
+    assert caught.value.field == "options.scale_iterations"
+
+
+def test_tiles_are_checked() -> None:
+    """Tiles below 64 px, overlaps above half a tile, and tiled jobs over max_iterations are refused."""
+    with pytest.raises(InvalidArgument) as caught:
+        _resolve(tile_size=32)
+    assert caught.value.field == "options.tile_size"
+    with pytest.raises(InvalidArgument) as caught:
+        _resolve(tile_size=64, tile_overlap=40)
+    assert caught.value.field == "options.tile_overlap"
+    content = image_bytes(1, 1024, 1024)
+    options = JobOptions(max_size=1024, style=StyleOptions(iterations=500, tile_size=128))
+    with pytest.raises(InvalidArgument, match="iterations in all") as caught:
+        build_spec(_request(StyleSource(image_bytes(2), None), content=content), options, SETTINGS)
+    assert caught.value.field == "options.tile_size"

@@ -8,7 +8,7 @@ from styletransfer.client.client import (
     tls_credentials,
 )
 from styletransfer.client.errors import ClientError, ProtocolError, StyleTransferError
-from styletransfer.client.images import ImageSource, StyleSource
+from styletransfer.client.images import ImageSource, Style, StyleSource
 from styletransfer.client.options import JobStateName, TransferOptions, TransferOptionsKwargs
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ImageSource",
     "JobStateName",
     "ProtocolError",
+    "Style",
     "StyleSource",
     "StyleTransferClient",
     "StyleTransferError",

@@ -45,12 +45,14 @@ from styletransfer.client._console import (
 )
 from styletransfer.client.client import DEFAULT_TARGET, StyleTransferClient, tls_credentials
 from styletransfer.client.errors import ClientError, StyleTransferError
-from styletransfer.client.images import StyleSource, read_image
+from styletransfer.client.images import Style, StyleSource, read_image
 from styletransfer.client.options import (
+    COLOR_PRESERVATIONS,
     FORMATS,
     INITS,
     JOB_STATES,
     OPTIMIZERS,
+    POOLINGS,
     FormatName,
     TransferOptions,
 )
@@ -78,7 +80,8 @@ SUFFIX_FORMATS: Mapping[str, FormatName] = {
 }
 """The output format implied by a file suffix, when ``--format`` is not given."""
 _FORMAT_SUFFIXES: Mapping[str, str] = {
-    name: suffix for suffix, name in reversed(list(SUFFIX_FORMATS.items()))
+    **{name: suffix for suffix, name in reversed(list(SUFFIX_FORMATS.items()))},
+    "png16": ".png",
 }
 """The suffix of preview files by format name (the first suffix listed for it)."""
 
@@ -124,6 +127,11 @@ def _uint(text: str) -> int:
 def _names(text: str) -> list[str]:
     """Parse a comma-separated list of names, such as layers."""
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _uints(text: str) -> list[int]:
+    """Parse a comma-separated list of non-negative integers."""
+    return [_uint(item) for item in _names(text)]
 
 
 def _floats(text: str) -> list[float]:
@@ -207,6 +215,41 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
         metavar="SECONDS",
         help="longest the job may take on the server; past it, it fails DEADLINE_EXCEEDED",
     )
+
+    look = parser.add_argument_group("style controls")
+    look.add_argument("--pooling", choices=list(POOLINGS), help="VGG19 pooling: max or average")
+    look.add_argument(
+        "--preserve-color",
+        dest="color_preservation",
+        choices=list(COLOR_PRESERVATIONS),
+        help="keep the content's colours: luminance-only transfer, or match the styles' colours first",
+    )
+    look.add_argument(
+        "--style-scale",
+        type=float,
+        metavar="RATIO",
+        help="style image size relative to the output; below 1 gives larger strokes",
+    )
+    look.add_argument(
+        "--scales",
+        dest="scale_iterations",
+        type=_uints,
+        metavar="N1,N2",
+        help="coarse to fine: iterations at each scale, coarsest first",
+    )
+    look.add_argument("--scale-factor", type=float, metavar="RATIO", help="size ratio between scales")
+    look.add_argument(
+        "--tile-size", type=_uint, metavar="PIXELS", help="refine the last scale in tiles of this size"
+    )
+    look.add_argument("--tile-overlap", type=_uint, metavar="PIXELS", help="overlap of neighbouring tiles")
+    look.add_argument(
+        "--mask",
+        dest="masks",
+        action="append",
+        metavar="IMAGE",
+        help="where a style applies (white: fully); the n-th --mask is the n-th STYLE's, 'none' skips",
+    )
+    look.add_argument("--init-image", metavar="IMAGE", help="start from this image (implies --init image)")
 
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -432,16 +475,27 @@ def _options(args: argparse.Namespace, output: Path | None = None) -> TransferOp
         values["output_format"] = SUFFIX_FORMATS.get(output.suffix.lower())
     if getattr(args, "preview_dir", None) is not None and values["preview_every"] is None:
         values["preview_every"] = PREVIEW_EVERY_DEFAULT
+    if getattr(args, "init_image", None) is not None and values["init"] is None:
+        values["init"] = "image"
     return TransferOptions(**values)
 
 
 def _styles(args: argparse.Namespace) -> list[StyleSource]:
-    """Read the STYLE arguments, each with its weight if it has one."""
+    """Read the STYLE arguments, each with its weight if it has one, and the --mask images."""
+    masks = list(args.masks or [])
+    if len(masks) > len(args.styles):
+        raise _UsageError(f"{len(masks)} --mask images for {len(args.styles)} style images")
+    masks += ["none"] * (len(args.styles) - len(masks))
     styles: list[StyleSource] = []
-    for text in args.styles:
+    for text, mask in zip(args.styles, masks, strict=True):
         path, weight = parse_style(text)
-        styles.append(_read(path) if weight is None else (_read(path), weight))
+        styles.append(Style(_read(path), weight, None if mask == "none" else _read(mask)))
     return styles
+
+
+def _init_image(args: argparse.Namespace) -> bytes | None:
+    """The --init-image file's bytes, if one was given."""
+    return None if args.init_image is None else _read(args.init_image)
 
 
 def _check_output(output: Path | None) -> None:
@@ -488,7 +542,7 @@ def _stylize(args: argparse.Namespace) -> int:
     reporter = JsonReporter(sys.stdout) if args.json else ProgressReporter(sys.stderr)
     on_event = _event_handler(args, reporter)
     with _connect(args) as client, reporter:
-        result = client.stylize(content, styles, options, on_event=on_event)
+        result = client.stylize(content, styles, options, on_event=on_event, init_image=_init_image(args))
     write_atomic(output, result.image.data)
     if not args.json:
         print(describe_result(str(output), result))
@@ -506,7 +560,9 @@ def _jobs_create(args: argparse.Namespace) -> int:
     content = _read(args.content)
     styles = _styles(args)
     with _connect(args) as client:
-        job = client.create_job(content, styles, options, idempotency_key=args.idempotency_key)
+        job = client.create_job(
+            content, styles, options, idempotency_key=args.idempotency_key, init_image=_init_image(args)
+        )
     if args.json:
         _print_job(job)
     else:

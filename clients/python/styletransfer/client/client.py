@@ -252,6 +252,7 @@ class StyleTransferClient:
         options: TransferOptions | None = None,
         *,
         idempotency_key: str = "",
+        init_image: ImageSource | None = None,
         timeout: float | None = None,
         **overrides: Unpack[TransferOptionsKwargs],
     ) -> TransferStream:
@@ -264,6 +265,7 @@ class StyleTransferClient:
             content: The content image, as bytes or a path.
             styles: One or more style images, each bytes, a path, or an ``(image, weight)`` pair.
             options: The job's options; unset fields take the server's defaults.
+            init_image: The starting image when the ``init`` option is ``"image"``.
             idempotency_key: Up to 128 characters of the caller's choosing; while the server
                 remembers a job made with this key, the call follows that job instead of
                 starting another, so that a retried call never runs twice. Empty: no key.
@@ -276,7 +278,9 @@ class StyleTransferClient:
             OSError: When an image file cannot be read.
         """
         merged = dataclasses.replace(options or TransferOptions(), **overrides)
-        request = build_request(content, styles, merged, idempotency_key=idempotency_key)
+        request = build_request(
+            content, styles, merged, idempotency_key=idempotency_key, init_image=init_image
+        )
         return TransferStream(self._transfer(request, timeout=self._deadline(timeout)))
 
     def stylize(
@@ -286,6 +290,7 @@ class StyleTransferClient:
         options: TransferOptions | None = None,
         *,
         idempotency_key: str = "",
+        init_image: ImageSource | None = None,
         timeout: float | None = None,
         on_event: Callable[[pb.TransferEvent], None] | None = None,
         **overrides: Unpack[TransferOptionsKwargs],
@@ -301,7 +306,13 @@ class StyleTransferClient:
             ProtocolError: When the stream ends without a result.
         """
         stream = self.transfer(
-            content, styles, options, idempotency_key=idempotency_key, timeout=timeout, **overrides
+            content,
+            styles,
+            options,
+            idempotency_key=idempotency_key,
+            init_image=init_image,
+            timeout=timeout,
+            **overrides,
         )
         with stream:
             result = _read_to_end(stream, on_event)
@@ -316,6 +327,7 @@ class StyleTransferClient:
         options: TransferOptions | None = None,
         *,
         idempotency_key: str = "",
+        init_image: ImageSource | None = None,
         timeout: float | None = None,
         **overrides: Unpack[TransferOptionsKwargs],
     ) -> pb.Job:
@@ -330,7 +342,9 @@ class StyleTransferClient:
             OSError: When an image file cannot be read.
         """
         merged = dataclasses.replace(options or TransferOptions(), **overrides)
-        request = build_job_request(content, styles, merged, idempotency_key=idempotency_key)
+        request = build_job_request(
+            content, styles, merged, idempotency_key=idempotency_key, init_image=init_image
+        )
         return self._call(self._create_job, request, timeout)
 
     def get_job(self, name: str, *, timeout: float | None = None) -> pb.Job:

@@ -16,26 +16,34 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 __all__ = [
+    "COLOR_PRESERVATIONS",
     "FORMATS",
     "INITS",
     "JOB_STATES",
     "OPTIMIZERS",
+    "POOLINGS",
+    "ColorPreservationName",
     "FormatName",
     "InitName",
     "JobStateName",
     "OptimizerName",
+    "PoolingName",
     "TransferOptions",
     "TransferOptionsKwargs",
 ]
 
 OptimizerName = Literal["lbfgs", "adam"]
 """Name of an optimizer, as ``TransferOptions.optimizer`` takes it."""
-InitName = Literal["content", "noise", "style"]
+InitName = Literal["content", "noise", "style", "image"]
 """Name of a starting image, as ``TransferOptions.init`` takes it."""
-FormatName = Literal["png", "jpeg", "webp"]
+FormatName = Literal["png", "png16", "jpeg", "webp"]
 """Name of an output encoding, as ``TransferOptions.output_format`` takes it."""
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 """Name of a job state, as ``StyleTransferClient.list_jobs`` takes it."""
+PoolingName = Literal["max", "average"]
+"""Name of a pooling, as ``TransferOptions.pooling`` takes it."""
+ColorPreservationName = Literal["none", "luminance", "histogram"]
+"""Name of a colour preservation, as ``TransferOptions.color_preservation`` takes it."""
 
 
 def _names_of(enum: EnumTypeWrapper, prefix: str) -> dict[str, Any]:
@@ -54,11 +62,19 @@ FORMATS: Mapping[str, pb.ImageFormat] = _names_of(pb.ImageFormat, "IMAGE_FORMAT_
 """Output format names and their ``styletransfer.v1.ImageFormat`` numbers."""
 JOB_STATES: Mapping[str, pb.JobState] = _names_of(pb.JobState, "JOB_STATE_")
 """Job state names and their ``styletransfer.v1.JobState`` numbers."""
+POOLINGS: Mapping[str, pb.Pooling] = _names_of(pb.Pooling, "POOLING_")
+"""Pooling names and their ``styletransfer.v1.Pooling`` numbers."""
+COLOR_PRESERVATIONS: Mapping[str, pb.ColorPreservation] = _names_of(
+    pb.ColorPreservation, "COLOR_PRESERVATION_"
+)
+"""Colour preservation names and their ``styletransfer.v1.ColorPreservation`` numbers."""
 
 _ENUMS: Mapping[str, Mapping[str, int]] = {
     "optimizer": OPTIMIZERS,
     "init": INITS,
     "output_format": FORMATS,
+    "pooling": POOLINGS,
+    "color_preservation": COLOR_PRESERVATIONS,
 }
 """The enum-valued fields of `TransferOptions` and their name tables."""
 _PROTO_NAMES: Mapping[str, str] = {"size": "max_size"}
@@ -94,6 +110,13 @@ class TransferOptionsKwargs(TypedDict, total=False):
     backend: str | None
     device: str | None
     max_duration_seconds: float | None
+    pooling: PoolingName | None
+    color_preservation: ColorPreservationName | None
+    style_scale: float | None
+    scale_iterations: Sequence[int] | None
+    scale_factor: float | None
+    tile_size: int | None
+    tile_overlap: int | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,11 +148,13 @@ class TransferOptions:
     learning_rate: float | None = None
     """Step size (Adam: pixel units; L-BFGS: a multiplier of the step)."""
     init: InitName | None = None
-    """Starting image: ``"content"``, ``"noise"`` or ``"style"``."""
+    """Starting image: ``"content"``, ``"noise"``, ``"style"`` or ``"image"`` (the request's
+    ``init_image``)."""
     seed: int | None = None
     """Seed of every random draw of the job."""
     output_format: FormatName | None = None
-    """Encoding of the result and previews: ``"png"``, ``"jpeg"`` or ``"webp"``."""
+    """Encoding of the result and previews: ``"png"``, ``"png16"`` (16 bits per channel),
+    ``"jpeg"`` or ``"webp"``."""
     output_quality: int | None = None
     """Quality 1-100 for JPEG and WebP."""
     preview_every: int | None = None
@@ -143,6 +168,21 @@ class TransferOptions:
     max_duration_seconds: float | None = None
     """Longest the job may take from acceptance to its end, in seconds; past it, it fails with
     ``DEADLINE_EXCEEDED``."""
+    pooling: PoolingName | None = None
+    """VGG19's pooling: ``"max"`` or ``"average"``."""
+    color_preservation: ColorPreservationName | None = None
+    """Keep the content's colours: ``"none"``, ``"luminance"`` (transfer luminance only) or
+    ``"histogram"`` (map the styles' colours onto the content's first)."""
+    style_scale: float | None = None
+    """Long side of the style images relative to the output's; below 1 gives larger strokes."""
+    scale_iterations: Sequence[int] | None = None
+    """Coarse to fine: iterations at each scale, coarsest first."""
+    scale_factor: float | None = None
+    """Ratio between the long sides of successive scales."""
+    tile_size: int | None = None
+    """Refine the last scale in tiles of at most this many pixels a side; 0 never tiles."""
+    tile_overlap: int | None = None
+    """Overlap of neighbouring tiles in pixels."""
 
     def __post_init__(self) -> None:
         """Check enum names and freeze the layer lists into tuples."""

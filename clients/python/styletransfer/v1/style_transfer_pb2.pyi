@@ -22,6 +22,20 @@ class Init(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INIT_CONTENT: _ClassVar[Init]
     INIT_NOISE: _ClassVar[Init]
     INIT_STYLE: _ClassVar[Init]
+    INIT_IMAGE: _ClassVar[Init]
+
+class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOLING_UNSPECIFIED: _ClassVar[Pooling]
+    POOLING_MAX: _ClassVar[Pooling]
+    POOLING_AVERAGE: _ClassVar[Pooling]
+
+class ColorPreservation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLOR_PRESERVATION_UNSPECIFIED: _ClassVar[ColorPreservation]
+    COLOR_PRESERVATION_NONE: _ClassVar[ColorPreservation]
+    COLOR_PRESERVATION_LUMINANCE: _ClassVar[ColorPreservation]
+    COLOR_PRESERVATION_HISTOGRAM: _ClassVar[ColorPreservation]
 
 class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +43,7 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_PNG16: _ClassVar[ImageFormat]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,10 +60,19 @@ INIT_UNSPECIFIED: Init
 INIT_CONTENT: Init
 INIT_NOISE: Init
 INIT_STYLE: Init
+INIT_IMAGE: Init
+POOLING_UNSPECIFIED: Pooling
+POOLING_MAX: Pooling
+POOLING_AVERAGE: Pooling
+COLOR_PRESERVATION_UNSPECIFIED: ColorPreservation
+COLOR_PRESERVATION_NONE: ColorPreservation
+COLOR_PRESERVATION_LUMINANCE: ColorPreservation
+COLOR_PRESERVATION_HISTOGRAM: ColorPreservation
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
+IMAGE_FORMAT_PNG16: ImageFormat
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -63,15 +87,17 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class StyleImage(_message.Message):
-    __slots__ = ("image", "weight")
+    __slots__ = ("image", "weight", "mask")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
     image: Image
     weight: float
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., weight: _Optional[float] = ...) -> None: ...
+    mask: Image
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., weight: _Optional[float] = ..., mask: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class TransferOptions(_message.Message):
-    __slots__ = ("iterations", "max_size", "content_weight", "style_weight", "tv_weight", "content_layers", "style_layers", "style_layer_weights", "optimizer", "learning_rate", "init", "seed", "output_format", "output_quality", "preview_every", "preview_max_size", "backend", "device", "max_duration_seconds")
+    __slots__ = ("iterations", "max_size", "content_weight", "style_weight", "tv_weight", "content_layers", "style_layers", "style_layer_weights", "optimizer", "learning_rate", "init", "seed", "output_format", "output_quality", "preview_every", "preview_max_size", "backend", "device", "max_duration_seconds", "pooling", "color_preservation", "style_scale", "scale_iterations", "scale_factor", "tile_size", "tile_overlap")
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +117,13 @@ class TransferOptions(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    COLOR_PRESERVATION_FIELD_NUMBER: _ClassVar[int]
+    STYLE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    TILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TILE_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     iterations: int
     max_size: int
     content_weight: float
@@ -110,19 +143,28 @@ class TransferOptions(_message.Message):
     backend: str
     device: str
     max_duration_seconds: float
-    def __init__(self, iterations: _Optional[int] = ..., max_size: _Optional[int] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., style_layer_weights: _Optional[_Iterable[float]] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., output_quality: _Optional[int] = ..., preview_every: _Optional[int] = ..., preview_max_size: _Optional[int] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., max_duration_seconds: _Optional[float] = ...) -> None: ...
+    pooling: Pooling
+    color_preservation: ColorPreservation
+    style_scale: float
+    scale_iterations: _containers.RepeatedScalarFieldContainer[int]
+    scale_factor: float
+    tile_size: int
+    tile_overlap: int
+    def __init__(self, iterations: _Optional[int] = ..., max_size: _Optional[int] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., style_layer_weights: _Optional[_Iterable[float]] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., output_quality: _Optional[int] = ..., preview_every: _Optional[int] = ..., preview_max_size: _Optional[int] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., max_duration_seconds: _Optional[float] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., color_preservation: _Optional[_Union[ColorPreservation, str]] = ..., style_scale: _Optional[float] = ..., scale_iterations: _Optional[_Iterable[int]] = ..., scale_factor: _Optional[float] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ...) -> None: ...
 
 class TransferRequest(_message.Message):
-    __slots__ = ("content", "styles", "options", "idempotency_key")
+    __slots__ = ("content", "styles", "options", "idempotency_key", "init_image")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     STYLES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INIT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     content: Image
     styles: _containers.RepeatedCompositeFieldContainer[StyleImage]
     options: TransferOptions
     idempotency_key: str
-    def __init__(self, content: _Optional[_Union[Image, _Mapping]] = ..., styles: _Optional[_Iterable[_Union[StyleImage, _Mapping]]] = ..., options: _Optional[_Union[TransferOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    init_image: Image
+    def __init__(self, content: _Optional[_Union[Image, _Mapping]] = ..., styles: _Optional[_Iterable[_Union[StyleImage, _Mapping]]] = ..., options: _Optional[_Union[TransferOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., init_image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class Losses(_message.Message):
     __slots__ = ("content", "style", "tv", "total")
@@ -165,16 +207,24 @@ class Accepted(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., options: _Optional[_Union[TransferOptions, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("iteration", "total_iterations", "losses", "elapsed_seconds")
+    __slots__ = ("iteration", "total_iterations", "losses", "elapsed_seconds", "scale", "scale_count", "tile", "tile_count")
     ITERATION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TILE_FIELD_NUMBER: _ClassVar[int]
+    TILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     iteration: int
     total_iterations: int
     losses: Losses
     elapsed_seconds: float
-    def __init__(self, iteration: _Optional[int] = ..., total_iterations: _Optional[int] = ..., losses: _Optional[_Union[Losses, _Mapping]] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+    scale: int
+    scale_count: int
+    tile: int
+    tile_count: int
+    def __init__(self, iteration: _Optional[int] = ..., total_iterations: _Optional[int] = ..., losses: _Optional[_Union[Losses, _Mapping]] = ..., elapsed_seconds: _Optional[float] = ..., scale: _Optional[int] = ..., scale_count: _Optional[int] = ..., tile: _Optional[int] = ..., tile_count: _Optional[int] = ...) -> None: ...
 
 class Preview(_message.Message):
     __slots__ = ("iteration", "image")
@@ -281,16 +331,18 @@ class Job(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., queue_position: _Optional[int] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., options: _Optional[_Union[TransferOptions, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., iteration: _Optional[int] = ..., losses: _Optional[_Union[Losses, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., last_sequence: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("content", "styles", "options", "idempotency_key")
+    __slots__ = ("content", "styles", "options", "idempotency_key", "init_image")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     STYLES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INIT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     content: Image
     styles: _containers.RepeatedCompositeFieldContainer[StyleImage]
     options: TransferOptions
     idempotency_key: str
-    def __init__(self, content: _Optional[_Union[Image, _Mapping]] = ..., styles: _Optional[_Iterable[_Union[StyleImage, _Mapping]]] = ..., options: _Optional[_Union[TransferOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    init_image: Image
+    def __init__(self, content: _Optional[_Union[Image, _Mapping]] = ..., styles: _Optional[_Iterable[_Union[StyleImage, _Mapping]]] = ..., options: _Optional[_Union[TransferOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., init_image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("name",)
