@@ -168,6 +168,54 @@ def time_to_quality(
     return ref_curve[-1][0], reached, ref_curve, ours
 
 
+def bfloat16_loss(weights: VGGWeights, size: int, iterations: int) -> tuple[float, float]:
+    """Final total loss of the same job in float32 and in bfloat16, both measured in float32."""
+    content, style = images(size)
+    job = BackendJob(content, (StyleInput(style, 1.0),), StyleOptions(iterations=iterations), "cpu")
+    exact = registry.create("pytorch", weights)
+    fast = registry.create("pytorch", weights, precision="bfloat16")
+    finals = []
+    for backend in (exact, fast):
+        outcome = list(backend.run(job, threading.Event()))[-1]
+        assert isinstance(outcome, Outcome) and outcome.pixels is not None
+        finals.append(exact.evaluate(job, outcome.pixels)[0].total)  # type: ignore[attr-defined]
+    return finals[0], finals[1]
+
+
+def style_cache_setup(backend: Backend, size: int) -> tuple[float, float]:
+    """Set-up seconds of a job whose style targets are computed, and of the same job again,
+    when they come from the cache."""
+    content, style = images(size)
+    job = BackendJob(content, (StyleInput(style, 1.0),), StyleOptions(iterations=1), "cpu")
+    backend.style_cache.clear()  # type: ignore[attr-defined]
+    setups = []
+    for _ in range(2):
+        outcome = list(backend.run(job, threading.Event()))[-1]
+        assert isinstance(outcome, Outcome)
+        setups.append(outcome.setup_seconds)
+    return setups[0], setups[1]
+
+
+def time_to_quality_multiscale(
+    backend: Backend, size: int, target: float, coarse: int, fine: int
+) -> tuple[float, list]:
+    """Seconds our two-scale run (`coarse` iterations at half size, then up to `fine` at full size)
+    needs to reach `target` at full size, counting the coarse scale's time; and its curve."""
+    content, style = images(size)
+    options = StyleOptions(scale_iterations=(coarse, fine))
+    job = BackendJob(content, (StyleInput(style, 1.0),), options, "cpu")
+    curve, started, reached = [], time.perf_counter(), float("nan")
+    run = backend.run(job, threading.Event())
+    for record in run:
+        if isinstance(record, Iterate) and record.scale == record.scales:
+            curve.append((time.perf_counter() - started, record.losses.total))
+            if record.losses.total <= target:
+                reached = curve[-1][0]
+                break
+    run.close()
+    return reached, curve
+
+
 def service_overhead(weights: VGGWeights, size: int, iterations: int) -> tuple[float, float]:
     """Wall seconds of one job through the gRPC service (progress and previews streamed) and of
     the same job called on the backend directly."""
@@ -309,6 +357,27 @@ def main() -> None:
         f"({len(our_curve)} iterations): {quality_ratio:.2f}x faster"
     )
 
+    multi_seconds, multi_curve = time_to_quality_multiscale(
+        pytorch, quality_size, ref_curve[-1][1], evaluations, evaluations * 2
+    )
+    print(
+        f"the same with two scales ({evaluations} iterations at half size first): {multi_seconds:.2f} s, "
+        f"{ref_seconds / multi_seconds:.2f}x faster than the reference"
+    )
+
+    loss_size, loss_iterations = (128, 30) if args.quick else (256, 100)
+    loss32, loss16 = bfloat16_loss(weights, loss_size, loss_iterations)
+    print(
+        f"bfloat16 at {loss_size} px after {loss_iterations} iterations: final loss {loss16:.5g} against "
+        f"float32 {loss32:.5g} ({(loss16 - loss32) / loss32:+.2%})"
+    )
+    cache_size = 256 if args.quick else 512
+    miss, hit = style_cache_setup(pytorch, cache_size)
+    print(
+        f"style targets cached across jobs, {cache_size} px: set-up {miss * 1000:.0f} ms computing them, "
+        f"{hit * 1000:.0f} ms from the cache"
+    )
+
     overhead_size = 128 if args.quick else 256
     through, direct = service_overhead(weights, overhead_size, 20)
     overhead = (through - direct) / direct * 100
@@ -318,7 +387,12 @@ def main() -> None:
     )
 
     args.figure.parent.mkdir(parents=True, exist_ok=True)
-    plot(args.figure, rows, {"reference": ref_curve, "ours (pytorch float32)": our_curve}, label)
+    curves = {
+        "reference": ref_curve,
+        "ours (pytorch float32)": our_curve,
+        "ours, two scales (full-size part)": multi_curve,
+    }
+    plot(args.figure, rows, curves, label)
     print(f"figure: {args.figure}")
     speedup = statistics.median(
         next(x for x in rows if x.name == "reference" and x.size == r.size).median_ms / r.median_ms

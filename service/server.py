@@ -22,7 +22,7 @@ from backends.base import Backend, StyleInput
 from backends.errors import StyleTransferError
 from backends.options import StyleOptions
 from backends.weights.canonical import VGGWeights
-from service import convert
+from service import convert, memory
 from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
 from service.metrics import JobMetrics, Metrics, QueueDepth
@@ -116,8 +116,11 @@ def create_backends(settings: Settings, weights: VGGWeights) -> dict[str, Backen
         raise ValueError(
             f"default backend {settings.backend!r} is not in enabled backends {list(settings.backends)}"
         )
+    cache = {"style_cache_bytes": settings.style_cache_mib * 1024 * 1024}
     options: dict[str, dict[str, object]] = {"pytorch": {"precision": settings.pytorch_precision}}
-    return {name: registry.create(name, weights, **options.get(name, {})) for name in settings.backends}
+    return {
+        name: registry.create(name, weights, **cache, **options.get(name, {})) for name in settings.backends
+    }
 
 
 def warm_up(core: JobCore, backend: str) -> None:
@@ -284,6 +287,7 @@ def build(
             if settings.warmup:
                 warm_up(core, settings.backend)
                 log.info("warmup_done")
+            memory.settle()
             server.set_serving(True)
             server.ready.set()
         except StyleTransferError as exc:

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     """Arithmetic of the PyTorch backend's network: bfloat16 autocasts the VGG19 convolutions
     (about 2x faster on CPUs with AVX512-BF16 and on recent GPUs; losses and Gram matrices stay
     float32; final losses within a few percent, see the README's "Speed")."""
+    style_cache_mib: int = Field(default=128, ge=0)
+    """Memory each backend may keep for the Gram matrices of recent style images, so that jobs
+    with a style seen before skip computing its targets (0 turns the cache off). One style at the
+    default layers takes 2.3 MiB whatever its size."""
     workers_per_device: int = Field(default=1, ge=1)
     """Jobs that run at once on one device."""
     job_history: int = Field(default=4096, ge=16)

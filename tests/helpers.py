@@ -1,9 +1,16 @@
-"""Test helpers shared across suites: an independent NumPy reference for VGG's convolutions."""
+"""Test helpers shared across suites: an independent NumPy reference for VGG's convolutions, and
+reading the errors a server returns."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
 import numpy as np
 import numpy.typing as npt
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 F64 = npt.NDArray[np.float64]
 Floats = npt.NDArray[np.floating]
@@ -26,3 +33,23 @@ def conv3x3_reference(x: Floats, kernel_hwio: Floats, bias: Floats) -> F64:
             window = padded[:, dy : dy + height, dx : dx + width]  # (in, H, W)
             out += np.einsum("chw,co->ohw", window, k[dy, dx])
     return out + bias.astype(np.float64)[:, None, None]
+
+
+def transfer_error(stub: Any, request: Any) -> grpc.RpcError:
+    """The error a Transfer call ends with; fails the test if it ends without one."""
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.Transfer(request, timeout=60))
+    return caught.value
+
+
+def violations(error: grpc.RpcError) -> dict[str, str]:
+    """The BadRequest field violations in an error's rich status, by field."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the status carries no details"
+    out: dict[str, str] = {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.update({v.field: v.description for v in bad.field_violations})
+    return out

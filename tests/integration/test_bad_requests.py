@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from helpers import transfer_error, violations
 from imaging import image_bytes
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -21,24 +22,6 @@ def _request(
         styles=[pb.StyleImage(image=pb.Image(data=s)) for s in styles],
         options=pb.TransferOptions(**{"iterations": 1, "max_size": 48, **options}),  # type: ignore[arg-type]
     )
-
-
-def _error(stub: pb_grpc.StyleTransferStub, request: pb.TransferRequest) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        list(stub.Transfer(request, timeout=60))
-    return caught.value
-
-
-def _violations(error: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "the status carries no details"
-    out: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 CASES = [
@@ -66,22 +49,22 @@ def test_bad_request_names_the_field(
     stub: pb_grpc.StyleTransferStub, request_: pb.TransferRequest, field: str
 ) -> None:
     """The status is INVALID_ARGUMENT with a BadRequest violation for exactly the field at fault."""
-    error = _error(stub, request_)
+    error = transfer_error(stub, request_)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert field in error.details()
-    assert list(_violations(error)) == [field]
+    assert list(violations(error)) == [field]
 
 
 def test_unknown_backend_is_a_bad_argument(stub: pb_grpc.StyleTransferStub) -> None:
     """A backend name this build does not know is INVALID_ARGUMENT on options.backend."""
-    error = _error(stub, _request(backend="caffe2"))
+    error = transfer_error(stub, _request(backend="caffe2"))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert list(_violations(error)) == ["options.backend"]
+    assert list(violations(error)) == ["options.backend"]
 
 
 def test_error_info_travels_with_the_status(stub: pb_grpc.StyleTransferStub) -> None:
     """Every error carries an ErrorInfo with a reason and the service's domain."""
-    status = rpc_status.from_call(_error(stub, _request(content=b"x")))
+    status = rpc_status.from_call(transfer_error(stub, _request(content=b"x")))
     assert status is not None
     infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
     info = error_details_pb2.ErrorInfo()
@@ -91,6 +74,6 @@ def test_error_info_travels_with_the_status(stub: pb_grpc.StyleTransferStub) -> 
 
 def test_server_keeps_serving_after_bad_requests(stub: pb_grpc.StyleTransferStub) -> None:
     """A good request right after a bad one succeeds."""
-    _error(stub, _request(content=b"junk"))
+    transfer_error(stub, _request(content=b"junk"))
     events = list(stub.Transfer(_request(), timeout=60))
     assert events[-1].HasField("result")
