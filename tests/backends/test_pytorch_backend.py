@@ -109,3 +109,12 @@ def test_out_of_memory_becomes_resource_exhausted(
     monkeypatch.setattr("backends.pytorch.backend.Problem.objective", exhausted)
     with pytest.raises(ResourceExhausted, match="smaller max_size"):
         run(backend, make_job(iterations=2))
+
+
+def test_cuda_autotuning_and_tf32_are_on(weights: VGGWeights) -> None:
+    """Building the backend turns on cuDNN's autotuner and TF32 (they only act on CUDA devices)."""
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    PyTorchBackend(weights)
+    assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32

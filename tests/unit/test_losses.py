@@ -39,6 +39,20 @@ def test_gram_matrix_is_f_times_f_transpose() -> None:
     np.testing.assert_allclose(gram(torch.from_numpy(f)).numpy(), _np_gram(f), rtol=1e-12)
 
 
+def test_gram_gradient_matches_autograd_of_the_plain_product() -> None:
+    """The one-product backward of the Gram equals autograd's two-product one (and gradcheck)."""
+    f = torch.from_numpy(_features(4, 3, 5)).requires_grad_(True)
+    weights = torch.from_numpy(_features(1, 4, 4)[0])
+    (gram(f) * weights).sum().backward()
+    assert f.grad is not None
+    plain = f.detach().clone().requires_grad_(True)
+    flat = plain.reshape(4, -1)
+    ((flat @ flat.T) * weights).sum().backward()
+    assert plain.grad is not None
+    np.testing.assert_allclose(f.grad.numpy(), plain.grad.numpy(), rtol=1e-10)
+    assert torch.autograd.gradcheck(gram, (torch.from_numpy(_features(3, 2, 2)).requires_grad_(True),))
+
+
 def test_style_layer_loss_uses_gatys_normalization() -> None:
     """E_l = 1 / (4 N^2 M^2) sum (G - A)^2 with N channels and M positions."""
     f = _features(6, 4, 5)
