@@ -124,6 +124,7 @@ std::string FormatLosses(const v1::Losses& losses) {
 const char* FormatName(v1::ImageFormat format) {
   switch (format) {
     case v1::IMAGE_FORMAT_PNG: return "PNG";
+    case v1::IMAGE_FORMAT_PNG16: return "PNG16";
     case v1::IMAGE_FORMAT_JPEG: return "JPEG";
     case v1::IMAGE_FORMAT_WEBP: return "WEBP";
     default: return "UNSPECIFIED";

@@ -53,7 +53,7 @@ job (unset options take the server's defaults):
   --init NAME               content, noise or style
   --seed N                  seed of the noise init
   --content-weight X, --style-weight X, --tv-weight X
-  --format NAME             png, jpeg or webp (default: from --out's suffix, else the server's)
+  --format NAME             png, png16, jpeg or webp (default: from --out's suffix, else the server's)
   --quality N               JPEG/WebP quality 1-100
   --preview-every N         ask for a preview every N iterations
   --preview-dir DIR         write the previews there (default: only report them)
@@ -105,6 +105,7 @@ const INITS: Readonly<Record<string, Init>> = {
 };
 const FORMATS: Readonly<Record<string, ImageFormat>> = {
   png: ImageFormat.IMAGE_FORMAT_PNG,
+  png16: ImageFormat.IMAGE_FORMAT_PNG16,
   jpeg: ImageFormat.IMAGE_FORMAT_JPEG,
   webp: ImageFormat.IMAGE_FORMAT_WEBP,
 };
@@ -117,6 +118,7 @@ const SUFFIX_FORMATS: Readonly<Record<string, ImageFormat>> = {
 const FORMAT_SUFFIXES: Readonly<Record<ImageFormat, string>> = {
   [ImageFormat.IMAGE_FORMAT_UNSPECIFIED]: ".img",
   [ImageFormat.IMAGE_FORMAT_PNG]: ".png",
+  [ImageFormat.IMAGE_FORMAT_PNG16]: ".png",
   [ImageFormat.IMAGE_FORMAT_JPEG]: ".jpg",
   [ImageFormat.IMAGE_FORMAT_WEBP]: ".webp",
   [ImageFormat.UNRECOGNIZED]: ".img",

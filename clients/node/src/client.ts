@@ -92,6 +92,8 @@ function channelCredentials(options: ConnectOptions): ChannelCredentials {
 export interface WeightedStyle {
   data: Uint8Array;
   weight?: number;
+  /** Where the style applies: an image whose luminance is the strength (white fully). */
+  mask?: Uint8Array;
 }
 
 /** One job: encoded images (PNG, JPEG or WebP) and options; unset options take the server's defaults. */
@@ -159,8 +161,12 @@ function callOptions(settings: CallSettings): Partial<CallOptions> {
 export function transferRequest(input: TransferInput): TransferRequest {
   const styles: StyleImage[] = input.styles.map((style) =>
     style instanceof Uint8Array
-      ? { image: { data: asBuffer(style) }, weight: undefined }
-      : { image: { data: asBuffer(style.data) }, weight: style.weight },
+      ? { image: { data: asBuffer(style) }, weight: undefined, mask: undefined }
+      : {
+          image: { data: asBuffer(style.data) },
+          weight: style.weight,
+          mask: style.mask === undefined ? undefined : { data: asBuffer(style.mask) },
+        },
   );
   return TransferRequest.fromPartial({
     content: { data: asBuffer(input.content) },
