@@ -131,6 +131,9 @@ class JobObserver:
     def previewed(self, job: Job, size: int) -> None:
         """A preview of `size` encoded bytes was made."""
 
+    def preview_skipped(self, job: Job) -> None:
+        """A preview was dropped because the job's previous one was still being encoded."""
+
     def finished(self, job: Job, was_running: bool) -> None:
         """The job reached its terminal state (job.state, job.error say which)."""
 
@@ -446,6 +449,7 @@ class PreviewStream:
                 return
             if self._waiting is not None:
                 self.skipped += 1
+                self.job.observer.preview_skipped(self.job)
                 log.debug("preview_skipped", iteration=self._waiting[0], reason="encoder busy")
             self._waiting = (iteration, image)
 

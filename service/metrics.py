@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from backends.base import Iterate
+from backends.cache import TargetCache
 from service.jobs import Job, JobObserver
 from service.options import JobOptions
 
@@ -175,6 +176,12 @@ class Metrics:
         self.preview_bytes = Counter(
             "styletransfer_preview_bytes_total", "Encoded preview bytes produced.", placed, registry=registry
         )
+        self.previews_skipped = Counter(
+            "styletransfer_previews_skipped_total",
+            "Previews not sent because the job's previous one was still being encoded.",
+            placed,
+            registry=registry,
+        )
         self.build = Gauge(
             "styletransfer_build_info",
             "Always 1; labels name the versions.",
@@ -230,6 +237,9 @@ class JobMetrics(JobObserver):
         if iterate.iteration == 1:
             self.m.first_progress.labels(*placed).observe(time.monotonic() - job.accepted_at)
 
+    def preview_skipped(self, job: Job) -> None:
+        self.m.previews_skipped.labels(job.options.backend, job.options.device).inc()
+
     def previewed(self, job: Job, size: int) -> None:
         self.m.preview_bytes.labels(job.options.backend, job.options.device).inc(size)
 
@@ -242,6 +252,33 @@ class JobMetrics(JobObserver):
         if job.error is not None:
             self.m.errors.labels(job.error.reason, *placed).inc()
         self.m.duration.labels(label, *placed).observe((job.finished_at or job.accepted_at) - job.accepted_at)
+
+
+class StyleCache(Collector):
+    """Each backend's style-target cache, read when scraped."""
+
+    def __init__(self, caches: Callable[[], dict[str, TargetCache[object]]]) -> None:
+        self._caches = caches
+
+    def collect(self) -> Iterable[Metric]:
+        hits = CounterMetricFamily(
+            "styletransfer_style_cache_hits",
+            "Style images whose targets came from the cache.",
+            labels=["backend"],
+        )
+        misses = CounterMetricFamily(
+            "styletransfer_style_cache_misses",
+            "Style images whose targets were computed.",
+            labels=["backend"],
+        )
+        size = GaugeMetricFamily(
+            "styletransfer_style_cache_bytes", "Bytes held by the style-target cache.", labels=["backend"]
+        )
+        for backend, cache in sorted(self._caches().items()):
+            hits.add_metric([backend], float(cache.hits))
+            misses.add_metric([backend], float(cache.misses))
+            size.add_metric([backend], float(cache.bytes))
+        yield from (hits, misses, size)
 
 
 class QueueDepth(Collector):

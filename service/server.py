@@ -25,7 +25,7 @@ from backends.weights.canonical import VGGWeights
 from service import convert, memory
 from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
-from service.metrics import JobMetrics, Metrics, QueueDepth
+from service.metrics import JobMetrics, Metrics, QueueDepth, StyleCache
 from service.options import JobOptions
 from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
@@ -175,6 +175,9 @@ def build(
         observer=JobMetrics(metrics),
     )
     metrics.registry.register(QueueDepth(core.queue_depths))
+    metrics.registry.register(
+        StyleCache(lambda: {n: b.style_cache for n, b in enabled.items() if hasattr(b, "style_cache")})
+    )
     metrics.set_info(
         server_version(),
         {name: b.framework_version() for name, b in backends.items()},  # type: ignore[attr-defined]

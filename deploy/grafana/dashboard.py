@@ -137,6 +137,23 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Style targets from the cache, and previews skipped",
+        "short",
+        "timeseries",
+        [
+            (
+                "{{pod}} cache hit ratio",
+                f"sum by (pod) (rate(styletransfer_style_cache_hits_total{{{SEL}}}[{RATE}]))"
+                f" / (sum by (pod) (rate(styletransfer_style_cache_hits_total{{{SEL}}}[{RATE}]))"
+                f" + sum by (pod) (rate(styletransfer_style_cache_misses_total{{{SEL}}}[{RATE}])))",
+            ),
+            (
+                "{{pod}} previews skipped/s",
+                f"sum by (pod) (rate(styletransfer_previews_skipped_total{{{SEL}}}[{RATE}]))",
+            ),
+        ],
+    ),
+    (
         "Out-of-memory failures",
         "short",
         "timeseries",

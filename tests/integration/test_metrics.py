@@ -122,6 +122,18 @@ def test_job_outcomes_are_counted(traffic: tuple[Server, CollectorRegistry, dict
     )  # one never left the queue
     assert _value(registry, "styletransfer_preview_bytes_total", **PLACED) == seen["preview_bytes"] > 0
     assert _value(registry, "styletransfer_image_pixels_count", **PLACED) == 4
+    # Nothing this slow-paced was dropped: every preview due was sent.
+    assert _value(registry, "styletransfer_previews_skipped_total", **PLACED) == 0
+
+
+def test_style_cache_is_reported(traffic: tuple[Server, CollectorRegistry, dict[str, int]]) -> None:
+    """Four jobs with one style image: the backend's cache served the style at least once, and
+    holds its Gram matrices (the counts are the shared backend's, so earlier tests add to them)."""
+    server, registry, _ = traffic
+    cache = server.core.backends["pytorch"].style_cache  # type: ignore[attr-defined]
+    assert _value(registry, "styletransfer_style_cache_hits_total", backend="pytorch") == cache.hits >= 1
+    assert _value(registry, "styletransfer_style_cache_misses_total", backend="pytorch") == cache.misses >= 1
+    assert _value(registry, "styletransfer_style_cache_bytes", backend="pytorch") == cache.bytes > 0
 
 
 def test_info_and_memory_gauges(traffic: tuple[Server, CollectorRegistry, dict[str, int]]) -> None:

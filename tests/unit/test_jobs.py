@@ -328,3 +328,42 @@ def test_finished_jobs_are_forgotten_oldest_first_past_the_byte_budget() -> None
     with pytest.raises(NotFound):
         core.get(older.id)
     core.close(grace=5)
+
+
+def test_previews_encode_in_order_off_the_caller_and_skip_only_when_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the first preview is encoding, later ones wait in one slot (a newer replaces an older
+    one there, counted as skipped); drain() returns once the last accepted one is sent."""
+    from types import SimpleNamespace
+
+    from service import jobs as jobs_module
+    from service.jobs import PreviewStream
+
+    release = threading.Event()
+    encoded: list[int] = []
+
+    def slow_encode(image: np.ndarray, *args: object) -> tuple[bytes, int, int]:
+        release.wait(10)
+        encoded.append(int(image[0, 0, 0]))
+        return b"x", 1, 1
+
+    monkeypatch.setattr(jobs_module.images, "encode", slow_encode)
+    sent: list[int] = []
+    skipped: list[int] = []
+    job = SimpleNamespace(
+        id="j",
+        options=JobOptions(),
+        observer=SimpleNamespace(
+            previewed=lambda job, size: None, preview_skipped=lambda job: skipped.append(1)
+        ),
+        log=SimpleNamespace(append=lambda event: sent.append(event.iteration)),
+    )
+    stream = PreviewStream(job)  # type: ignore[arg-type]
+    for iteration in (1, 2, 3, 4):
+        stream.offer(iteration, np.full((2, 2, 3), iteration, np.uint8))  # returns at once
+    assert sent == []
+    release.set()
+    stream.drain()
+    assert sent == [1, 4] and encoded == [1, 4]
+    assert stream.skipped == 2 == len(skipped)
