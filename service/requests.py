@@ -238,6 +238,8 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
     _check_scales(content.width, content.height, options.style, settings)
     total = sum(weights)
     style_side = max(1, round(long_side * options.style.style_scale))
+    coarse_height, coarse_width = scale_sizes(content.height, content.width, options.style)[0]
+    coarsest = max(coarse_height, coarse_width) / max(content.size)
     styles = []
     for i, (style, weight) in enumerate(zip(request.styles, weights, strict=True)):
         image = images.decode(style.data, f"styles[{i}].image.data", settings.max_input_pixels)
@@ -247,6 +249,13 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
                 f"styles[{i}].image.data",
                 f"style image is too thin at {image.width}x{image.height}; both sides must be >= {minimum}"
                 + (" (after style_scale)" if options.style.style_scale != 1 else ""),
+            )
+        coarse_short = round(min(image.size) * coarsest)
+        if coarse_short < minimum:
+            raise InvalidArgument(
+                f"styles[{i}].image.data",
+                f"style image would be {coarse_short} px on its short side at the coarsest scale; it "
+                f"must be >= {minimum}: use fewer scales or a larger style_scale",
             )
         mask = None
         if style.mask is not None:

@@ -232,3 +232,19 @@ def test_tiles_are_checked() -> None:
     with pytest.raises(InvalidArgument, match="iterations in all") as caught:
         build_spec(_request(StyleSource(image_bytes(2), None), content=content), options, SETTINGS)
     assert caught.value.field == "options.tile_size"
+
+
+def test_a_style_too_small_at_the_coarsest_scale_is_refused() -> None:
+    """Styles shrink with the scales: three scales at factor 1.5 make the coarsest 28 px, where a
+    64 x 32 style is 14 px on its short side, too small for conv5_1: refused, not crashed on."""
+    options = _with(scale_iterations=(5, 5, 5), scale_factor=1.5)
+    build_spec(
+        _request(StyleSource(image_bytes(2, 64, 64), None), content=image_bytes(1, 64, 64)), options, SETTINGS
+    )
+    with pytest.raises(InvalidArgument, match="coarsest scale") as caught:
+        build_spec(
+            _request(StyleSource(image_bytes(2, 64, 32), None), content=image_bytes(1, 64, 64)),
+            options,
+            SETTINGS,
+        )
+    assert caught.value.field == "styles[0].image.data"
