@@ -188,7 +188,7 @@ class _Run:
             else:
                 # The previous result enlarged, plus the detail the content has at this scale and
                 # lacked at the previous one: enlarging alone would blur the content away.
-                detail = content - resize(resize(content, *previous.shape[:2]), *size)
+                detail = content - resize(previous, *size)
                 start = np.clip(resize(current, *size) + detail, 0, 255)
             previous = content
             last = index == len(self.sizes) - 1

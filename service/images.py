@@ -14,12 +14,10 @@ import numpy.typing as npt
 import png
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from backends.base import RGBImage
+from backends.base import FloatImage, RGBImage
 from backends.errors import InvalidArgument, ResourceExhausted
+from backends.resize import resize
 from service.options import ImageFormat
-
-FloatRGBImage = npt.NDArray[np.float32]
-"""An H x W x 3 array of RGB values on a 0-255 scale, unrounded (the optimizer's own output)."""
 
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
 _PIL_FORMAT = {ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG", ImageFormat.WEBP: "WEBP"}
@@ -151,7 +149,7 @@ def to_array(image: Image.Image) -> RGBImage:
 
 
 def encode(
-    pixels: RGBImage | FloatRGBImage, fmt: ImageFormat, quality: int, long_side: int | None = None
+    pixels: RGBImage | FloatImage, fmt: ImageFormat, quality: int, long_side: int | None = None
 ) -> tuple[bytes, int, int]:
     """Encode an array, optionally shrunk to a long side first; returns (bytes, width, height).
 
@@ -171,19 +169,19 @@ def encode(
     return buffer.getvalue(), image.width, image.height
 
 
-def _clean_float(pixels: RGBImage | FloatRGBImage) -> npt.NDArray[np.float64]:
+def _clean_float(pixels: RGBImage | FloatImage) -> npt.NDArray[np.float64]:
     """Float pixels as float64 in [0, 255]; NaN becomes 0."""
     values = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(values, 0.0, 255.0)
 
 
-def _as_uint8(pixels: RGBImage | FloatRGBImage) -> RGBImage:
+def _as_uint8(pixels: RGBImage | FloatImage) -> RGBImage:
     if np.issubdtype(pixels.dtype, np.floating):
         return np.rint(_clean_float(pixels)).astype(np.uint8)
     return pixels  # type: ignore[return-value]  # uint8, or whatever Pillow accepted before
 
 
-def _as_uint16(pixels: RGBImage | FloatRGBImage, long_side: int | None) -> npt.NDArray[np.uint16]:
+def _as_uint16(pixels: RGBImage | FloatImage, long_side: int | None) -> npt.NDArray[np.uint16]:
     """(H, W, 3) values on the 16-bit scale (x * 257), shrunk in floating point when asked."""
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"16-bit PNG needs an H x W x 3 array, not {pixels.shape}")
@@ -193,19 +191,13 @@ def _as_uint16(pixels: RGBImage | FloatRGBImage, long_side: int | None) -> npt.N
         scaled = pixels.astype(np.float64) * 257.0
     height, width = scaled.shape[:2]
     if long_side is not None and max(width, height) > long_side:
-        size = _fitted_size(width, height, long_side)
-        # Pillow's float mode resizes one channel at a time without quantizing to 8 bits.
-        channels = [
-            np.asarray(
-                Image.fromarray(scaled[..., c].astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
-            )
-            for c in range(3)
-        ]
-        scaled = np.stack(channels, axis=-1).astype(np.float64)
+        # Resized in floating point, so the 16 bits survive the shrink.
+        fitted_width, fitted_height = _fitted_size(width, height, long_side)
+        scaled = resize(scaled, fitted_height, fitted_width).astype(np.float64)
     return np.rint(np.clip(scaled, 0.0, 65535.0)).astype(np.uint16)
 
 
-def _encode_png16(pixels: RGBImage | FloatRGBImage, long_side: int | None) -> tuple[bytes, int, int]:
+def _encode_png16(pixels: RGBImage | FloatImage, long_side: int | None) -> tuple[bytes, int, int]:
     """A 48-bit RGB PNG written by pypng, with sRGB and gAMA chunks (Pillow cannot write one)."""
     values = _as_uint16(pixels, long_side)
     height, width = values.shape[:2]

@@ -180,8 +180,10 @@ def resolve_options(overrides: Mapping[str, Any], defaults: JobOptions, settings
     return options
 
 
-def _check_scales(width: int, height: int, options: StyleOptions, settings: Settings) -> None:
-    """The coarsest scale must be large enough for the layers; tiles must not run away."""
+def _check_scales(width: int, height: int, options: StyleOptions, settings: Settings) -> float:
+    """The coarsest scale must be large enough for the layers; tiles must not run away.
+
+    Returns the coarsest scale's size relative to the output's."""
     minimum = min_side(options)
     coarse_height, coarse_width = scale_sizes(height, width, options)[0]
     if min(coarse_height, coarse_width) < minimum:
@@ -198,6 +200,7 @@ def _check_scales(width: int, height: int, options: StyleOptions, settings: Sett
             f"the job would run {total} iterations in all (the last scale's once per tile), above the "
             f"limit of {settings.max_iterations}: use larger tiles or fewer iterations",
         )
+    return max(coarse_height, coarse_width) / max(height, width)
 
 
 def _mask(data: bytes, field: str, width: int, height: int, settings: Settings) -> np.ndarray:
@@ -235,11 +238,9 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
             f"output would be {content.width}x{content.height}; "
             f"both sides must be at least {minimum} px for the layers in use",
         )
-    _check_scales(content.width, content.height, options.style, settings)
+    coarsest = _check_scales(content.width, content.height, options.style, settings)
     total = sum(weights)
     style_side = max(1, round(long_side * options.style.style_scale))
-    coarse_height, coarse_width = scale_sizes(content.height, content.width, options.style)[0]
-    coarsest = max(coarse_height, coarse_width) / max(content.size)
     styles = []
     for i, (style, weight) in enumerate(zip(request.styles, weights, strict=True)):
         image = images.decode(style.data, f"styles[{i}].image.data", settings.max_input_pixels)

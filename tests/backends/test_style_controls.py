@@ -190,9 +190,10 @@ def test_the_same_request_gives_the_same_image_with_every_control(backend: Backe
     assert not np.array_equal(a.image, c.image)
 
 
-def test_multi_scale_reaches_a_lower_full_size_loss_in_less_time(pytorch: Backend) -> None:
-    """40 iterations at 64 px then 30 at 128 px cost less than 40 at 128 px (the coarse ones a
-    quarter each) and end at a lower loss measured at 128 px."""
+def test_multi_scale_reaches_a_lower_full_size_loss_at_no_more_cost(pytorch: Backend) -> None:
+    """30 iterations at 64 px then 30 at 128 px cost no more than 40 at 128 px (a coarse one costs
+    a quarter: 30 / 4 + 30 <= 40; measured, both take about 2.8 s here) and end at a lower loss
+    measured at 128 px. The cost model, not wall time, is asserted: timings are not tested."""
     size = 128
     style = _style(2, size=size)
 
@@ -205,9 +206,9 @@ def test_multi_scale_reaches_a_lower_full_size_loss_in_less_time(pytorch: Backen
         return losses.total, seconds
 
     single, single_s = full_size_loss(iterations=40)
-    multi, multi_s = full_size_loss(scale_iterations=(40, 30))
-    # The cost model, in full-size iterations: 30 + 40 / 4 = 40, no more than the single scale's.
-    assert 30 + 40 * (64 * 64) / (size * size) <= 40
+    multi, multi_s = full_size_loss(scale_iterations=(30, 30))
+    # The cost model, in full-size iterations: 30 + 30 / 4 = 37.5, no more than the single scale's.
+    assert 30 + 30 * (64 * 64) / (size * size) <= 40
     assert multi < 0.95 * single, (
         f"multi-scale {multi:.4g} in {multi_s:.1f} s, single {single:.4g} in {single_s:.1f} s"
     )
