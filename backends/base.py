@@ -95,6 +95,7 @@ class Stage:
     init: FloatImage
     options: StyleOptions
     device: str
+    iterations: int  # how many steps the driver will run on it
 
 
 class Solver(Protocol):

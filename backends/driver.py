@@ -195,7 +195,7 @@ class _Run:
             if last and self.tiles:
                 current = yield from self.tiled(clock, content, styles, start, count, index + 1)
             else:
-                solver = self.stage(clock, Stage(content, styles, start, options, device))
+                solver = self.stage(clock, Stage(content, styles, start, options, device, count))
                 yield from self.iterations(solver, count, clock, index + 1, 0, solver.pixels)
                 current = solver.pixels()
         assert current is not None and self.losses is not None, "a job has at least one iteration"
@@ -220,7 +220,9 @@ class _Run:
             tile_styles = tuple(
                 replace(s, mask=None if s.mask is None else tile.crop(s.mask)) for s in styles
             )
-            stage = Stage(tile.crop(content), tile_styles, tile.crop(current), self.options, self.job.device)
+            stage = Stage(
+                tile.crop(content), tile_styles, tile.crop(current), self.options, self.job.device, count
+            )
             solver = self.stage(clock, stage)
             feather = tiles.weights(tile, height, width, overlap)[..., None]
 
@@ -252,4 +254,5 @@ def single_stage(job: BackendJob, init: FloatImage | None = None) -> Stage:
     content = np.asarray(job.content, dtype=np.float32)
     styles = tuple(replace(s, image=np.asarray(s.image, dtype=np.float32)) for s in job.styles)
     start = init if init is not None else start_image(job.options, content, styles[0].image, job.init_image)
-    return Stage(content, styles, np.asarray(start, dtype=np.float32), job.options, job.device)
+    start = np.asarray(start, dtype=np.float32)
+    return Stage(content, styles, start, job.options, job.device, job.options.iterations)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -25,6 +26,11 @@ from backends.weights.canonical import VGGWeights
 # (torch's default too). Memory cost: 2 * history * image floats.
 LBFGS_HISTORY = 100
 PRECISIONS = ("float32", "bfloat16")
+# In bfloat16, this share of each stage's last iterations (rounded up) runs in float32. L-BFGS
+# draws its curvature from differences of successive gradients, which bfloat16's rounding drowns
+# once the steps get small; a float32 finish recovers the descent that bfloat16 alone loses
+# (measured in `make bench`: +10 % final loss in bfloat16 alone, within 2 % with the finish).
+FLOAT32_FINISH = 0.1
 
 
 def _to_tensor(image: npt.NDArray[np.generic], device: torch.device) -> torch.Tensor:
@@ -203,7 +209,13 @@ class PyTorchBackend:
         problem = self.problem(stage)
         pixels = problem.initial()
         options = stage.options
-        step = _stepper(options.optimizer, options.resolved_learning_rate, pixels, problem)
+        schedule = _Schedule(problem)
+        if self.precision == "bfloat16":
+            schedule.switch_at = stage.iterations - math.ceil(FLOAT32_FINISH * stage.iterations)
+            schedule.exact = lambda: Problem(
+                self._trunk(stage.device), self.weights, stage, "float32", self.style_cache
+            )
+        step = _stepper(options.optimizer, options.resolved_learning_rate, pixels, schedule)
         return _Solver(problem, pixels, step)
 
     def features(
@@ -247,7 +259,47 @@ class PyTorchBackend:
                 torch.cuda.empty_cache()
 
 
-def _stepper(optimizer: Optimizer, lr: float, pixels: torch.Tensor, problem: Problem) -> Callable[[], Losses]:
+class _Schedule:
+    """Which objective a stage's iterations evaluate: its own throughout, or, from iteration
+    `switch_at` on, the float32 one that `exact` builds."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.switch_at: int | None = None
+        self.exact: Callable[[], Problem] | None = None
+        self.count = 0
+
+    def next(self) -> bool:
+        """Advance one iteration; True when this iteration is the first on the exact objective."""
+        switch = self.count == self.switch_at and self.exact is not None
+        if switch:
+            assert self.exact is not None
+            self.problem = self.exact()
+        self.count += 1
+        return switch
+
+
+def _reanchor(lbfgs: torch.optim.LBFGS, pixels: torch.Tensor, problem: Problem) -> None:
+    """After a change of objective, make L-BFGS's next curvature pair come from one objective.
+
+    The next step pairs the last move s with the difference of the gradients at its two ends;
+    the gradient kept from the far end came from the old objective, so it is evaluated again on
+    the new one (one extra evaluation; the point is the current image minus s).
+    """
+    state = lbfgs.state[pixels]
+    if "d" not in state:
+        return
+    with torch.no_grad():
+        before = (pixels - state["t"] * state["d"].view_as(pixels)).requires_grad_(True)
+    total, _ = problem.objective(before)
+    total.backward()
+    assert before.grad is not None
+    state["prev_flat_grad"] = before.grad.reshape(-1)
+
+
+def _stepper(
+    optimizer: Optimizer, lr: float, pixels: torch.Tensor, schedule: _Schedule
+) -> Callable[[], Losses]:
     """One call = one iteration = one evaluation of the objective and one update."""
     if optimizer is Optimizer.LBFGS:
         # max_iter=1 makes each step() a single L-BFGS iteration with one evaluation, while the
@@ -267,13 +319,15 @@ def _stepper(optimizer: Optimizer, lr: float, pixels: torch.Tensor, problem: Pro
 
         def closure() -> torch.Tensor:
             lbfgs.zero_grad()
-            total, losses = problem.objective(pixels)
+            total, losses = schedule.problem.objective(pixels)
             total.backward()
             seen.append(losses)
             return total
 
         def lbfgs_step() -> Losses:
             seen.clear()
+            if schedule.next():
+                _reanchor(lbfgs, pixels, schedule.problem)
             lbfgs.step(closure)
             lbfgs.param_groups[0]["lr"] = lr  # every later step has length lr * |d|
             return seen[0]
@@ -283,8 +337,9 @@ def _stepper(optimizer: Optimizer, lr: float, pixels: torch.Tensor, problem: Pro
     adam = torch.optim.Adam([pixels], lr=lr)
 
     def adam_step() -> Losses:
+        schedule.next()
         adam.zero_grad()
-        total, losses = problem.objective(pixels)
+        total, losses = schedule.problem.objective(pixels)
         total.backward()
         adam.step()
         with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn import functional
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -12,35 +13,68 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * (features - target).pow(2).sum()
 
 
-class _Gram(torch.autograd.Function):
-    """G = X^T X for X (positions x channels), with a backward of one matrix product.
+def _onednn(x: torch.Tensor) -> bool:
+    """Whether the Gram of these (N, C, H, W) activations runs as oneDNN 1x1 convolutions.
 
-    Autograd's own backward of `X.T @ X` multiplies twice (once per operand) and adds; since G is
-    symmetric, dL/dX = X (S + S^T) with S = dL/dG takes one product: a third fewer FLOPs in all.
+    On CPU, oneDNN's convolution kernels run at about twice the BLAS product's rate (on AMD
+    processors MKL's matrix product takes a slower code path). A Gram is the weight gradient of
+    a 1x1 convolution of the activations with themselves, and its backward is a 1x1 convolution:
+    both read the channels-last layout as it is. Float32 only; elsewhere the matrix product runs.
+    """
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+_ONE = [1, 1]
+_ZERO = [0, 0]
+
+
+class _Gram(torch.autograd.Function):
+    """G = F F^T for activations F (N, C, H, W), over all positions, with a one-product backward.
+
+    Autograd's own backward of `X^T X` multiplies twice (once per operand) and adds; since G is
+    symmetric, dL/dF = (S + S^T) F with S = dL/dG takes one product: a third fewer FLOPs in all.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        product: torch.Tensor = x.T @ x
+        channels = x.shape[1]
+        if _onednn(x):
+            shape = x.new_empty((channels, channels, 1, 1))  # only its shape is read
+            mask = [False, True, False]
+            weight_grad: torch.Tensor = torch.ops.aten.convolution_backward(
+                x, x, shape, None, _ONE, _ZERO, _ONE, False, _ZERO, 1, mask
+            )[1]
+            return weight_grad.reshape(channels, channels)
+        flat = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a free view when channels-last
+        product: torch.Tensor = flat.T @ flat
         return product
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        grad_x: torch.Tensor = x @ (grad + grad.T)
-        return grad_x
+        channels = x.shape[1]
+        both = grad + grad.T
+        if _onednn(x):
+            result: torch.Tensor = functional.conv2d(x, both.reshape(channels, channels, 1, 1))
+            return result
+        flat = x.permute(0, 2, 3, 1).reshape(-1, channels)
+        product: torch.Tensor = flat @ both
+        return product.reshape(x.shape[0], x.shape[2], x.shape[3], channels).permute(0, 3, 1, 2)
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
     """G = F F^T with F the (N_l channels) x (M_l positions) matrix of one image's activations.
 
-    The activations are read as positions x channels, which is a free view of the channels-last
-    tensors the trunk produces (channels x positions would need a transposed copy).
+    The activations may come in either memory layout; the trunk's channels-last layout is read
+    without a copy on every path.
     """
-    channels = features.shape[1]
-    flat = features.permute(0, 2, 3, 1).reshape(-1, channels)
-    result: torch.Tensor = _Gram.apply(flat)
+    result: torch.Tensor = _Gram.apply(features)
     return result
 
 

@@ -6,10 +6,12 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
-from backends.base import BackendJob, Outcome, StyleInput
+from backends.base import BackendJob, Losses, Outcome, StyleInput
 from backends.options import StyleOptions
 from backends.pytorch import PyTorchBackend
+from backends.pytorch.backend import Problem, _reanchor
 from backends.weights.canonical import random_weights
 
 
@@ -44,6 +46,57 @@ def test_bfloat16_reaches_a_final_loss_close_to_float32() -> None:
     half = _final(PyTorchBackend(weights, precision="bfloat16"), job)
     assert half.losses.total == pytest.approx(full.losses.total, rel=0.1)
     assert half.image.shape == full.image.shape == (64, 64, 3)
+
+
+def test_bfloat16_finishes_each_stage_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 10-iteration bfloat16 stage runs 9 iterations in bfloat16, then evaluates the float32
+    objective once at the point before its last move (re-anchoring L-BFGS) and once per
+    remaining iteration; a two-scale job does so in each scale."""
+    precisions: list[bool] = []
+    original = Problem.objective
+
+    def spying(self: Problem, pixels: torch.Tensor) -> tuple[torch.Tensor, Losses]:
+        precisions.append(self.autocast)
+        return original(self, pixels)
+
+    monkeypatch.setattr(Problem, "objective", spying)
+    backend = PyTorchBackend(random_weights(0), precision="bfloat16")
+    _final(backend, _job(10))
+    assert precisions == [True] * 9 + [False, False]
+    precisions.clear()
+    options = StyleOptions(scale_iterations=(4, 20), scale_factor=2.0)
+    job = BackendJob(_job(1).content, _job(1).styles, options, "cpu")
+    _final(backend, job)
+    assert precisions == [True] * 3 + [False] * 2 + [True] * 18 + [False] * 3
+    precisions.clear()
+    _final(PyTorchBackend(random_weights(0)), _job(10))
+    assert precisions == [False] * 10  # float32 has nothing to switch
+
+
+def test_reanchoring_keeps_the_gradient_at_the_far_end_of_the_last_move() -> None:
+    """After the switch, L-BFGS's stored gradient is the float32 objective's at x - t d."""
+    weights = random_weights(0)
+    job = _job(6)
+    exact = PyTorchBackend(weights)
+    problem = exact.problem(job)
+    pixels = problem.initial()
+    optimizer = torch.optim.LBFGS([pixels], lr=pixels.numel(), max_iter=1)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        total, _ = problem.objective(pixels)
+        total.backward()
+        return total
+
+    for _ in range(3):
+        optimizer.step(closure)
+    state = optimizer.state[pixels]
+    before = (pixels - state["t"] * state["d"].view_as(pixels)).detach()
+    state["prev_flat_grad"] = torch.zeros_like(state["prev_flat_grad"])
+    _reanchor(optimizer, pixels, problem)
+    _, expected = exact.evaluate(job, before[0].permute(1, 2, 0).numpy())
+    got = state["prev_flat_grad"].view_as(pixels)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
 
 
 def test_an_unknown_precision_is_refused() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from backends.pytorch.losses import content_loss, gram, style_layer_loss, tv_loss
+from backends.pytorch.losses import _onednn, content_loss, gram, style_layer_loss, tv_loss
 
 RNG = np.random.default_rng(1234)
 
@@ -51,6 +51,24 @@ def test_gram_gradient_matches_autograd_of_the_plain_product() -> None:
     assert plain.grad is not None
     np.testing.assert_allclose(f.grad.numpy(), plain.grad.numpy(), rtol=1e-10)
     assert torch.autograd.gradcheck(gram, (torch.from_numpy(_features(3, 2, 2)).requires_grad_(True),))
+
+
+def test_float32_channels_last_gram_runs_on_onednn_and_matches_the_product() -> None:
+    """The trunk's float32 channels-last activations take the oneDNN path (a 1x1 convolution's
+    weight gradient forward, a 1x1 convolution backward); value and gradient equal the float64
+    product's to float32 precision."""
+    f64 = torch.from_numpy(_features(16, 12, 10))
+    f32 = f64.float().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert _onednn(f32) and not _onednn(f64)
+    weights = torch.from_numpy(_features(1, 16, 16)[0])
+    g = gram(f32)
+    np.testing.assert_allclose(g.detach().numpy(), _np_gram(f64.numpy()), rtol=1e-5, atol=1e-4)
+    (g * weights.float()).sum().backward()
+    plain = f64.clone().requires_grad_(True)
+    flat = plain.reshape(16, -1)
+    ((flat @ flat.T) * weights).sum().backward()
+    assert f32.grad is not None and plain.grad is not None
+    np.testing.assert_allclose(f32.grad.numpy(), plain.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_style_layer_loss_uses_gatys_normalization() -> None:
