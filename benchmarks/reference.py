@@ -42,8 +42,9 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
 class ReferenceTransfer:
     """One style transfer job, tutorial style."""
 
-    def __init__(self, weights: VGGWeights, options: StyleOptions) -> None:
+    def __init__(self, weights: VGGWeights, options: StyleOptions, device: str = "cpu") -> None:
         self.options = options
+        self.device = device
         self.features = vgg19().features.eval()
         with torch.no_grad():
             for module_index, module in enumerate(self.features):
@@ -59,8 +60,9 @@ class ReferenceTransfer:
         meta = weights.meta
         self.bgr = meta.channel_order == "BGR"
         self.scale = meta.input_range / 255.0
-        self.mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(meta.std).view(1, 3, 1, 1)
+        self.features.to(device)
+        self.mean = torch.tensor(meta.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(meta.std, device=device).view(1, 3, 1, 1)
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.flip(1) if self.bgr else pixels
@@ -85,7 +87,8 @@ class ReferenceTransfer:
         started = time.perf_counter()
 
         def tensor(image: npt.NDArray[np.uint8]) -> torch.Tensor:
-            return torch.from_numpy(image.astype(np.float32).transpose(2, 0, 1).copy()).unsqueeze(0)
+            array = image.astype(np.float32).transpose(2, 0, 1).copy()
+            return torch.from_numpy(array).unsqueeze(0).to(self.device)
 
         with torch.no_grad():
             content_targets = {n: t.clone() for n, t in self._activations(tensor(content)).items()}
@@ -122,7 +125,7 @@ class ReferenceTransfer:
             while reported < min(len(steps), evaluations):
                 yield steps[reported]
                 reported += 1
-        self.image = image.detach()[0].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).numpy()
+        self.image = image.detach()[0].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
 
 
 def _torchvision_names() -> dict[str, int]:

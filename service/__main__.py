@@ -11,6 +11,7 @@ from types import FrameType
 import structlog
 
 from service import logging as service_logging
+from service import memory
 from service.settings import Settings
 
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**parse_args(argv))  # type: ignore[arg-type]
     service_logging.configure(settings.log_format, settings.log_level)
     log = structlog.get_logger("service")
+    memory.tune()  # before any thread that runs jobs exists
 
     # Imported here so that `--help` answers without loading frameworks.
     from backends.weights.errors import WeightsError
