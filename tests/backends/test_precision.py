@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backends.base import BackendJob, Losses, Outcome, StyleInput
-from backends.options import StyleOptions
+from backends.options import Optimizer, StyleOptions
 from backends.pytorch import PyTorchBackend
 from backends.pytorch.backend import Problem, _reanchor
 from backends.weights.canonical import random_weights
@@ -68,6 +68,12 @@ def test_bfloat16_finishes_each_stage_in_float32(monkeypatch: pytest.MonkeyPatch
     job = BackendJob(_job(1).content, _job(1).styles, options, "cpu")
     _final(backend, job)
     assert precisions == [True] * 3 + [False] * 2 + [True] * 18 + [False] * 3
+    precisions.clear()
+    adam = BackendJob(
+        _job(1).content, _job(1).styles, StyleOptions(iterations=10, optimizer=Optimizer.ADAM), "cpu"
+    )
+    _final(backend, adam)
+    assert precisions == [True] * 9 + [False]  # Adam keeps no curvature pairs to re-anchor
     precisions.clear()
     _final(PyTorchBackend(random_weights(0)), _job(10))
     assert precisions == [False] * 10  # float32 has nothing to switch
