@@ -376,20 +376,18 @@ def main() -> None:
             fast = registry.create(name, weights, precision="bfloat16")
             implementations.append(("pytorch bfloat16", fast, torch.bfloat16))
     rows: list[Row] = []
-    rates: dict[tuple[str, str], float] = {}
     options = StyleOptions()
     for device in devices:
         for size in sizes[device]:
-            for label_name, backend, dtype in implementations:
+            for label_name, backend, _ in implementations:
                 if device not in backend.devices():
                     continue
                 times, peak, _ = run_ours(backend, size, iterations, device)
                 rows.append(row(label_name, device, size, times, peak, flops(size, options)))
-                rates[label_name, device] = best[device, dtype]
             times, peak, _ = run_reference(weights, size, iterations, device)
             rows.append(row("reference", device, size, times, peak, flops(size, options, full_forward=True)))
-            rates["reference", device] = best[device, torch.float32]
 
+    dtypes = {name: dtype for name, _, dtype in implementations} | {"reference": torch.float32}
     print(
         f"\n{'implementation':<18} {'device':<7} {'size':>5} {'median ms/it':>13} {'min-max':>15} "
         f"{'peak MiB':>9} {'GFLOP/s':>8} {'of peak':>8} {'vs ref':>7}"
@@ -399,7 +397,7 @@ def main() -> None:
         spread = f"{r.min_ms:.0f}-{r.max_ms:.0f}"
         print(
             f"{r.name:<18} {r.device:<7} {r.size:>5} {r.median_ms:>13.1f} {spread:>15} {r.peak_mib:>9.0f} "
-            f"{r.gflops:>8.0f} {r.gflops / rates[r.name, r.device]:>7.0%} "
+            f"{r.gflops:>8.0f} {r.gflops / best[r.device, dtypes[r.name]]:>7.0%} "
             f"{ref.median_ms / r.median_ms:>6.2f}x"
         )
     for device in devices:

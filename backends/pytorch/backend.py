@@ -200,10 +200,12 @@ class PyTorchBackend:
                 self._trunks[device] = build_trunk(self.weights, device)
             return self._trunks[device]
 
-    def problem(self, job: BackendJob | Stage) -> Problem:
-        """The objective of a stage (or of a job as one stage), for running it or inspecting it."""
+    def problem(self, job: BackendJob | Stage, precision: str | None = None) -> Problem:
+        """The objective of a stage (or of a job as one stage), for running it or inspecting it; in
+        the backend's precision unless another is named."""
         stage = job if isinstance(job, Stage) else single_stage(job)
-        return Problem(self._trunk(stage.device), self.weights, stage, self.precision, self.style_cache)
+        precision = precision or self.precision
+        return Problem(self._trunk(stage.device), self.weights, stage, precision, self.style_cache)
 
     def solver(self, stage: Stage) -> _Solver:
         """Set up a stage: its objective, its image and its optimizer."""
@@ -212,10 +214,8 @@ class PyTorchBackend:
         options = stage.options
         schedule = _Schedule(problem)
         if self.precision == "bfloat16":
-            schedule.switch_at = stage.iterations - math.ceil(FLOAT32_FINISH * stage.iterations)
-            schedule.exact = lambda: Problem(
-                self._trunk(stage.device), self.weights, stage, "float32", self.style_cache
-            )
+            finish = math.ceil(FLOAT32_FINISH * stage.iterations)
+            schedule = _Schedule(problem, stage.iterations - finish, lambda: self.problem(stage, "float32"))
         step = _stepper(options.optimizer, options.resolved_learning_rate, pixels, schedule)
         return _Solver(problem, pixels, step)
 
@@ -264,17 +264,16 @@ class _Schedule:
     """Which objective a stage's iterations evaluate: its own throughout, or, from iteration
     `switch_at` on, the float32 one that `exact` builds."""
 
-    def __init__(self, problem: Problem) -> None:
-        self.problem = problem
-        self.switch_at: int | None = None
-        self.exact: Callable[[], Problem] | None = None
+    def __init__(
+        self, problem: Problem, switch_at: int | None = None, exact: Callable[[], Problem] | None = None
+    ) -> None:
+        self.problem, self.switch_at, self.exact = problem, switch_at, exact
         self.count = 0
 
     def next(self) -> bool:
         """Advance one iteration; True when this iteration is the first on the exact objective."""
         switch = self.count == self.switch_at and self.exact is not None
-        if switch:
-            assert self.exact is not None
+        if switch and self.exact is not None:
             self.problem = self.exact()
         self.count += 1
         return switch
