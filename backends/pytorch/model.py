@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional
 from torchvision.models.vgg import cfgs, make_layers
 
+from backends.pytorch.winograd import TunedConv2d
 from backends.vgg import LAYERS, Kind, deepest, position
 from backends.weights.canonical import VGGWeights, WeightsMeta
 
@@ -31,6 +32,9 @@ def build_trunk(weights: VGGWeights, device: torch.device | str = "cpu") -> nn.S
                 module.weight.copy_(torch.from_numpy(np.asarray(weights.tensors[f"{layer.name}.weight"])))
                 assert module.bias is not None
                 module.bias.copy_(torch.from_numpy(np.asarray(weights.tensors[f"{layer.name}.bias"])))
+    for index, module in enumerate(trunk):
+        if isinstance(module, nn.Conv2d):
+            trunk[index] = TunedConv2d.wrap(module)
     trunk.requires_grad_(False)
     # channels_last (NHWC) convolutions are measurably faster with oneDNN on CPU and with cuDNN's
     # tensor-core kernels on GPU; the activations come out in the same layout.

@@ -1,0 +1,249 @@
+"""3x3 convolutions by Winograd's minimal filtering, F(2x2, 3x3), for the CPU trunk.
+
+A 3x3 convolution computes each 2x2 block of outputs from the 4x4 window of inputs around it.
+Winograd's algorithm transforms that window (V = B^T d B) and each kernel (U = G g G^T) into 4x4
+tiles in which the convolution becomes 16 independent element-wise products, summed over the
+input channels: for each of the 16 positions k, M_k = U_k V_k is a matrix product (output by
+input channels, times input channels by tiles). The outputs are M folded back (Y = A^T M A).
+That is 16 multiplications per 2x2 outputs instead of 36: 2.25x fewer.
+
+Here the 16 products run as one grouped 1x1 convolution on oneDNN (16 groups), which on this
+project's CPUs reaches about the rate of the direct 3x3 kernel once a layer has 256 channels or
+more; the transforms are a few passes of additions over memory. The deep blocks of VGG19 (256
+and 512 channels) gain about 1.25x per convolution; the shallow ones lose, since there the
+transformed tiles (four times the activations) cost more memory traffic than the products save.
+So `TunedConv2d` times both ways on the first input of each shape and keeps the faster, the way
+cuDNN's autotuner does on GPUs; CUDA keeps cuDNN's own choice.
+
+The input gradient of a 3x3 convolution is itself a 3x3 convolution (kernels flipped, channels
+swapped), so the backward pass gets the same treatment, timed on its own.
+
+Numerically F(2x2, 3x3) is as accurate as the direct kernel in float32 (its transforms only add,
+subtract and halve). bfloat16 autocast, float64 and CUDA run the direct convolution.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+# G maps a 3-tap kernel row to the 4 tile positions; B^T and A^T are applied as additions below.
+_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+_TILES = 16
+# The products' position that feeds every output of a tile with weight +1: a bias added there
+# reaches each output once, so the grouped convolution adds it for free.
+_BIAS_POSITION = 5
+# Layers with fewer input channels are never timed: their tiles cost more than they save.
+MIN_CHANNELS = 128
+MIN_SIDE = 8
+# Winograd is kept only when it is this much faster than the direct kernel, so that timing
+# noise does not flip a layer between two equal choices.
+MARGIN = 0.95
+
+
+def transform_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) kernels -> (16 C_out, C_in, 1, 1): group k holds U_k, k = 4 i + j."""
+    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    u = torch.einsum("ai,oxij,bj->abox", g, weight.detach().double(), g)  # (4, 4, C_out, C_in)
+    out_channels, in_channels = weight.shape[:2]
+    u = u.reshape(_TILES * out_channels, in_channels, 1, 1).to(weight.dtype)
+    return u.contiguous(memory_format=torch.channels_last)
+
+
+def transform_bias(bias: torch.Tensor | None, out_channels: int) -> torch.Tensor | None:
+    """The grouped convolution's bias: `bias` at the position that reaches every output."""
+    if bias is None:
+        return None
+    full = bias.new_zeros(_TILES * out_channels)
+    full[_BIAS_POSITION * out_channels : (_BIAS_POSITION + 1) * out_channels] = bias.detach()
+    return full
+
+
+def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 3x3, stride 1, padding 1 convolution of x (N, C_in, H, W) with kernels transformed by
+    `transform_weight` (and a bias by `transform_bias`). Any H and W; channels-last output."""
+    n, channels, height, width = x.shape
+    out_channels = u.shape[0] // _TILES
+    th, tw = (height + 1) // 2, (width + 1) // 2
+    # Zero padding of 1, plus one more row or column when a side is odd (cropped at the end).
+    padded = functional.pad(x, (1, 1 + 2 * tw - width, 1, 1 + 2 * th - height))
+
+    # V = B^T d B, rows first: B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
+    r = [padded[:, :, j : j + 2 * th : 2, :] for j in range(4)]
+    rows = (r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3])
+    v = torch.empty(
+        (n, _TILES * channels, th, tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+    )
+
+    def part(k: int) -> torch.Tensor:
+        return v[:, k * channels : (k + 1) * channels]
+
+    for i, row in enumerate(rows):
+        c = [row[..., j : j + 2 * tw : 2] for j in range(4)]
+        torch.sub(c[0], c[2], out=part(4 * i))
+        torch.add(c[1], c[2], out=part(4 * i + 1))
+        torch.sub(c[2], c[1], out=part(4 * i + 2))
+        torch.sub(c[1], c[3], out=part(4 * i + 3))
+
+    m = functional.conv2d(v, u, bias, groups=_TILES)
+    mk = [m[:, k * out_channels : (k + 1) * out_channels] for k in range(_TILES)]
+
+    # Y = A^T M A with A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], again rows first.
+    top = [mk[j] + mk[4 + j] for j in range(4)]
+    bottom = [mk[4 + j] - mk[8 + j] for j in range(4)]
+    for j in range(4):
+        top[j].add_(mk[8 + j])
+        bottom[j].sub_(mk[12 + j])
+    out = torch.empty(
+        (n, out_channels, 2 * th, 2 * tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+    )
+    for i, t in enumerate((top, bottom)):
+        torch.add(t[0], t[1], out=out[:, :, i::2, 0::2]).add_(t[2])
+        torch.sub(t[1], t[2], out=out[:, :, i::2, 1::2]).sub_(t[3])
+    if (2 * th, 2 * tw) != (height, width):
+        out = out[:, :, :height, :width].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+class Plan(NamedTuple):
+    """Which way a layer computes, for one input shape."""
+
+    forward: bool  # True: Winograd
+    backward: bool
+
+
+# (in channels, out channels, input shape) -> the plan timed for it.
+PLANS: dict[tuple[int, ...], Plan] = {}
+_tuning = threading.Lock()
+
+
+class _Conv(torch.autograd.Function):
+    """The trunk's 3x3 convolution (input gradient only: the weights are frozen)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: TunedConv2d, plan: Plan) -> torch.Tensor:
+        ctx.layer, ctx.plan = layer, plan
+        ctx.save_for_backward(x)
+        return layer.compute(x, plan.forward)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        result: torch.Tensor = ctx.layer.input_grad(x, grad, ctx.plan.backward)
+        return result, None, None
+
+
+class TunedConv2d(nn.Conv2d):
+    """A frozen 3x3 convolution that runs Winograd's algorithm wherever it measured faster."""
+
+    @classmethod
+    def wrap(cls, conv: nn.Conv2d) -> TunedConv2d:
+        tuned = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            padding=conv.padding,
+            bias=conv.bias is not None,
+        )
+        tuned.load_state_dict(conv.state_dict())
+        return tuned
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._transformed: dict[str, torch.Tensor | None] = {}
+
+    def eligible(self, x: torch.Tensor) -> bool:
+        """Whether Winograd is worth timing for this input at all."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self.in_channels >= MIN_CHANNELS
+            and min(x.shape[-2:]) >= MIN_SIDE
+            and torch.backends.mkldnn.is_available()
+        )
+
+    def _transforms(self) -> dict[str, torch.Tensor | None]:
+        if not self._transformed:
+            weight = self.weight.detach()
+            self._transformed = {
+                "forward": transform_weight(weight),
+                "bias": transform_bias(self.bias, self.out_channels),
+                # The input gradient convolves with the kernels flipped and their channels swapped.
+                "backward": transform_weight(weight.flip(2, 3).transpose(0, 1)),
+            }
+        return self._transformed
+
+    def compute(self, x: torch.Tensor, winograd: bool) -> torch.Tensor:
+        if not winograd:
+            return functional.conv2d(x, self.weight, self.bias, padding=1)
+        t = self._transforms()
+        assert t["forward"] is not None
+        return conv3x3(x, t["forward"], t["bias"])
+
+    def input_grad(self, x: torch.Tensor, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
+        if winograd:
+            weight = self._transforms()["backward"]
+            assert weight is not None
+            return conv3x3(grad.contiguous(memory_format=torch.channels_last), weight)
+        result: torch.Tensor = torch.ops.aten.convolution_backward(
+            grad, x, self.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+        )[0]
+        return result
+
+    def plan(self, x: torch.Tensor) -> Plan:
+        """The faster way each direction runs for inputs shaped like x: timed once per shape in
+        the process, and shared by every layer of the same channels (VGG19 repeats them)."""
+        key = (self.in_channels, self.out_channels, *x.shape)
+        with _tuning:
+            if key not in PLANS:
+                PLANS[key] = self._tune(x)
+            return PLANS[key]
+
+    def _tune(self, x: torch.Tensor) -> Plan:
+        with torch.no_grad():
+            probe = x.detach().contiguous(memory_format=torch.channels_last)
+            grad = torch.randn(
+                (x.shape[0], self.out_channels, *x.shape[2:]), generator=torch.Generator().manual_seed(0)
+            ).contiguous(memory_format=torch.channels_last)
+
+            def faster(direct: Any, winograd: Any) -> bool:
+                return _seconds(winograd) < MARGIN * _seconds(direct)
+
+            return Plan(
+                forward=faster(lambda: self.compute(probe, False), lambda: self.compute(probe, True)),
+                backward=faster(
+                    lambda: self.input_grad(probe, grad, False), lambda: self.input_grad(probe, grad, True)
+                ),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.eligible(x):
+            return super().forward(x)
+        plan = self.plan(x)
+        if plan == Plan(False, False):
+            return super().forward(x)
+        result: torch.Tensor = _Conv.apply(x, self, plan)
+        return result
+
+
+def _seconds(run: Any, repeats: int = 2) -> float:
+    """Best of `repeats` timed runs after one untimed."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
