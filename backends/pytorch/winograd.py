@@ -7,13 +7,16 @@ input channels: for each of the 16 positions k, M_k = U_k V_k is a matrix produc
 input channels, times input channels by tiles). The outputs are M folded back (Y = A^T M A).
 That is 16 multiplications per 2x2 outputs instead of 36: 2.25x fewer.
 
-Here the 16 products run as one grouped 1x1 convolution on oneDNN (16 groups), which on this
-project's CPUs reaches about the rate of the direct 3x3 kernel once a layer has 256 channels or
-more; the transforms are a few passes of additions over memory. The deep blocks of VGG19 (256
-and 512 channels) gain about 1.25x per convolution; the shallow ones lose, since there the
-transformed tiles (four times the activations) cost more memory traffic than the products save.
+Here the 16 products run as one grouped 1x1 convolution on oneDNN (16 groups), with its kernels
+packed once into oneDNN's blocked layout (a plain weight is reordered on every call, which for
+the 16 MiB of a 512-channel layer's products costs more than the products at small images). The
+transforms are a few passes of additions over memory. On this project's 2-core AVX-512 CPU, per
+convolution: 256 channels at 64x64 8.5 -> 6.5 ms, 512 at 32x32 8.3 -> 5.3 ms, 512 at 16x16
+2.0 -> 1.5 ms. The shallow layers lose (128 channels at 128x128: 8.9 -> 24 ms), since there the
+transformed tiles, four times the activations, cost more memory traffic than the products save.
 So `TunedConv2d` times both ways on the first input of each shape and keeps the faster, the way
-cuDNN's autotuner does on GPUs; CUDA keeps cuDNN's own choice.
+cuDNN's autotuner does on GPUs; CUDA keeps cuDNN's own choice. The layers it serves use packed
+kernels for the direct way too.
 
 The input gradient of a 3x3 convolution is itself a 3x3 convolution (kernels flipped, channels
 swapped), so the backward pass gets the same treatment, timed on its own.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -41,6 +45,8 @@ _BIAS_POSITION = 5
 # Layers with fewer input channels are never timed: their tiles cost more than they save.
 MIN_CHANNELS = 128
 MIN_SIDE = 8
+# The prepacked convolution that PyTorch's own CPU compiler uses; absent from some builds.
+_PACKING = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
 # Winograd is kept only when it is this much faster than the direct kernel, so that timing
 # noise does not flip a layer between two equal choices.
 MARGIN = 0.95
@@ -51,8 +57,7 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
     u = torch.einsum("ai,oxij,bj->abox", g, weight.detach().double(), g)  # (4, 4, C_out, C_in)
     out_channels, in_channels = weight.shape[:2]
-    u = u.reshape(_TILES * out_channels, in_channels, 1, 1).to(weight.dtype)
-    return u.contiguous(memory_format=torch.channels_last)
+    return u.reshape(_TILES * out_channels, in_channels, 1, 1).to(weight.dtype)
 
 
 def transform_bias(bias: torch.Tensor | None, out_channels: int) -> torch.Tensor | None:
@@ -64,11 +69,41 @@ def transform_bias(bias: torch.Tensor | None, out_channels: int) -> torch.Tensor
     return full
 
 
+def pack(weight: torch.Tensor, groups: int, padding: int, shape: Sequence[int]) -> torch.Tensor:
+    """Kernels in oneDNN's blocked layout, reordered once here rather than on every call.
+
+    A plain float32 weight is reordered by every convolution call; for the products' 16 MiB of
+    kernels (512 channels) that costs more than the products themselves at small images. Where
+    this PyTorch build lacks the prepacked path, the weight is returned as it is.
+    """
+    if not _PACKING:
+        return weight.contiguous(memory_format=torch.channels_last)
+    # Standard strides first: a channels-last 1x1 kernel counts as contiguous but is not read so.
+    plain = weight.clone(memory_format=torch.contiguous_format).to_mkldnn()
+    packed: torch.Tensor = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
+        plain, [padding] * 2, [1, 1], [1, 1], groups, list(shape)
+    )
+    return packed
+
+
+def _conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, groups: int = 1
+) -> torch.Tensor:
+    """A stride-1 convolution with a weight from `pack` (or a plain one)."""
+    if weight.is_mkldnn:
+        result: torch.Tensor = torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, [padding] * 2, [1, 1], [1, 1], groups, "none", [], ""
+        )
+        return result
+    return functional.conv2d(x, weight, bias, padding=padding, groups=groups)
+
+
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A 3x3, stride 1, padding 1 convolution of x (N, C_in, H, W) with kernels transformed by
-    `transform_weight` (and a bias by `transform_bias`). Any H and W; channels-last output."""
+    `transform_weight` (and a bias by `transform_bias`), plain or packed by `pack`. Any H and W;
+    channels-last output."""
     n, channels, height, width = x.shape
-    out_channels = u.shape[0] // _TILES
+    out_channels = u.size(0) // _TILES
     th, tw = (height + 1) // 2, (width + 1) // 2
     # Zero padding of 1, plus one more row or column when a side is odd (cropped at the end).
     padded = functional.pad(x, (1, 1 + 2 * tw - width, 1, 1 + 2 * th - height))
@@ -90,7 +125,7 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) 
         torch.sub(c[2], c[1], out=part(4 * i + 2))
         torch.sub(c[1], c[3], out=part(4 * i + 3))
 
-    m = functional.conv2d(v, u, bias, groups=_TILES)
+    m = _conv(v, u, bias, padding=0, groups=_TILES)
     mk = [m[:, k * out_channels : (k + 1) * out_channels] for k in range(_TILES)]
 
     # Y = A^T M A with A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], again rows first.
@@ -119,7 +154,7 @@ class Plan(NamedTuple):
 
 # (in channels, out channels, input shape) -> the plan timed for it.
 PLANS: dict[tuple[int, ...], Plan] = {}
-_tuning = threading.Lock()
+_tuning = threading.RLock()  # timing a plan packs kernels under it too
 
 
 class _Conv(torch.autograd.Function):
@@ -128,13 +163,11 @@ class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: TunedConv2d, plan: Plan) -> torch.Tensor:
         ctx.layer, ctx.plan = layer, plan
-        ctx.save_for_backward(x)
         return layer.compute(x, plan.forward)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (x,) = ctx.saved_tensors
-        result: torch.Tensor = ctx.layer.input_grad(x, grad, ctx.plan.backward)
+        result: torch.Tensor = ctx.layer.input_grad(grad, ctx.plan.backward)
         return result, None, None
 
 
@@ -155,7 +188,8 @@ class TunedConv2d(nn.Conv2d):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._transformed: dict[str, torch.Tensor | None] = {}
+        self._packed: dict[str, torch.Tensor] = {}
+        self._winograd_bias: torch.Tensor | None = None
 
     def eligible(self, x: torch.Tensor) -> bool:
         """Whether Winograd is worth timing for this input at all."""
@@ -174,33 +208,47 @@ class TunedConv2d(nn.Conv2d):
             and torch.backends.mkldnn.is_available()
         )
 
-    def _transforms(self) -> dict[str, torch.Tensor | None]:
-        if not self._transformed:
-            weight = self.weight.detach()
-            self._transformed = {
-                "forward": transform_weight(weight),
-                "bias": transform_bias(self.bias, self.out_channels),
-                # The input gradient convolves with the kernels flipped and their channels swapped.
-                "backward": transform_weight(weight.flip(2, 3).transpose(0, 1)),
-            }
-        return self._transformed
+    def _kernels(self, kind: str, shape: Sequence[int]) -> torch.Tensor:
+        """This layer's kernels for one way of computing, packed on first use.
+
+        The input gradient of a 3x3 convolution is the convolution of the output gradient with
+        the kernels flipped and their channels swapped, so both directions run as forward
+        convolutions.
+        """
+        kernels = self._packed.get(kind)
+        if kernels is None:
+            with _tuning:
+                kernels = self._packed.get(kind)
+                if kernels is None:
+                    kernels = self._pack(kind, shape)
+                    self._packed[kind] = kernels
+        return kernels
+
+    def _pack(self, kind: str, shape: Sequence[int]) -> torch.Tensor:
+        weight = self.weight.detach()
+        if kind in ("direct input grad", "winograd input grad"):
+            weight = weight.flip(2, 3).transpose(0, 1)
+        if kind in ("winograd", "winograd input grad"):
+            return pack(transform_weight(weight), _TILES, 0, (shape[0], _TILES * shape[1], *shape[2:]))
+        return pack(weight, 1, 1, shape)
+
+    def _bias(self) -> torch.Tensor | None:
+        if self._winograd_bias is None and self.bias is not None:
+            self._winograd_bias = transform_bias(self.bias, self.out_channels)
+        return self._winograd_bias
 
     def compute(self, x: torch.Tensor, winograd: bool) -> torch.Tensor:
-        if not winograd:
-            return functional.conv2d(x, self.weight, self.bias, padding=1)
-        t = self._transforms()
-        assert t["forward"] is not None
-        return conv3x3(x, t["forward"], t["bias"])
-
-    def input_grad(self, x: torch.Tensor, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
+        """The layer's output, one way or the other."""
         if winograd:
-            weight = self._transforms()["backward"]
-            assert weight is not None
-            return conv3x3(grad.contiguous(memory_format=torch.channels_last), weight)
-        result: torch.Tensor = torch.ops.aten.convolution_backward(
-            grad, x, self.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
-        )[0]
-        return result
+            return conv3x3(x, self._kernels("winograd", x.shape), self._bias())
+        return _conv(x, self._kernels("direct", x.shape), self.bias, padding=1)
+
+    def input_grad(self, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
+        """The gradient with respect to the layer's input, one way or the other."""
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        if winograd:
+            return conv3x3(grad, self._kernels("winograd input grad", grad.shape))
+        return _conv(grad, self._kernels("direct input grad", grad.shape), None, padding=1)
 
     def plan(self, x: torch.Tensor) -> Plan:
         """The faster way each direction runs for inputs shaped like x: timed once per shape in
@@ -209,7 +257,17 @@ class TunedConv2d(nn.Conv2d):
         with _tuning:
             if key not in PLANS:
                 PLANS[key] = self._tune(x)
+                self._release_unused()
             return PLANS[key]
+
+    def _release_unused(self) -> None:
+        """Drop the packed kernels that no plan of this layer's channels uses (timing packs both
+        ways); a later shape that needs them packs them again."""
+        plans = [p for key, p in PLANS.items() if key[:2] == (self.in_channels, self.out_channels)]
+        used = {"winograd" if p.forward else "direct" for p in plans}
+        used |= {"winograd input grad" if p.backward else "direct input grad" for p in plans}
+        for kind in set(self._packed) - used:
+            del self._packed[kind]
 
     def _tune(self, x: torch.Tensor) -> Plan:
         with torch.no_grad():
@@ -223,17 +281,13 @@ class TunedConv2d(nn.Conv2d):
 
             return Plan(
                 forward=faster(lambda: self.compute(probe, False), lambda: self.compute(probe, True)),
-                backward=faster(
-                    lambda: self.input_grad(probe, grad, False), lambda: self.input_grad(probe, grad, True)
-                ),
+                backward=faster(lambda: self.input_grad(grad, False), lambda: self.input_grad(grad, True)),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.eligible(x):
             return super().forward(x)
         plan = self.plan(x)
-        if plan == Plan(False, False):
-            return super().forward(x)
         result: torch.Tensor = _Conv.apply(x, self, plan)
         return result
 

@@ -110,9 +110,9 @@ def test_the_timing_keeps_the_faster_way(monkeypatch: pytest.MonkeyPatch, slow: 
         delayed(winograd_way)
         return compute(self, x, winograd_way)
 
-    def slow_grad(self: TunedConv2d, x: torch.Tensor, g: torch.Tensor, winograd_way: bool) -> torch.Tensor:
+    def slow_grad(self: TunedConv2d, g: torch.Tensor, winograd_way: bool) -> torch.Tensor:
         delayed(winograd_way)
-        return input_grad(self, x, g, winograd_way)
+        return input_grad(self, g, winograd_way)
 
     monkeypatch.setattr(TunedConv2d, "compute", slow_compute)
     monkeypatch.setattr(TunedConv2d, "input_grad", slow_grad)
@@ -162,3 +162,20 @@ def test_the_trunk_gives_the_same_features_and_gradient_either_way(monkeypatch: 
         assert (fast[name] - direct[name]).abs().max() < 1e-4 * scale, name
     assert (fast_grad - direct_grad).abs().max() < 1e-4 * direct_grad.abs().max()
     assert any(winograd.PLANS)  # the deep layers were served by the plan above
+
+
+def test_timing_keeps_only_the_kernels_its_plans_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    plans = iter([Plan(True, False), Plan(False, False)])
+    tune = TunedConv2d._tune
+
+    def scripted(self: TunedConv2d, x: torch.Tensor) -> Plan:
+        tune(self, x)  # packs all four kinds of kernels
+        return next(plans)
+
+    monkeypatch.setattr(TunedConv2d, "_tune", scripted)
+    layer = _layer(winograd.MIN_CHANNELS, 8)
+    with torch.no_grad():
+        layer(_input(winograd.MIN_CHANNELS, 8, 8))
+        assert set(layer._packed) == {"winograd", "direct input grad"}
+        layer(_input(winograd.MIN_CHANNELS, 10, 10))
+        assert set(layer._packed) == {"winograd", "direct", "direct input grad"}
