@@ -38,6 +38,7 @@ from backends import registry
 from backends.base import Backend, BackendJob, Iterate, Outcome, StyleInput
 from backends.options import StyleOptions
 from backends.pytorch.backend import FLOAT32_FINISH
+from backends.pytorch.winograd import TunedConv2d
 from backends.vgg import CONV_LAYERS, deepest, position
 from backends.weights.canonical import VGGWeights, random_weights
 from backends.weights.store import resolve
@@ -108,8 +109,9 @@ def matmul_peak(dtype: torch.dtype, device: str = "cpu") -> float:
 
 
 def conv_peak(dtype: torch.dtype, device: str = "cpu") -> float:
-    """Best GFLOP/s of one large 3x3 convolution (256 -> 256 channels, channels_last; 64 x 64 on
-    CPU, 256 x 256 on GPU).
+    """Best GFLOP/s of one large direct 3x3 convolution (256 -> 256 channels, channels_last;
+    64 x 64 on CPU, 256 x 256 on GPU), on CPU in float32 with its kernels prepacked as the
+    trunk runs them (no reorder per call).
 
     On some CPUs oneDNN's convolution kernels run faster than the BLAS matrix product, so the
     fractions in the table are taken against the better of the two measured rates."""
@@ -117,8 +119,11 @@ def conv_peak(dtype: torch.dtype, device: str = "cpu") -> float:
     x = torch.randn(1, 256, side, side, dtype=dtype, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device, dtype, memory_format=torch.channels_last)
+    tuned = TunedConv2d.wrap(conv).to(device, dtype, memory_format=torch.channels_last)
+    packed = device == "cpu" and tuned.eligible(x)
     with torch.no_grad():
-        return 2 * side * side * 256 * 256 * 9 / _best_seconds(lambda: conv(x), device) / 1e9
+        seconds = _best_seconds(lambda: tuned.compute(x, False) if packed else conv(x), device)
+    return 2 * side * side * 256 * 256 * 9 / seconds / 1e9
 
 
 class PeakMemory:
@@ -400,6 +405,10 @@ def main() -> None:
             f"{r.gflops:>8.0f} {r.gflops / best[r.device, dtypes[r.name]]:>7.0%} "
             f"{ref.median_ms / r.median_ms:>6.2f}x"
         )
+    print(
+        "GFLOP/s count the FLOPs of direct convolutions; the PyTorch float32 CPU rows run the deep "
+        "layers by Winograd's F(2x2,3x3), which multiplies 2.25x less, so they can pass 100 %."
+    )
     for device in devices:
         rate = best[device, torch.float32] * 1e9
         floor = {size: flops(size, options) / rate * 1000 for size in sizes[device]}

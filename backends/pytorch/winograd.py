@@ -12,7 +12,8 @@ packed once into oneDNN's blocked layout (a plain weight is reordered on every c
 the 16 MiB of a 512-channel layer's products costs more than the products at small images). The
 transforms are a few passes of additions over memory. On this project's 2-core AVX-512 CPU, per
 convolution: 256 channels at 64x64 8.5 -> 6.5 ms, 512 at 32x32 8.3 -> 5.3 ms, 512 at 16x16
-2.0 -> 1.5 ms. The shallow layers lose (128 channels at 128x128: 8.9 -> 24 ms), since there the
+2.0 -> 1.5 ms; at 512 px, in bands (see `conv3x3`), 256 at 128x128 34.7 -> 25.4 ms and 512 at
+64x64 34.1 -> 22.6 ms. The shallow layers lose (128 channels at 128x128: 8.9 -> 24 ms), since there the
 transformed tiles, four times the activations, cost more memory traffic than the products save.
 So `TunedConv2d` times both ways on the first input of each shape and keeps the faster, the way
 cuDNN's autotuner does on GPUs; CUDA keeps cuDNN's own choice. The layers it serves use packed
@@ -47,6 +48,8 @@ MIN_CHANNELS = 128
 MIN_SIDE = 8
 # The prepacked convolution that PyTorch's own CPU compiler uses; absent from some builds.
 _PACKING = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
+# Transformed tiles per band of a large image (see `conv3x3`).
+BAND_BYTES = 16 * 2**20
 # Winograd is kept only when it is this much faster than the direct kernel, so that timing
 # noise does not flip a layer between two equal choices.
 MARGIN = 0.95
@@ -101,18 +104,43 @@ def _conv(
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A 3x3, stride 1, padding 1 convolution of x (N, C_in, H, W) with kernels transformed by
     `transform_weight` (and a bias by `transform_bias`), plain or packed by `pack`. Any H and W;
-    channels-last output."""
+    channels-last output.
+
+    Large images run in bands of tile rows, each band's transformed tiles at most `BAND_BYTES`:
+    whole-image tiles of a 512 px job's deep layers (64 MiB and more) would leave the cache and,
+    past the allocator's 32 MiB mapping threshold, fault their pages in on every call.
+    """
     n, channels, height, width = x.shape
     out_channels = u.size(0) // _TILES
     th, tw = (height + 1) // 2, (width + 1) // 2
     # Zero padding of 1, plus one more row or column when a side is odd (cropped at the end).
     padded = functional.pad(x, (1, 1 + 2 * tw - width, 1, 1 + 2 * th - height))
+    out = torch.empty(
+        (n, out_channels, 2 * th, 2 * tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+    )
+    row_bytes = n * _TILES * max(channels, out_channels) * tw * x.element_size()
+    band = max(1, min(th, BAND_BYTES // row_bytes))
+    for start in range(0, th, band):
+        stop = min(th, start + band)
+        # Tile rows start..stop read padded rows 2 start .. 2 stop + 1 and write output rows
+        # 2 start .. 2 stop - 1.
+        _band(padded[:, :, 2 * start : 2 * stop + 2], u, bias, out[:, :, 2 * start : 2 * stop])
+    if (2 * th, 2 * tw) != (height, width):
+        out = out[:, :, :height, :width].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _band(padded: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """One band: `padded` holds 2 T + 2 rows of the padded input, `out` its 2 T output rows."""
+    n, channels = padded.shape[:2]
+    th, tw = (padded.shape[2] - 2) // 2, (padded.shape[3] - 2) // 2
+    out_channels = out.shape[1]
 
     # V = B^T d B, rows first: B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
     r = [padded[:, :, j : j + 2 * th : 2, :] for j in range(4)]
     rows = (r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3])
     v = torch.empty(
-        (n, _TILES * channels, th, tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+        (n, _TILES * channels, th, tw), dtype=padded.dtype, device=padded.device, memory_format=torch.channels_last
     )
 
     def part(k: int) -> torch.Tensor:
@@ -134,15 +162,9 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) 
     for j in range(4):
         top[j].add_(mk[8 + j])
         bottom[j].sub_(mk[12 + j])
-    out = torch.empty(
-        (n, out_channels, 2 * th, 2 * tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
-    )
     for i, t in enumerate((top, bottom)):
         torch.add(t[0], t[1], out=out[:, :, i::2, 0::2]).add_(t[2])
         torch.sub(t[1], t[2], out=out[:, :, i::2, 1::2]).sub_(t[3])
-    if (2 * th, 2 * tw) != (height, width):
-        out = out[:, :, :height, :width].contiguous(memory_format=torch.channels_last)
-    return out
 
 
 class Plan(NamedTuple):

@@ -46,6 +46,22 @@ def test_conv3x3_equals_the_direct_convolution(height: int, width: int, c_in: in
     assert error < 1e-6
 
 
+@pytest.mark.parametrize("rows_per_band", [1, 2, 3])
+def test_large_images_run_in_bands_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch, rows_per_band: int
+) -> None:
+    layer = _layer(8, 6)
+    x = _input(8, 15, 12)  # 8 tile rows: bands of 1, 2 and 3 (the last one shorter)
+    u, bias = transform_weight(layer.weight), transform_bias(layer.bias, 6)
+    whole = conv3x3(x, u, bias)
+    row_bytes = 16 * 8 * 6 * x.element_size()  # 16 tiles x max channels x tile columns
+    monkeypatch.setattr(winograd, "BAND_BYTES", rows_per_band * row_bytes)
+    banded = conv3x3(x, u, bias)
+    expected = functional.conv2d(x.double(), layer.weight.double(), layer.bias.double(), padding=1)
+    assert torch.allclose(banded.double(), expected, rtol=0, atol=1e-6 * expected.abs().max().item())
+    assert torch.allclose(banded, whole, rtol=0, atol=1e-6)
+
+
 def test_the_bias_reaches_every_output_once() -> None:
     layer = _layer(4, 5)
     x = torch.zeros(1, 4, 6, 7).contiguous(memory_format=torch.channels_last)
