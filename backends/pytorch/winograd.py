@@ -140,7 +140,10 @@ def _band(padded: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, out:
     r = [padded[:, :, j : j + 2 * th : 2, :] for j in range(4)]
     rows = (r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3])
     v = torch.empty(
-        (n, _TILES * channels, th, tw), dtype=padded.dtype, device=padded.device, memory_format=torch.channels_last
+        (n, _TILES * channels, th, tw),
+        dtype=padded.dtype,
+        device=padded.device,
+        memory_format=torch.channels_last,
     )
 
     def part(k: int) -> torch.Tensor:
