@@ -23,7 +23,8 @@ The input gradient of a 3x3 convolution is itself a 3x3 convolution (kernels fli
 swapped), so the backward pass gets the same treatment, timed on its own.
 
 Numerically F(2x2, 3x3) is as accurate as the direct kernel in float32 (its transforms only add,
-subtract and halve). bfloat16 autocast, float64 and CUDA run the direct convolution.
+subtract and halve). Under bfloat16 autocast every layer runs the direct convolution with packed
+bfloat16 kernels (a 256 px bfloat16 iteration 120 -> 113 ms); float64 and CUDA run PyTorch's own.
 """
 
 from __future__ import annotations
@@ -213,67 +214,86 @@ class TunedConv2d(nn.Conv2d):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._packed: dict[str, torch.Tensor] = {}
-        self._winograd_bias: torch.Tensor | None = None
+        # (Winograd, input gradient, dtype) -> packed kernels
+        self._packed: dict[tuple[bool, bool, torch.dtype], torch.Tensor] = {}
+        self._biases: dict[tuple[bool, torch.dtype], torch.Tensor | None] = {}
 
-    def eligible(self, x: torch.Tensor) -> bool:
-        """Whether Winograd is worth timing for this input at all."""
+    def _standard(self, x: torch.Tensor) -> bool:
         return (
             x.device.type == "cpu"
-            and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
             and self.kernel_size == (3, 3)
             and self.stride == (1, 1)
             and self.padding == (1, 1)
             and self.dilation == (1, 1)
             and self.groups == 1
-            and self.in_channels >= MIN_CHANNELS
-            and min(x.shape[-2:]) >= MIN_SIDE
             and torch.backends.mkldnn.is_available()
         )
 
-    def _kernels(self, kind: str, shape: Sequence[int]) -> torch.Tensor:
-        """This layer's kernels for one way of computing, packed on first use.
+    def eligible(self, x: torch.Tensor) -> bool:
+        """Whether Winograd is worth timing for this float32 input at all."""
+        return (
+            self._standard(x)
+            and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and self.in_channels >= MIN_CHANNELS
+            and min(x.shape[-2:]) >= MIN_SIDE
+        )
+
+    def packs_bfloat16(self, x: torch.Tensor) -> bool:
+        """Whether this input runs in bfloat16 under CPU autocast, with packed bfloat16 kernels
+        (the direct way only: Winograd's transforms would round in bfloat16 too)."""
+        return (
+            _PACKING
+            and self._standard(x)
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
+
+    def _kernels(self, winograd: bool, input_grad: bool, x: torch.Tensor) -> torch.Tensor:
+        """This layer's kernels for one way, one direction and x's dtype, packed on first use.
 
         The input gradient of a 3x3 convolution is the convolution of the output gradient with
         the kernels flipped and their channels swapped, so both directions run as forward
         convolutions.
         """
-        kernels = self._packed.get(kind)
+        key = (winograd, input_grad, x.dtype)
+        kernels = self._packed.get(key)
         if kernels is None:
             with _tuning:
-                kernels = self._packed.get(kind)
+                kernels = self._packed.get(key)
                 if kernels is None:
-                    kernels = self._pack(kind, shape)
-                    self._packed[kind] = kernels
+                    kernels = self._pack(winograd, input_grad, x)
+                    self._packed[key] = kernels
         return kernels
 
-    def _pack(self, kind: str, shape: Sequence[int]) -> torch.Tensor:
+    def _pack(self, winograd: bool, input_grad: bool, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.detach()
-        if kind in ("direct input grad", "winograd input grad"):
+        if input_grad:
             weight = weight.flip(2, 3).transpose(0, 1)
-        if kind in ("winograd", "winograd input grad"):
-            return pack(transform_weight(weight), _TILES, 0, (shape[0], _TILES * shape[1], *shape[2:]))
-        return pack(weight, 1, 1, shape)
+        if winograd:
+            shape = (x.shape[0], _TILES * x.shape[1], *x.shape[2:])
+            return pack(transform_weight(weight).to(x.dtype), _TILES, 0, shape)
+        return pack(weight.to(x.dtype), 1, 1, x.shape)
 
-    def _bias(self) -> torch.Tensor | None:
-        if self._winograd_bias is None and self.bias is not None:
-            self._winograd_bias = transform_bias(self.bias, self.out_channels)
-        return self._winograd_bias
+    def _bias(self, winograd: bool, dtype: torch.dtype) -> torch.Tensor | None:
+        key = (winograd, dtype)
+        if key not in self._biases:
+            bias = None if self.bias is None else self.bias.detach().to(dtype)
+            self._biases[key] = transform_bias(bias, self.out_channels) if winograd else bias
+        return self._biases[key]
 
     def compute(self, x: torch.Tensor, winograd: bool) -> torch.Tensor:
         """The layer's output, one way or the other."""
-        if winograd:
-            return conv3x3(x, self._kernels("winograd", x.shape), self._bias())
-        return _conv(x, self._kernels("direct", x.shape), self.bias, padding=1)
+        kernels, bias = self._kernels(winograd, False, x), self._bias(winograd, x.dtype)
+        return conv3x3(x, kernels, bias) if winograd else _conv(x, kernels, bias, padding=1)
 
     def input_grad(self, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
         """The gradient with respect to the layer's input, one way or the other."""
         grad = grad.contiguous(memory_format=torch.channels_last)
-        if winograd:
-            return conv3x3(grad, self._kernels("winograd input grad", grad.shape))
-        return _conv(grad, self._kernels("direct input grad", grad.shape), None, padding=1)
+        kernels = self._kernels(winograd, True, grad)
+        return conv3x3(grad, kernels) if winograd else _conv(grad, kernels, None, padding=1)
 
     def plan(self, x: torch.Tensor) -> Plan:
         """The faster way each direction runs for inputs shaped like x: timed once per shape in
@@ -289,10 +309,10 @@ class TunedConv2d(nn.Conv2d):
         """Drop the packed kernels that no plan of this layer's channels uses (timing packs both
         ways); a later shape that needs them packs them again."""
         plans = [p for key, p in PLANS.items() if key[:2] == (self.in_channels, self.out_channels)]
-        used = {"winograd" if p.forward else "direct" for p in plans}
-        used |= {"winograd input grad" if p.backward else "direct input grad" for p in plans}
-        for kind in set(self._packed) - used:
-            del self._packed[kind]
+        used = {(p.forward, False, torch.float32) for p in plans}
+        used |= {(p.backward, True, torch.float32) for p in plans}
+        for key in [k for k in self._packed if k[2] == torch.float32 and k not in used]:
+            del self._packed[key]
 
     def _tune(self, x: torch.Tensor) -> Plan:
         with torch.no_grad():
@@ -310,9 +330,14 @@ class TunedConv2d(nn.Conv2d):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.eligible(x):
+        if self.eligible(x):
+            plan = self.plan(x)
+        elif self.packs_bfloat16(x):
+            # As autocast would: the input in bfloat16 (autograd casts its gradient back), and
+            # the output in bfloat16; the kernels are packed once instead of cast on every call.
+            x, plan = x.to(torch.bfloat16), Plan(False, False)
+        else:
             return super().forward(x)
-        plan = self.plan(x)
         result: torch.Tensor = _Conv.apply(x, self, plan)
         return result
 

@@ -192,6 +192,26 @@ def test_timing_keeps_only_the_kernels_its_plans_use(monkeypatch: pytest.MonkeyP
     layer = _layer(winograd.MIN_CHANNELS, 8)
     with torch.no_grad():
         layer(_input(winograd.MIN_CHANNELS, 8, 8))
-        assert set(layer._packed) == {"winograd", "direct input grad"}
+        f32 = torch.float32
+        assert set(layer._packed) == {(True, False, f32), (False, True, f32)}
         layer(_input(winograd.MIN_CHANNELS, 10, 10))
-        assert set(layer._packed) == {"winograd", "direct", "direct input grad"}
+        assert set(layer._packed) == {(True, False, f32), (False, False, f32), (False, True, f32)}
+
+
+def test_bfloat16_autocast_runs_packed_kernels_like_autocast_does() -> None:
+    layer = _layer(16, 8)
+    x = _input(16, 12, 10).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    grad = _input(8, 12, 10, seed=2).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.packs_bfloat16(x) and not layer.eligible(x)
+        out = layer(x)
+        expected = functional.conv2d(x_ref, layer.weight, layer.bias, padding=1)
+    out.backward(grad)
+    expected.backward(grad)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert torch.equal(out, expected)
+    assert x.grad is not None and x_ref.grad is not None
+    assert x.grad.dtype == torch.float32
+    assert torch.allclose(x.grad, x_ref.grad, rtol=0, atol=1e-2 * x_ref.grad.abs().max().item())
+    assert set(layer._packed) == {(False, False, torch.bfloat16), (False, True, torch.bfloat16)}
