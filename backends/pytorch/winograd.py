@@ -16,8 +16,9 @@ convolution: 256 channels at 64x64 8.5 -> 6.5 ms, 512 at 32x32 8.3 -> 5.3 ms, 51
 64x64 34.1 -> 22.6 ms. The shallow layers lose (128 channels at 128x128: 8.9 -> 24 ms), since there the
 transformed tiles, four times the activations, cost more memory traffic than the products save.
 So `TunedConv2d` times both ways on the first input of each shape and keeps the faster, the way
-cuDNN's autotuner does on GPUs; CUDA keeps cuDNN's own choice. The layers it serves use packed
-kernels for the direct way too.
+cuDNN's autotuner does on GPUs; CUDA keeps cuDNN's own choice. The direct way stays PyTorch's
+own convolution with the plain weight: packing its kernels too saved at most 0.4 ms a layer and
+would hold a second copy of every weight.
 
 The input gradient of a 3x3 convolution is itself a 3x3 convolution (kernels flipped, channels
 swapped), so the backward pass gets the same treatment, timed on its own.
@@ -189,11 +190,15 @@ class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: TunedConv2d, plan: Plan) -> torch.Tensor:
         ctx.layer, ctx.plan = layer, plan
+        # The direct input gradient reads x's shape and layout; x is kept alive by the ReLU
+        # before it anyway.
+        ctx.save_for_backward(x)
         return layer.compute(x, plan.forward)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        result: torch.Tensor = ctx.layer.input_grad(grad, ctx.plan.backward)
+        (x,) = ctx.saved_tensors
+        result: torch.Tensor = ctx.layer.input_grad(x, grad, ctx.plan.backward)
         return result, None, None
 
 
@@ -286,14 +291,23 @@ class TunedConv2d(nn.Conv2d):
 
     def compute(self, x: torch.Tensor, winograd: bool) -> torch.Tensor:
         """The layer's output, one way or the other."""
-        kernels, bias = self._kernels(winograd, False, x), self._bias(winograd, x.dtype)
-        return conv3x3(x, kernels, bias) if winograd else _conv(x, kernels, bias, padding=1)
+        if winograd:
+            return conv3x3(x, self._kernels(True, False, x), self._bias(True, x.dtype))
+        if x.dtype == torch.bfloat16:
+            return _conv(x, self._kernels(False, False, x), self._bias(False, x.dtype), padding=1)
+        return functional.conv2d(x, self.weight, self.bias, padding=1)
 
-    def input_grad(self, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
-        """The gradient with respect to the layer's input, one way or the other."""
+    def input_grad(self, x: torch.Tensor, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
+        """The gradient with respect to the layer's input x, one way or the other."""
         grad = grad.contiguous(memory_format=torch.channels_last)
-        kernels = self._kernels(winograd, True, grad)
-        return conv3x3(grad, kernels) if winograd else _conv(grad, kernels, None, padding=1)
+        if winograd:
+            return conv3x3(grad, self._kernels(True, True, grad))
+        if grad.dtype == torch.bfloat16:
+            return _conv(grad, self._kernels(False, True, grad), None, padding=1)
+        result: torch.Tensor = torch.ops.aten.convolution_backward(
+            grad, x, self.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+        )[0]
+        return result
 
     def plan(self, x: torch.Tensor) -> Plan:
         """The faster way each direction runs for inputs shaped like x: timed once per shape in
@@ -306,11 +320,11 @@ class TunedConv2d(nn.Conv2d):
             return PLANS[key]
 
     def _release_unused(self) -> None:
-        """Drop the packed kernels that no plan of this layer's channels uses (timing packs both
-        ways); a later shape that needs them packs them again."""
+        """Drop the Winograd kernels that no plan of this layer's channels uses (timing packs
+        them); a later shape that needs them packs them again."""
         plans = [p for key, p in PLANS.items() if key[:2] == (self.in_channels, self.out_channels)]
-        used = {(p.forward, False, torch.float32) for p in plans}
-        used |= {(p.backward, True, torch.float32) for p in plans}
+        used = {(True, False, torch.float32) for p in plans if p.forward}
+        used |= {(True, True, torch.float32) for p in plans if p.backward}
         for key in [k for k in self._packed if k[2] == torch.float32 and k not in used]:
             del self._packed[key]
 
@@ -326,11 +340,16 @@ class TunedConv2d(nn.Conv2d):
 
             return Plan(
                 forward=faster(lambda: self.compute(probe, False), lambda: self.compute(probe, True)),
-                backward=faster(lambda: self.input_grad(grad, False), lambda: self.input_grad(grad, True)),
+                backward=faster(
+                    lambda: self.input_grad(probe, grad, False), lambda: self.input_grad(probe, grad, True)
+                ),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.eligible(x):
+        if self.eligible(x) and torch.is_grad_enabled():
+            # Only passes that will run backward are served: a job's no-grad passes (its targets,
+            # once, at the content's and each style's size) would otherwise time shapes that the
+            # optimization never runs, such as the whole image of a tiled job.
             plan = self.plan(x)
         elif self.packs_bfloat16(x):
             # As autocast would: the input in bfloat16 (autograd casts its gradient back), and

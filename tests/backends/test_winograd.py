@@ -102,11 +102,10 @@ def test_a_shape_is_timed_once_and_shared_by_layers_of_the_same_channels(
     monkeypatch.setattr(TunedConv2d, "_tune", counting)
     first, second = _layer(winograd.MIN_CHANNELS, 8, seed=0), _layer(winograd.MIN_CHANNELS, 8, seed=1)
     small, large = _input(winograd.MIN_CHANNELS, 8, 8), _input(winograd.MIN_CHANNELS, 16, 16)
-    with torch.no_grad():
-        for _ in range(2):
-            first(small)
-            second(small)
-            first(large)
+    for _ in range(2):
+        first(small)
+        second(small)
+        first(large)
     assert timed == [tuple(small.shape), tuple(large.shape)]
     assert set(winograd.PLANS) == {
         (winograd.MIN_CHANNELS, 8, *small.shape),
@@ -126,9 +125,9 @@ def test_the_timing_keeps_the_faster_way(monkeypatch: pytest.MonkeyPatch, slow: 
         delayed(winograd_way)
         return compute(self, x, winograd_way)
 
-    def slow_grad(self: TunedConv2d, g: torch.Tensor, winograd_way: bool) -> torch.Tensor:
+    def slow_grad(self: TunedConv2d, x: torch.Tensor, g: torch.Tensor, winograd_way: bool) -> torch.Tensor:
         delayed(winograd_way)
-        return input_grad(self, g, winograd_way)
+        return input_grad(self, x, g, winograd_way)
 
     monkeypatch.setattr(TunedConv2d, "compute", slow_compute)
     monkeypatch.setattr(TunedConv2d, "input_grad", slow_grad)
@@ -181,21 +180,29 @@ def test_the_trunk_gives_the_same_features_and_gradient_either_way(monkeypatch: 
 
 
 def test_timing_keeps_only_the_kernels_its_plans_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    plans = iter([Plan(True, False), Plan(False, False)])
+    plans = iter([Plan(True, False), Plan(False, False)])  # the second uses no Winograd kernels
     tune = TunedConv2d._tune
 
     def scripted(self: TunedConv2d, x: torch.Tensor) -> Plan:
-        tune(self, x)  # packs all four kinds of kernels
+        tune(self, x)  # packs the Winograd kernels of both directions
         return next(plans)
 
     monkeypatch.setattr(TunedConv2d, "_tune", scripted)
     layer = _layer(winograd.MIN_CHANNELS, 8)
+    layer(_input(winograd.MIN_CHANNELS, 8, 8))
+    assert set(layer._packed) == {(True, False, torch.float32)}  # not the backward's
+    layer(_input(winograd.MIN_CHANNELS, 10, 10))
+    assert set(layer._packed) == {(True, False, torch.float32)}
+
+
+def test_passes_without_gradients_run_direct_and_time_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TunedConv2d, "_tune", lambda self, x: Plan(True, True))
+    layer = _layer(winograd.MIN_CHANNELS, 8)
+    x = _input(winograd.MIN_CHANNELS, 8, 8)
     with torch.no_grad():
-        layer(_input(winograd.MIN_CHANNELS, 8, 8))
-        f32 = torch.float32
-        assert set(layer._packed) == {(True, False, f32), (False, True, f32)}
-        layer(_input(winograd.MIN_CHANNELS, 10, 10))
-        assert set(layer._packed) == {(True, False, f32), (False, False, f32), (False, True, f32)}
+        out = layer(x)
+    assert torch.equal(out, functional.conv2d(x, layer.weight, layer.bias, padding=1))
+    assert winograd.PLANS == {} and layer._packed == {}
 
 
 def test_bfloat16_autocast_runs_packed_kernels_like_autocast_does() -> None:
