@@ -128,7 +128,10 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) 
         # 2 start .. 2 stop - 1.
         _band(padded[:, :, 2 * start : 2 * stop + 2], u, bias, out[:, :, 2 * start : 2 * stop])
     if (2 * th, 2 * tw) != (height, width):
-        out = out[:, :, :height, :width].contiguous(memory_format=torch.channels_last)
+        # A copy even where the crop alone would be contiguous (odd height, even width): the
+        # output of an autograd Function must not be a view, or the ReLU after it could not
+        # run in place.
+        out = out[:, :, :height, :width].clone(memory_format=torch.channels_last)
     return out
 
 
@@ -173,33 +176,36 @@ def _band(padded: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, out:
 
 
 class Plan(NamedTuple):
-    """Which way a layer computes, for one input shape."""
+    """Which way a layer computes, for one input shape: True for Winograd, None until timed."""
 
-    forward: bool  # True: Winograd
-    backward: bool
+    forward: bool | None = None
+    backward: bool | None = None
 
 
+DIRECTIONS = ("forward", "backward")
 # (in channels, out channels, input shape) -> the plan timed for it.
 PLANS: dict[tuple[int, ...], Plan] = {}
 _tuning = threading.RLock()  # timing a plan packs kernels under it too
 
 
 class _Conv(torch.autograd.Function):
-    """The trunk's 3x3 convolution (input gradient only: the weights are frozen)."""
+    """The trunk's 3x3 convolution (input gradient only: the weights are frozen). The forward
+    runs the way given; the backward's way is timed when a backward first runs at this shape."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, layer: TunedConv2d, plan: Plan) -> torch.Tensor:
-        ctx.layer, ctx.plan = layer, plan
+    def forward(ctx: Any, x: torch.Tensor, layer: TunedConv2d, winograd: bool) -> torch.Tensor:
+        ctx.layer = layer
         # The direct input gradient reads x's shape and layout; x is kept alive by the ReLU
         # before it anyway.
         ctx.save_for_backward(x)
-        return layer.compute(x, plan.forward)
+        return layer.compute(x, winograd)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        result: torch.Tensor = ctx.layer.input_grad(x, grad, ctx.plan.backward)
-        return result, None, None
+        layer: TunedConv2d = ctx.layer
+        winograd = x.dtype == torch.float32 and layer.way(x, "backward")
+        return layer.input_grad(x, grad, winograd), None, None
 
 
 class TunedConv2d(nn.Conv2d):
@@ -309,15 +315,20 @@ class TunedConv2d(nn.Conv2d):
         )[0]
         return result
 
-    def plan(self, x: torch.Tensor) -> Plan:
-        """The faster way each direction runs for inputs shaped like x: timed once per shape in
-        the process, and shared by every layer of the same channels (VGG19 repeats them)."""
+    def way(self, x: torch.Tensor, direction: str) -> bool:
+        """Whether `direction` ("forward" or "backward") runs Winograd for inputs shaped like x:
+        timed once per shape and direction in the process, and shared by every layer of the same
+        channels (VGG19 repeats them). A shape that only ever runs forward (a job's no-grad
+        target passes) is never timed backward."""
         key = (self.in_channels, self.out_channels, *x.shape)
         with _tuning:
-            if key not in PLANS:
-                PLANS[key] = self._tune(x)
+            plan = PLANS.get(key, Plan())
+            chosen = getattr(plan, direction)
+            if chosen is None:
+                chosen = self._time(x, direction)
+                PLANS[key] = plan._replace(**{direction: chosen})
                 self._release_unused()
-            return PLANS[key]
+            return bool(chosen)
 
     def _release_unused(self) -> None:
         """Drop the Winograd kernels that no plan of this layer's channels uses (timing packs
@@ -328,37 +339,36 @@ class TunedConv2d(nn.Conv2d):
         for key in [k for k in self._packed if k[2] == torch.float32 and k not in used]:
             del self._packed[key]
 
-    def _tune(self, x: torch.Tensor) -> Plan:
+    def _time(self, x: torch.Tensor, direction: str) -> bool:
+        """Whether Winograd runs `direction` faster than the direct kernel, by timing both."""
         with torch.no_grad():
             probe = x.detach().contiguous(memory_format=torch.channels_last)
+            if direction == "forward":
+                return _faster(lambda: self.compute(probe, False), lambda: self.compute(probe, True))
             grad = torch.randn(
                 (x.shape[0], self.out_channels, *x.shape[2:]), generator=torch.Generator().manual_seed(0)
             ).contiguous(memory_format=torch.channels_last)
-
-            def faster(direct: Any, winograd: Any) -> bool:
-                return _seconds(winograd) < MARGIN * _seconds(direct)
-
-            return Plan(
-                forward=faster(lambda: self.compute(probe, False), lambda: self.compute(probe, True)),
-                backward=faster(
-                    lambda: self.input_grad(probe, grad, False), lambda: self.input_grad(probe, grad, True)
-                ),
+            return _faster(
+                lambda: self.input_grad(probe, grad, False), lambda: self.input_grad(probe, grad, True)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.eligible(x) and torch.is_grad_enabled():
-            # Only passes that will run backward are served: a job's no-grad passes (its targets,
-            # once, at the content's and each style's size) would otherwise time shapes that the
-            # optimization never runs, such as the whole image of a tiled job.
-            plan = self.plan(x)
+        if self.eligible(x):
+            winograd = self.way(x, "forward")
+            if not torch.is_grad_enabled():
+                return self.compute(x, winograd)
         elif self.packs_bfloat16(x):
             # As autocast would: the input in bfloat16 (autograd casts its gradient back), and
             # the output in bfloat16; the kernels are packed once instead of cast on every call.
-            x, plan = x.to(torch.bfloat16), Plan(False, False)
+            x, winograd = x.to(torch.bfloat16), False
         else:
             return super().forward(x)
-        result: torch.Tensor = _Conv.apply(x, self, plan)
+        result: torch.Tensor = _Conv.apply(x, self, winograd)
         return result
+
+
+def _faster(direct: Any, winograd: Any) -> bool:
+    return _seconds(winograd) < MARGIN * _seconds(direct)
 
 
 def _seconds(run: Any, repeats: int = 2) -> float:

@@ -20,6 +20,11 @@ def fresh_plans(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(winograd, "PLANS", {})
 
 
+def _always(monkeypatch: pytest.MonkeyPatch, plan: Plan) -> None:
+    """Every timing answers with `plan` instead of timing."""
+    monkeypatch.setattr(TunedConv2d, "_time", lambda self, x, direction: getattr(plan, direction))
+
+
 def _layer(in_channels: int, out_channels: int, seed: int = 0) -> TunedConv2d:
     torch.manual_seed(seed)
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -73,7 +78,7 @@ def test_the_bias_reaches_every_output_once() -> None:
 def test_each_plan_gives_the_direct_convolution_and_its_input_gradient(
     monkeypatch: pytest.MonkeyPatch, plan: Plan
 ) -> None:
-    monkeypatch.setattr(TunedConv2d, "_tune", lambda self, x: plan)
+    _always(monkeypatch, plan)
     layer = _layer(winograd.MIN_CHANNELS, 16)
     x = _input(winograd.MIN_CHANNELS, 12, 10).requires_grad_(True)
     out = layer(x)
@@ -89,28 +94,33 @@ def test_each_plan_gives_the_direct_convolution_and_its_input_gradient(
     assert torch.allclose(x.grad.double(), x64.grad, rtol=0, atol=1e-5 * x64.grad.abs().max().item())
 
 
-def test_a_shape_is_timed_once_and_shared_by_layers_of_the_same_channels(
+def test_a_shape_is_timed_once_per_direction_and_shared_by_layers_of_the_same_channels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    timed: list[tuple[int, ...]] = []
-    tune = TunedConv2d._tune
+    timed: list[tuple[tuple[int, ...], str]] = []
+    time_it = TunedConv2d._time
 
-    def counting(self: TunedConv2d, x: torch.Tensor) -> Plan:
-        timed.append(tuple(x.shape))
-        return tune(self, x)
+    def counting(self: TunedConv2d, x: torch.Tensor, direction: str) -> bool:
+        timed.append((tuple(x.shape), direction))
+        return time_it(self, x, direction)
 
-    monkeypatch.setattr(TunedConv2d, "_tune", counting)
+    monkeypatch.setattr(TunedConv2d, "_time", counting)
     first, second = _layer(winograd.MIN_CHANNELS, 8, seed=0), _layer(winograd.MIN_CHANNELS, 8, seed=1)
     small, large = _input(winograd.MIN_CHANNELS, 8, 8), _input(winograd.MIN_CHANNELS, 16, 16)
     for _ in range(2):
-        first(small)
-        second(small)
-        first(large)
-    assert timed == [tuple(small.shape), tuple(large.shape)]
-    assert set(winograd.PLANS) == {
-        (winograd.MIN_CHANNELS, 8, *small.shape),
-        (winograd.MIN_CHANNELS, 8, *large.shape),
-    }
+        first(small.clone().requires_grad_(True)).sum().backward()
+        second(small.clone().requires_grad_(True)).sum().backward()
+        with torch.no_grad():
+            first(large)  # a shape that only runs forward is never timed backward
+    small_key, large_key = (winograd.MIN_CHANNELS, 8, *small.shape), (winograd.MIN_CHANNELS, 8, *large.shape)
+    assert timed == [
+        (tuple(small.shape), "forward"),
+        (tuple(small.shape), "backward"),
+        (tuple(large.shape), "forward"),
+    ]
+    assert set(winograd.PLANS) == {small_key, large_key}
+    assert None not in winograd.PLANS[small_key]
+    assert winograd.PLANS[large_key].backward is None
 
 
 @pytest.mark.parametrize("slow", ["winograd", "direct"])
@@ -132,8 +142,9 @@ def test_the_timing_keeps_the_faster_way(monkeypatch: pytest.MonkeyPatch, slow: 
     monkeypatch.setattr(TunedConv2d, "compute", slow_compute)
     monkeypatch.setattr(TunedConv2d, "input_grad", slow_grad)
     layer = _layer(winograd.MIN_CHANNELS, 8)
+    x = _input(winograd.MIN_CHANNELS, 8, 8)
     chosen = slow == "direct"
-    assert layer.plan(_input(winograd.MIN_CHANNELS, 8, 8)) == Plan(chosen, chosen)
+    assert (layer.way(x, "forward"), layer.way(x, "backward")) == (chosen, chosen)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +174,7 @@ def test_the_trunk_gives_the_same_features_and_gradient_either_way(monkeypatch: 
 
     def run(plan: Plan) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         monkeypatch.setattr(winograd, "PLANS", {})
-        monkeypatch.setattr(TunedConv2d, "_tune", lambda self, x: plan)
+        _always(monkeypatch, plan)
         pixels = image.clone().requires_grad_(True)
         feats = net(pixels)
         sum((f * f).sum() for f in feats.values()).backward()
@@ -180,29 +191,31 @@ def test_the_trunk_gives_the_same_features_and_gradient_either_way(monkeypatch: 
 
 
 def test_timing_keeps_only_the_kernels_its_plans_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    plans = iter([Plan(True, False), Plan(False, False)])  # the second uses no Winograd kernels
-    tune = TunedConv2d._tune
+    answers = iter([False, True])  # the first shape turns Winograd down, the second takes it
+    time_it = TunedConv2d._time
 
-    def scripted(self: TunedConv2d, x: torch.Tensor) -> Plan:
-        tune(self, x)  # packs the Winograd kernels of both directions
-        return next(plans)
+    def scripted(self: TunedConv2d, x: torch.Tensor, direction: str) -> bool:
+        time_it(self, x, direction)  # packs the Winograd kernels of this direction
+        return next(answers)
 
-    monkeypatch.setattr(TunedConv2d, "_tune", scripted)
+    monkeypatch.setattr(TunedConv2d, "_time", scripted)
     layer = _layer(winograd.MIN_CHANNELS, 8)
-    layer(_input(winograd.MIN_CHANNELS, 8, 8))
-    assert set(layer._packed) == {(True, False, torch.float32)}  # not the backward's
-    layer(_input(winograd.MIN_CHANNELS, 10, 10))
+    with torch.no_grad():
+        layer(_input(winograd.MIN_CHANNELS, 8, 8))
+        assert layer._packed == {}
+        layer(_input(winograd.MIN_CHANNELS, 10, 10))
     assert set(layer._packed) == {(True, False, torch.float32)}
 
 
-def test_passes_without_gradients_run_direct_and_time_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TunedConv2d, "_tune", lambda self, x: Plan(True, True))
+def test_a_pass_without_gradients_runs_the_timed_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Targets computed without gradients come from the same arithmetic as the optimization."""
+    _always(monkeypatch, Plan(True, True))
     layer = _layer(winograd.MIN_CHANNELS, 8)
-    x = _input(winograd.MIN_CHANNELS, 8, 8)
+    x = _input(winograd.MIN_CHANNELS, 9, 8)
     with torch.no_grad():
-        out = layer(x)
-    assert torch.equal(out, functional.conv2d(x, layer.weight, layer.bias, padding=1))
-    assert winograd.PLANS == {} and layer._packed == {}
+        target = layer(x)
+    assert torch.equal(target, layer(x.clone().requires_grad_(True)).detach())
+    assert not torch.equal(target, functional.conv2d(x, layer.weight, layer.bias, padding=1))
 
 
 def test_bfloat16_autocast_runs_packed_kernels_like_autocast_does() -> None:
@@ -222,3 +235,15 @@ def test_bfloat16_autocast_runs_packed_kernels_like_autocast_does() -> None:
     assert x.grad.dtype == torch.float32
     assert torch.allclose(x.grad, x_ref.grad, rtol=0, atol=1e-2 * x_ref.grad.abs().max().item())
     assert set(layer._packed) == {(False, False, torch.bfloat16), (False, True, torch.bfloat16)}
+
+
+@pytest.mark.parametrize(("height", "width"), [(9, 8), (8, 9), (9, 9)])
+def test_odd_sides_give_an_output_the_relu_can_change_in_place(
+    monkeypatch: pytest.MonkeyPatch, height: int, width: int
+) -> None:
+    _always(monkeypatch, Plan(True, True))
+    layer = _layer(winograd.MIN_CHANNELS, 8)
+    x = _input(winograd.MIN_CHANNELS, height, width).requires_grad_(True)
+    out = torch.relu_(layer(x))  # as the trunk runs it
+    out.sum().backward()
+    assert out.shape == (1, 8, height, width) and x.grad is not None
