@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -134,6 +134,27 @@ class Backend(Protocol):
 
         Checks `cancel` every iteration and raises errors.Cancelled when it is set.
         """
+        ...
+
+
+@dataclass(frozen=True)
+class BatchMember:
+    """One job of a batch: its records, and how it leaves the batch.
+
+    A batch's records must be read concurrently, one thread per member, since each iteration
+    waits for the other members' iterations. Call `leave` once a member's records are no longer
+    read (finished, failed, or never started), so that the others stop waiting for it.
+    """
+
+    records: Iterator[Iterate | Outcome]
+    leave: Callable[[], None]
+
+
+class BatchingBackend(Backend, Protocol):
+    """A backend that can evaluate several jobs' images in one pass of its network."""
+
+    def run_batch(self, jobs: Sequence[BackendJob], cancels: Sequence[CancelToken]) -> list[BatchMember]:
+        """One member per job, in order; each member behaves as `run` would for its job alone."""
         ...
 
 

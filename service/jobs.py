@@ -15,11 +15,22 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import cast
 
 import structlog
 
 from backends import registry
-from backends.base import Backend, BackendJob, FloatImage, Iterate, Losses, Outcome, RGBImage
+from backends.base import (
+    Backend,
+    BackendJob,
+    BatchingBackend,
+    BatchMember,
+    FloatImage,
+    Iterate,
+    Losses,
+    Outcome,
+    RGBImage,
+)
 from backends.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -109,6 +120,9 @@ class Failed:
 Event = Accepted | Progress | Preview | Finished | Failed
 
 
+# Jobs per batch on a GPU unless configured: a GPU runs one small image far below its peak, so
+# several images in one pass cost little more than one.
+BATCH_MAX_CUDA = 4
 DEADLINE_SLACK = 0.25  # seconds; see Job.caller_gone
 PROGRESS_LOG_EVERY = 50  # iterations between job_progress log lines
 
@@ -136,6 +150,9 @@ class JobObserver:
 
     def finished(self, job: Job, was_running: bool) -> None:
         """The job reached its terminal state (job.state, job.error say which)."""
+
+    def batched(self, jobs: list[Job]) -> None:
+        """These jobs left their queue together, to run as one batch."""
 
 
 class StopReason(StrEnum):
@@ -348,8 +365,12 @@ class DeviceWorkers:
         capacity: int,
         threads: int,
         on_fatal: Callable[[StyleTransferError], None] | None = None,
+        batch_max: int = 1,
+        observer: JobObserver | None = None,
     ) -> None:
         self.device = device
+        self.batch_max = batch_max
+        self._observer = observer or JobObserver()
         self._on_fatal = on_fatal
         self._backends = backends
         self._capacity = capacity
@@ -403,22 +424,80 @@ class DeviceWorkers:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _take(self) -> Job | None:
+    def _take(self) -> list[Job]:
+        """The next job in line, with up to batch_max - 1 waiting jobs that can join its batch
+        (empty once stopping with nothing left)."""
         with self._changed:
             while not self._waiting and not self._stopping:
                 self._changed.wait()
-            return self._waiting.popleft() if self._waiting else None
+            if not self._waiting:
+                return []
+            head = self._waiting.popleft()
+            jobs = [head]
+            if self.batch_max > 1 and not head.stop.is_set() and self._batches(head):
+                key = batch_key(head)
+                for job in list(self._waiting):
+                    if len(jobs) == self.batch_max:
+                        break
+                    if not job.stop.is_set() and batch_key(job) == key:
+                        self._waiting.remove(job)
+                        jobs.append(job)
+            return jobs
+
+    def _batches(self, job: Job) -> bool:
+        return callable(getattr(self._backends[job.options.backend], "run_batch", None))
 
     def _loop(self) -> None:
-        while (job := self._take()) is not None:
-            with structlog.contextvars.bound_contextvars(
-                job_id=job.id,
-                request_id=job.request_id,
-                backend=job.options.backend,
-                device=job.options.device,
-            ):
-                run_job(self._backends[job.options.backend], job, self._on_fatal)
+        while jobs := self._take():
+            if len(jobs) == 1:
+                self._run_one(jobs[0])
+            else:
+                self._run_batch(jobs)
             memory.release()
+
+    def _run_one(self, job: Job, records: Iterator[Iterate | Outcome] | None = None, batch: int = 1) -> None:
+        with structlog.contextvars.bound_contextvars(
+            job_id=job.id,
+            request_id=job.request_id,
+            backend=job.options.backend,
+            device=job.options.device,
+            batch=batch,
+        ):
+            run_job(self._backends[job.options.backend], job, self._on_fatal, records)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Run jobs together, one thread each, their evaluations meeting in the backend."""
+        backend = cast(BatchingBackend, self._backends[jobs[0].options.backend])
+        try:
+            members = backend.run_batch([backend_job(job) for job in jobs], [job.stop for job in jobs])
+        except Exception:
+            log.exception("batch_refused", jobs=len(jobs))
+            for job in jobs:  # every job still runs, one at a time
+                self._run_one(job)
+            return
+        self._observer.batched(jobs)
+        log.info("batch_started", jobs=len(jobs), job_ids=[job.id for job in jobs])
+
+        def run(job: Job, member: BatchMember) -> None:
+            try:
+                self._run_one(job, member.records, len(jobs))
+            finally:
+                member.leave()
+
+        threads = [
+            threading.Thread(target=run, args=(job, member), name=f"batch-{self.device}-{i}", daemon=True)
+            for i, (job, member) in enumerate(zip(jobs, members, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+def batch_key(job: Job) -> tuple[object, ...]:
+    """Jobs with equal keys run in step (same stages, sizes and iterations), so every
+    evaluation of a batch of them is one pass of the network."""
+    return (job.options.backend, job.options.device, job.spec.content.shape, job.options.style)
 
 
 # Previews are encoded here, off the workers that run the optimizers. Two threads serve every job:
@@ -489,8 +568,27 @@ def _terminal_state(error: StyleTransferError) -> State:
     return State.CANCELLED if isinstance(error, Cancelled | ShuttingDown) else State.FAILED
 
 
-def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError], None] | None = None) -> None:
-    """Run one job to its terminal event; never raises."""
+def backend_job(job: Job) -> BackendJob:
+    """What the backend runs for a job."""
+    options = job.options
+    return BackendJob(
+        job.spec.content,
+        job.spec.styles,
+        options.style,
+        options.device,
+        options.preview_every,
+        job.spec.init_image,
+    )
+
+
+def run_job(
+    backend: Backend,
+    job: Job,
+    on_fatal: Callable[[StyleTransferError], None] | None = None,
+    records: Iterator[Iterate | Outcome] | None = None,
+) -> None:
+    """Run one job to its terminal event; never raises. `records` are the job's records from a
+    batch; without them the backend runs the job alone."""
     job.started_at = started = time.monotonic()
     queued = started - job.accepted_at
     options = job.options
@@ -503,17 +601,11 @@ def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError],
     job.observer.started(job)
     last_elapsed = 0.0
     log.info("job_started", queued_s=round(queued, 3))
-    work = BackendJob(
-        job.spec.content,
-        job.spec.styles,
-        options.style,
-        options.device,
-        options.preview_every,
-        job.spec.init_image,
-    )
+    if records is None:
+        records = backend.run(backend_job(job), job.stop)
     previews = PreviewStream(job)
     try:
-        for record in backend.run(work, job.stop):
+        for record in records:
             if isinstance(record, Iterate):
                 job.last_progress = record
                 job.observer.progressed(job, record, record.elapsed - last_elapsed)
@@ -569,6 +661,9 @@ def run_job(backend: Backend, job: Job, on_fatal: Callable[[StyleTransferError],
         job.finish(State.FAILED, Failed(StyleTransferError("the job failed inside the server")))
         log.exception("job_crashed")
     finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()  # a generator left after its outcome ends now, not when collected
         if previews.skipped:
             log.info("previews_skipped", count=previews.skipped)
 
@@ -578,10 +673,17 @@ class Limits:
     """How much the job core takes on and remembers."""
 
     queue_size: int = 16  # waiting jobs per device
-    workers_per_device: int = 1  # jobs running at once on one device
+    workers_per_device: int = 1  # jobs (or batches) running at once on one device
+    batch_max: int = 0  # jobs per batch; 0: BATCH_MAX_CUDA on CUDA devices, no batching elsewhere
     history: int = 4096  # events kept per job for WatchJob
     retention_seconds: float = 600.0  # how long a finished job stays readable
     retention_bytes: int = 256 * 1024 * 1024  # encoded images finished jobs may hold in all
+
+    def batch_size(self, device: str) -> int:
+        """Most jobs one batch takes on this device."""
+        if self.batch_max:
+            return self.batch_max
+        return BATCH_MAX_CUDA if device.startswith("cuda") else 1
 
 
 def _result_bytes(job: Job) -> int:
@@ -661,6 +763,8 @@ class JobCore:
                     self.limits.queue_size,
                     self.limits.workers_per_device,
                     self.on_fatal,
+                    self.limits.batch_size(spec.options.device),
+                    self.observer,
                 )
                 self._devices[spec.options.device] = workers
             try:

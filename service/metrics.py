@@ -28,6 +28,7 @@ from service.options import JobOptions
 LONG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
 ITERATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 PIXEL_BUCKETS = tuple(float(side * side) for side in (64, 128, 256, 512, 768, 1024, 1536, 2048, 4096))
+BATCH_BUCKETS = (2, 3, 4, 6, 8, 12, 16)
 
 # grpc.StatusCode name -> Go's codes.Code.String().
 GO_CODES = {
@@ -182,6 +183,13 @@ class Metrics:
             placed,
             registry=registry,
         )
+        self.batch_size = Histogram(
+            "styletransfer_batch_size",
+            "Jobs in each batch that ran as one (batches of two or more).",
+            placed,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
         self.build = Gauge(
             "styletransfer_build_info",
             "Always 1; labels name the versions.",
@@ -242,6 +250,9 @@ class JobMetrics(JobObserver):
 
     def previewed(self, job: Job, size: int) -> None:
         self.m.preview_bytes.labels(job.options.backend, job.options.device).inc(size)
+
+    def batched(self, jobs: list[Job]) -> None:
+        self.m.batch_size.labels(jobs[0].options.backend, jobs[0].options.device).observe(len(jobs))
 
     def finished(self, job: Job, was_running: bool) -> None:
         placed = job.options.backend, job.options.device

@@ -149,6 +149,7 @@ def build(
     limits = Limits(
         queue_size=settings.queue_size,
         workers_per_device=settings.workers_per_device,
+        batch_max=settings.batch_max,
         history=settings.job_history,
         retention_seconds=settings.job_retention_seconds,
         retention_bytes=settings.job_retention_bytes,

@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     with a style seen before skip computing its targets (0 turns the cache off). One style at the
     default layers takes 2.3 MiB whatever its size."""
     workers_per_device: int = Field(default=1, ge=1)
-    """Jobs that run at once on one device."""
+    """Jobs (or batches of jobs) that run at once on one device."""
+    batch_max: int = Field(default=0, ge=0)
+    """Most queued jobs of one size and one set of options that run together as one batch, each
+    iteration one network pass for all their images; each job keeps its own optimizer, previews,
+    cancellation and result. 0: 4 on CUDA devices and 1 (no batching) on CPU."""
     job_history: int = Field(default=4096, ge=16)
     """Events kept per job, so that WatchJob can resume after a disconnect."""
     job_retention_seconds: float = Field(default=600.0, ge=0)

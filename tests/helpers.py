@@ -1,8 +1,10 @@
-"""Test helpers shared across suites: an independent NumPy reference for VGG's convolutions, and
-reading the errors a server returns."""
+"""Test helpers shared across suites: an independent NumPy reference for VGG's convolutions,
+reading the errors a server returns, and running calls on threads of their own."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -53,3 +55,23 @@ def violations(error: grpc.RpcError) -> dict[str, str]:
             detail.Unpack(bad)
             out.update({v.field: v.description for v in bad.field_violations})
     return out
+
+
+def in_threads(*calls: Callable[[], object], timeout: float = 120) -> list[object]:
+    """Run each call on a thread of its own, all at once; their results, or the exceptions they
+    raised, in order. Fails when a call is still running after `timeout` seconds."""
+    results: list[object] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = calls[index]()
+        except Exception as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+        assert not thread.is_alive(), "a call was left waiting"
+    return results

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -13,7 +14,17 @@ import torch
 from torch import nn
 
 from backends import devices, styleplan
-from backends.base import BackendJob, CancelToken, FloatImage, Iterate, Losses, Outcome, Stage
+from backends.base import (
+    BackendJob,
+    BatchMember,
+    CancelToken,
+    FloatImage,
+    Iterate,
+    Losses,
+    Outcome,
+    Stage,
+)
+from backends.batching import Rendezvous
 from backends.cache import DEFAULT_BYTES, TargetCache, cached, digest, off_heap
 from backends.driver import drive, single_stage
 from backends.errors import DeviceFailure, ResourceExhausted
@@ -79,6 +90,8 @@ class Problem:
             zip(options.style_layers, options.resolved_style_layer_weights, strict=True)
         )
         self._cache = cache
+        # Problems whose images of one shape can share a network pass (see `evaluate_together`).
+        self.pass_key = (id(trunk), tuple(sorted(self.net.wanted.items())), options.pooling, self.autocast)
         self._cache_parts = (options.style_layers, options.pooling, precision, stage.device, weights.sha256)
         with torch.no_grad():
             feats = self.features(_to_tensor(stage.content, self.device))
@@ -135,8 +148,11 @@ class Problem:
 
     def objective(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Losses]:
         """The total loss (differentiable) and its weighted terms as plain floats."""
+        return self.losses(pixels, self.features(pixels))
+
+    def losses(self, pixels: torch.Tensor, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
+        """The objective at an image whose activations are already computed."""
         options = self.options
-        feats = self.features(pixels)
         zero = torch.zeros((), device=self.device)
         lc = sum((content_loss(feats[n], self.content_targets[n]) for n in options.content_layers), zero)
         ls = sum((self.layer_weights[n] * self.style_loss(n, feats[n]) for n in options.style_layers), zero)
@@ -156,6 +172,85 @@ class _Solver:
     def pixels(self) -> FloatImage:
         array = self._pixels.detach().clamp(0, 255)[0].permute(1, 2, 0)
         return np.ascontiguousarray(array.float().cpu().numpy())
+
+
+Evaluation = tuple[torch.Tensor, Losses]
+"""An evaluated objective: the total (detached once its gradient is taken) and its terms."""
+
+Evaluator = Callable[[Problem, torch.Tensor], Evaluation]
+"""Evaluates a problem's objective at an image and leaves the gradient in the image's grad."""
+
+
+def evaluate(problem: Problem, pixels: torch.Tensor) -> Evaluation:
+    """The objective at `pixels`, its gradient left in `pixels.grad`."""
+    total, losses = problem.objective(pixels)
+    total.backward()
+    return total.detach(), losses
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+class BatchEvaluator:
+    """Evaluates a batch's requests, one round at a time (the compute of its `Rendezvous`).
+
+    Images of one shape whose problems share a network pass run through the trunk as one batch:
+    one forward and one backward for all of them. Every member's losses come from its own slice
+    of the activations, so its gradient is what it would be alone (a batch element's input
+    gradient depends on its own output gradient only). A group that fails fails its members
+    only. A group that runs out of memory is evaluated again one image at a time, and so is
+    every later round: a batch never fails a job that would have fit alone.
+    """
+
+    def __init__(self) -> None:
+        self.apart = False
+
+    def __call__(
+        self, requests: Mapping[int, tuple[Problem, torch.Tensor]]
+    ) -> dict[int, Evaluation | BaseException]:
+        """Each member's objective, with its gradient in its own `pixels.grad`."""
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for member, (problem, pixels) in requests.items():
+            key = (member,) if self.apart else (problem.pass_key, *pixels.shape)
+            groups.setdefault(key, []).append(member)
+        results: dict[int, Evaluation | BaseException] = {}
+        for members in groups.values():
+            try:
+                results.update(self._together(requests, members))
+            except Exception as exc:
+                if len(members) > 1 and _out_of_memory(exc):
+                    self.apart = True
+                    _release(requests[members[0]][0].device)
+                    results.update(self({m: requests[m] for m in members}))
+                else:
+                    results.update({m: exc for m in members})
+        return results
+
+    @staticmethod
+    def _together(
+        requests: Mapping[int, tuple[Problem, torch.Tensor]], members: list[int]
+    ) -> dict[int, Evaluation | BaseException]:
+        if len(members) == 1:
+            return {members[0]: evaluate(*requests[members[0]])}
+        images = [requests[m][1] for m in members]
+        for image in images:
+            image.grad = None
+        feats = requests[members[0]][0].features(torch.cat(images))
+        evaluated = [
+            requests[m][0].losses(image, {name: f[i : i + 1] for name, f in feats.items()})
+            for i, (m, image) in enumerate(zip(members, images, strict=True))
+        ]
+        torch.stack([total for total, _ in evaluated]).sum().backward()
+        return {m: (total.detach(), losses) for m, (total, losses) in zip(members, evaluated, strict=True)}
+
+
+def _release(device: torch.device) -> None:
+    """Hand cached blocks back after a failed allocation, so that what follows can fit."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class PyTorchBackend:
@@ -207,8 +302,9 @@ class PyTorchBackend:
         precision = precision or self.precision
         return Problem(self._trunk(stage.device), self.weights, stage, precision, self.style_cache)
 
-    def solver(self, stage: Stage) -> _Solver:
-        """Set up a stage: its objective, its image and its optimizer."""
+    def solver(self, stage: Stage, evaluator: Evaluator = evaluate) -> _Solver:
+        """Set up a stage: its objective, its image and its optimizer, which evaluates the
+        objective through `evaluator` (alone, or with the other members of a batch)."""
         problem = self.problem(stage)
         pixels = problem.initial()
         options = stage.options
@@ -216,7 +312,7 @@ class PyTorchBackend:
         if self.precision == "bfloat16":
             finish = math.ceil(FLOAT32_FINISH * stage.iterations)
             schedule = _Schedule(problem, stage.iterations - finish, lambda: self.problem(stage, "float32"))
-        step = _stepper(options.optimizer, options.resolved_learning_rate, pixels, schedule)
+        step = _stepper(options.optimizer, options.resolved_learning_rate, pixels, schedule, evaluator)
         return _Solver(problem, pixels, step)
 
     def features(
@@ -244,14 +340,40 @@ class PyTorchBackend:
         return losses, pixels.grad[0].permute(1, 2, 0).cpu().numpy()
 
     def run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
+        return self._guarded(job, drive(self.solver, job, cancel))
+
+    def run_batch(self, jobs: Sequence[BackendJob], cancels: Sequence[CancelToken]) -> list[BatchMember]:
+        """Jobs whose evaluations meet: at each iteration the members' images of one shape go
+        through the network as one batch (`BatchEvaluator`)."""
+        rendezvous: Rendezvous[tuple[Problem, torch.Tensor], Evaluation] = Rendezvous(
+            len(jobs), BatchEvaluator()
+        )
+        members = []
+        for index, (job, cancel) in enumerate(zip(jobs, cancels, strict=True)):
+
+            def solve(stage: Stage, index: int = index) -> _Solver:
+                return self.solver(stage, lambda problem, pixels: rendezvous.submit(index, (problem, pixels)))
+
+            leave = functools.partial(rendezvous.leave, index)
+            members.append(BatchMember(self._member(job, drive(solve, job, cancel), leave), leave))
+        return members
+
+    def _member(
+        self, job: BackendJob, records: Iterator[Iterate | Outcome], leave: Callable[[], None]
+    ) -> Iterator[Iterate | Outcome]:
         try:
-            yield from drive(self.solver, job, cancel)
-        except torch.OutOfMemoryError as exc:
-            raise ResourceExhausted(f"out of memory on {job.device}; try a smaller max_size") from exc
-        except RuntimeError as exc:
-            text = str(exc).lower()
-            if "out of memory" in text:
+            yield from self._guarded(job, records)
+        finally:
+            leave()
+
+    def _guarded(self, job: BackendJob, records: Iterator[Iterate | Outcome]) -> Iterator[Iterate | Outcome]:
+        """A job's records, with the framework's failures turned into the backend's errors."""
+        try:
+            yield from records
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            if _out_of_memory(exc):
                 raise ResourceExhausted(f"out of memory on {job.device}; try a smaller max_size") from exc
+            text = str(exc).lower()
             if job.device.startswith("cuda") and ("cuda error" in text or "cudnn" in text):
                 raise DeviceFailure(f"device {job.device} failed") from exc
             raise
@@ -298,7 +420,7 @@ def _reanchor(lbfgs: torch.optim.LBFGS, pixels: torch.Tensor, problem: Problem) 
 
 
 def _stepper(
-    optimizer: Optimizer, lr: float, pixels: torch.Tensor, schedule: _Schedule
+    optimizer: Optimizer, lr: float, pixels: torch.Tensor, schedule: _Schedule, evaluator: Evaluator
 ) -> Callable[[], Losses]:
     """One call = one iteration = one evaluation of the objective and one update."""
     if optimizer is Optimizer.LBFGS:
@@ -319,8 +441,7 @@ def _stepper(
 
         def closure() -> torch.Tensor:
             lbfgs.zero_grad()
-            total, losses = schedule.problem.objective(pixels)
-            total.backward()
+            total, losses = evaluator(schedule.problem, pixels)
             seen.append(losses)
             return total
 
@@ -339,8 +460,7 @@ def _stepper(
     def adam_step() -> Losses:
         schedule.next()
         adam.zero_grad()
-        total, losses = schedule.problem.objective(pixels)
-        total.backward()
+        _, losses = evaluator(schedule.problem, pixels)
         adam.step()
         with torch.no_grad():
             pixels.clamp_(0, 255)  # projected step: Adam's pixels stay valid throughout

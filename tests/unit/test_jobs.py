@@ -6,14 +6,16 @@ core in tests/integration.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pytest
 
-from backends.base import BackendJob, CancelToken, Iterate, Losses, Outcome, StyleInput
+from backends.base import BackendJob, BatchMember, CancelToken, Iterate, Losses, Outcome, StyleInput
+from backends.batching import Rendezvous
 from backends.errors import (
     BackendFailure,
     Cancelled,
@@ -367,3 +369,136 @@ def test_previews_encode_in_order_off_the_caller_and_skip_only_when_busy(
     stream.drain()
     assert sent == [1, 4] and encoded == [1, 4]
     assert stream.skipped == 2 == len(skipped)
+
+
+class BatchingScript(ScriptedBackend):
+    """A scripted backend whose batches meet in a real Rendezvous, recording every round."""
+
+    def __init__(
+        self,
+        before_run: Callable[[list[BackendJob]], None] = lambda jobs: None,
+        on_iteration: Callable[[int, int], None] = lambda member, iteration: None,
+    ) -> None:
+        super().__init__()
+        self.on_iteration = on_iteration
+        self.batches: list[list[int]] = []  # the iterations asked for by each batch's jobs
+        self.rounds: list[int] = []  # members per evaluation round, over every batch
+        self.before_run = before_run
+
+    def run_batch(self, jobs: Sequence[BackendJob], cancels: Sequence[CancelToken]) -> list[BatchMember]:
+        self.batches.append([job.options.iterations for job in jobs])
+
+        def compute(requests: Mapping[int, int]) -> dict[int, int | BaseException]:
+            self.rounds.append(len(requests))
+            return dict(requests)
+
+        rendezvous: Rendezvous[int, int] = Rendezvous(len(jobs), compute)
+        members = []
+        for index, (job, cancel) in enumerate(zip(jobs, cancels, strict=True)):
+
+            def records(
+                index: int = index, job: BackendJob = job, cancel: CancelToken = cancel
+            ) -> Iterator[Iterate | Outcome]:
+                for i in range(1, job.options.iterations + 1):
+                    self.gate.wait(30)
+                    self.on_iteration(index, i)
+                    if cancel.is_set():
+                        raise Cancelled("cancelled")
+                    assert rendezvous.submit(index, i) == i
+                    yield Iterate(i, job.options.iterations, LOSSES, 0.0)
+                yield Outcome(IMAGE, LOSSES, job.options.iterations, 0.0, 0.0)
+
+            members.append(BatchMember(records(), functools.partial(rendezvous.leave, index)))
+        self.before_run(list(jobs))
+        return members
+
+
+def _batched(backend: ScriptedBackend, batch_max: int, *iterations: int) -> tuple[JobCore, list[Job]]:
+    """A core that runs one job to hold its worker, then queues jobs of these iteration counts."""
+    core = _core(backend, queue_size=8, batch_max=batch_max)
+    backend.gate.clear()
+    holder = core.submit(_spec(core, iterations=1))
+    assert backend.started.wait(10)
+    jobs = [holder] + [core.submit(_spec(core, iterations=n)) for n in iterations]
+    return core, jobs
+
+
+def test_queued_jobs_of_one_size_and_options_run_as_one_batch() -> None:
+    """Waiting jobs that match the next one's key join its batch (out of line if need be); each
+    iteration is one round for all of them, and each job still gets its own result."""
+    backend = BatchingScript()
+    core, jobs = _batched(backend, 4, 3, 5, 3, 3)
+    backend.gate.set()
+    for job in jobs:
+        assert isinstance(_events(job)[-1], Finished)
+    assert backend.batches == [[3, 3, 3]]  # the 5-iteration job ran alone afterwards
+    assert backend.rounds == [3, 3, 3]
+    assert backend.runs == 2  # the holder and the 5-iteration job
+    core.close(grace=5)
+
+
+def test_a_batch_takes_at_most_batch_max_jobs() -> None:
+    """Five matching jobs with batch_max 2 run as batches of 2, 2 and then one job alone."""
+    backend = BatchingScript()
+    core, jobs = _batched(backend, 2, 3, 3, 3, 3, 3)
+    backend.gate.set()
+    for job in jobs:
+        assert isinstance(_events(job)[-1], Finished)
+    assert backend.batches == [[3, 3], [3, 3]] and backend.runs == 2
+    core.close(grace=5)
+
+
+def test_a_cancelled_member_ends_alone_and_the_rest_of_its_batch_finishes() -> None:
+    """Cancelling one job of a running batch ends it as cancelled; the others do not wait for it."""
+
+    def cancel_second_at_its_third(member: int, iteration: int) -> None:
+        if (member, iteration) == (1, 3):
+            core.cancel(jobs[2].id)
+
+    backend = BatchingScript(on_iteration=cancel_second_at_its_third)
+    core, jobs = _batched(backend, 4, 10, 10)
+    backend.gate.set()
+    first, second = jobs[1:]
+    assert isinstance(_events(first)[-1], Finished) and first.state is State.SUCCEEDED
+    events = _events(second)
+    assert [e.iterate.iteration for e in events if isinstance(e, Progress)] == [1, 2]
+    assert isinstance(events[-1], Failed) and isinstance(events[-1].error, Cancelled)
+    assert backend.rounds == [2, 2] + [1] * 8
+    core.close(grace=5)
+
+
+def test_a_member_stopped_before_it_starts_does_not_hold_its_batch() -> None:
+    """A job cancelled between leaving the line and starting ends as cancelled without reading
+    its records; it leaves the batch, so the other member runs every round alone."""
+    holder_ids: list[str] = []
+
+    def cancel_second(jobs: list[BackendJob]) -> None:
+        core.cancel(holder_ids[1])
+
+    backend = BatchingScript(before_run=cancel_second)
+    core, jobs = _batched(backend, 4, 3, 3)
+    holder_ids.extend([jobs[1].id, jobs[2].id])
+    backend.gate.set()
+    assert isinstance(_events(jobs[1])[-1], Finished)
+    last = _events(jobs[2])[-1]
+    assert isinstance(last, Failed) and isinstance(last.error, Cancelled)
+    assert backend.batches == [[3, 3]] and backend.rounds == [1, 1, 1]
+    core.close(grace=5)
+
+
+def test_backends_without_batches_run_jobs_one_at_a_time() -> None:
+    """With batching allowed, a backend that has no run_batch still runs each job alone."""
+    backend = ScriptedBackend()
+    core, jobs = _batched(backend, 4, 3, 3)
+    backend.gate.set()
+    for job in jobs:
+        assert isinstance(_events(job)[-1], Finished)
+    assert backend.runs == 3
+    core.close(grace=5)
+
+
+def test_batches_are_on_by_default_only_on_cuda() -> None:
+    """batch_max 0 means four jobs per batch on CUDA devices and none on CPU; a set value holds
+    everywhere."""
+    assert Limits().batch_size("cuda:0") == 4 and Limits().batch_size("cpu") == 1
+    assert Limits(batch_max=3).batch_size("cpu") == 3
