@@ -35,7 +35,7 @@ import torch
 from reference import ReferenceTransfer
 
 from backends import registry
-from backends.base import Backend, BackendJob, Iterate, Outcome, StyleInput
+from backends.base import Backend, BackendJob, BatchingBackend, BatchMember, Iterate, Outcome, StyleInput
 from backends.options import StyleOptions
 from backends.pytorch.backend import FLOAT32_FINISH
 from backends.pytorch.winograd import TunedConv2d
@@ -247,6 +247,49 @@ def style_cache_setup(backend: Backend, size: int) -> tuple[float, float]:
     return setups[0], setups[1]
 
 
+def batch_throughput(
+    backend: BatchingBackend, size: int, iterations: int, device: str = "cpu", jobs: int = 4
+) -> tuple[float, float]:
+    """Jobs per minute of `jobs` different jobs alike (same size and options), run one at a time
+    and run as one batch (each on its own thread, as the service runs a batch); each way once
+    before it is timed, so that both run tuned and warm."""
+    work = []
+    for seed in range(jobs):
+        rng = np.random.default_rng(seed)
+        content, style = (rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2))
+        options = StyleOptions(iterations=iterations)
+        work.append(BackendJob(content, (StyleInput(style, 1.0),), options, device))
+
+    def alone() -> None:
+        for job in work:
+            assert isinstance(list(backend.run(job, threading.Event()))[-1], Outcome)
+
+    def together() -> None:
+        members = backend.run_batch(work, [threading.Event() for _ in work])
+
+        def read(member: BatchMember) -> None:
+            try:
+                assert isinstance(list(member.records)[-1], Outcome)
+            finally:
+                member.leave()
+
+        threads = [threading.Thread(target=read, args=(m,)) for m in members]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    rates = []
+    for way in (alone, together):
+        way()
+        _sync(device)
+        started = time.perf_counter()
+        way()
+        _sync(device)
+        rates.append(jobs * 60 / (time.perf_counter() - started))
+    return rates[0], rates[1]
+
+
 def time_to_quality_multiscale(
     backend: Backend, size: int, target: float, coarse: int, fine: int
 ) -> tuple[float, list]:
@@ -345,8 +388,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, few iterations (under 2 min)")
     parser.add_argument("--weights", default=None, help="canonical file; default random:0")
     parser.add_argument("--backends", nargs="+", default=installed)
-    parser.add_argument("--figure", type=Path, default=Path("benchmarks/bench.png"))
+    parser.add_argument(
+        "--figure", type=Path, default=None, help="default benchmarks/bench.png (quick: bench-quick.png)"
+    )
     args = parser.parse_args()
+    # A quick run must not replace the figure of the full run that the README shows.
+    args.figure = args.figure or Path("benchmarks/bench-quick.png" if args.quick else "benchmarks/bench.png")
     memory.tune()  # the allocator settings the server runs with
     torch.manual_seed(0)
     weights = resolve(args.weights) if args.weights else random_weights(0)
@@ -452,6 +499,15 @@ def main() -> None:
         f"style targets cached across jobs, {cache_size} px: set-up {miss * 1000:.0f} ms computing them, "
         f"{hit * 1000:.0f} ms from the cache"
     )
+
+    batch_sizes = {"cpu": [128] if args.quick else [64, 128, 256], "cuda:0": [512, 1024]}
+    for device in devices:
+        for size in batch_sizes[device]:
+            alone, together = batch_throughput(pytorch, size, 10, device)  # type: ignore[arg-type]
+            print(
+                f"four jobs alike on {device}, {size} px, 10 iterations each: {alone:.1f} jobs/min one at "
+                f"a time, {together:.1f} jobs/min as one batch ({together / alone:.2f}x)"
+            )
 
     overhead_size = 128 if args.quick else 256
     through, direct = service_overhead(weights, overhead_size, 20)

@@ -66,3 +66,16 @@ def test_time_to_quality_finds_when_our_run_reaches_the_references_loss(bench) -
     assert len(ref_curve) == 10 and ref_seconds == ref_curve[-1][0]
     assert ours == our_curve[-1][0]  # it stopped at the first iteration at or below the target
     assert our_curve[-1][1] <= ref_curve[-1][1] < min(loss for _, loss in our_curve[:-1])
+
+
+def test_batch_throughput_times_jobs_alone_and_as_one_batch(bench, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Both ways run every job to its outcome (twice: once to warm up) and give a rate; the batch
+    way really makes passes of all the jobs' images at once."""
+    from backends.pytorch.backend import Problem
+
+    passes: list[int] = []
+    features = Problem.features
+    monkeypatch.setattr(Problem, "features", lambda self, x: passes.append(x.shape[0]) or features(self, x))
+    alone, together = bench.batch_throughput(PyTorchBackend(random_weights(0)), 64, 2, jobs=3)
+    assert alone > 0 and together > 0
+    assert passes.count(3) == 2 * 2  # two timed-or-warm-up runs of the batch, two iterations each
