@@ -154,6 +154,22 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Jobs per batch (batches of two or more)",
+        "short",
+        "timeseries",
+        [
+            (
+                "{{pod}} {{device}} mean",
+                f"sum by (pod, device) (rate(styletransfer_batch_size_sum{{{SEL}}}[{RATE}]))"
+                f" / sum by (pod, device) (rate(styletransfer_batch_size_count{{{SEL}}}[{RATE}]))",
+            ),
+            (
+                "{{pod}} {{device}} batches/s",
+                f"sum by (pod, device) (rate(styletransfer_batch_size_count{{{SEL}}}[{RATE}]))",
+            ),
+        ],
+    ),
+    (
         "Out-of-memory failures",
         "short",
         "timeseries",
