@@ -172,3 +172,30 @@ def test_a_batch_that_runs_out_of_memory_evaluates_its_images_one_at_a_time(
         totals = [r[1].total for r in results.values() if not isinstance(r, BaseException)]
         assert totals == pytest.approx(expected, rel=1e-5)
     assert passes == [2, 1, 1, 1, 1] and evaluator.apart
+
+
+def test_jobs_of_two_scales_meet_at_every_iteration_of_both(backend: PyTorchBackend) -> None:
+    """Two-scale jobs alike stay in step through the change of scale: each of the 2 + 3
+    iterations is one pass of both images, at the coarse size and then the full one."""
+    jobs = [make_job(size=48, scale_iterations=(2, 3)), _other_job(size=48)]
+    jobs[1] = BackendJob(jobs[1].content, jobs[1].styles, jobs[0].options, "cpu")
+    sizes: list[tuple[int, ...]] = []
+    features = Problem.features
+
+    def seen(self: Problem, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        sizes.append(tuple(pixels.shape))
+        return features(self, pixels)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Problem, "features", seen)
+        results = _consume(backend.run_batch(jobs, [threading.Event(), threading.Event()]))
+    assert [s for s in sizes if s[0] == 2] == [(2, 3, 24, 24)] * 2 + [(2, 3, 48, 48)] * 3
+    for result in results:
+        assert isinstance(result, list) and isinstance(result[-1], Outcome)
+        assert [(r.scale, r.iteration) for r in result if isinstance(r, Iterate)] == [
+            (1, 1),
+            (1, 2),
+            (2, 3),
+            (2, 4),
+            (2, 5),
+        ]
