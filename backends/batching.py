@@ -37,7 +37,7 @@ class Rendezvous(Generic[Request, Result]):
         self._results: dict[int, Result | BaseException] = {}
         self._computing = False
         self._changed = threading.Condition()
-        self.rounds: list[int] = []  # members computed per round, for tests and the bench
+        self.rounds: list[int] = []  # members computed per round, for tests
 
     @property
     def live(self) -> int:

@@ -47,9 +47,10 @@ class Settings(BaseSettings):
     """Jobs that may wait per device before requests are refused with RESOURCE_EXHAUSTED."""
     pytorch_precision: Literal["float32", "bfloat16"] = "float32"
     """Arithmetic of the PyTorch backend's network: bfloat16 autocasts the VGG19 convolutions
-    (about 2x faster per iteration on CPUs with AVX512-BF16 and on recent GPUs; losses and Gram
-    matrices stay float32) and runs the last 10 % of each stage's iterations in float32, which
-    brings the final loss back to float32's (see the README's "Speed")."""
+    (1.5x faster per iteration on the development CPU, which has AVX512-BF16; recent GPUs run
+    bfloat16 too; losses and Gram matrices stay float32) and runs the last 10 % of each stage's
+    iterations in float32, which brings the final loss back to float32's (see the README's
+    "Speed")."""
     style_cache_mib: int = Field(default=128, ge=0)
     """Memory each backend may keep for the Gram matrices of recent style images, so that jobs
     with a style seen before skip computing its targets (0 turns the cache off). One style at the

@@ -182,7 +182,6 @@ class Plan(NamedTuple):
     backward: bool | None = None
 
 
-DIRECTIONS = ("forward", "backward")
 # (in channels, out channels, input shape) -> the plan timed for it.
 PLANS: dict[tuple[int, ...], Plan] = {}
 _tuning = threading.RLock()  # timing a plan packs kernels under it too
