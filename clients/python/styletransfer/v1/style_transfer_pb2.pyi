@@ -387,21 +387,29 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BackendInfo(_message.Message):
-    __slots__ = ("name", "available", "unavailable_reason", "devices", "framework_version")
+    __slots__ = ("name", "available", "unavailable_reason", "devices", "framework_version", "precision", "requested_precision", "precision_reason", "capabilities")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     FRAMEWORK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_REASON_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     available: bool
     unavailable_reason: str
     devices: _containers.RepeatedScalarFieldContainer[str]
     framework_version: str
-    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., framework_version: _Optional[str] = ...) -> None: ...
+    precision: str
+    requested_precision: str
+    precision_reason: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., framework_version: _Optional[str] = ..., precision: _Optional[str] = ..., requested_precision: _Optional[str] = ..., precision_reason: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WeightsInfo(_message.Message):
-    __slots__ = ("source", "source_sha256", "sha256", "random", "channel_order", "input_range", "mean", "std")
+    __slots__ = ("source", "source_sha256", "sha256", "random", "channel_order", "input_range", "mean", "std", "quantization", "container_sha256")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SHA256_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -410,6 +418,8 @@ class WeightsInfo(_message.Message):
     INPUT_RANGE_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_SHA256_FIELD_NUMBER: _ClassVar[int]
     source: str
     source_sha256: str
     sha256: str
@@ -418,7 +428,9 @@ class WeightsInfo(_message.Message):
     input_range: float
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, source: _Optional[str] = ..., source_sha256: _Optional[str] = ..., sha256: _Optional[str] = ..., random: _Optional[bool] = ..., channel_order: _Optional[str] = ..., input_range: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+    quantization: str
+    container_sha256: str
+    def __init__(self, source: _Optional[str] = ..., source_sha256: _Optional[str] = ..., sha256: _Optional[str] = ..., random: _Optional[bool] = ..., channel_order: _Optional[str] = ..., input_range: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., quantization: _Optional[str] = ..., container_sha256: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_size", "max_iterations", "max_styles", "max_input_pixels", "max_receive_message_bytes", "queue_size", "job_retention_seconds", "heartbeat_seconds")
