@@ -281,6 +281,8 @@ def server_info(
             input_range=meta.input_range,
             mean=meta.mean,
             std=meta.std,
+            quantization=meta.quantization,
+            container_sha256=meta.container_sha256,
         ),
         limits=pb.Limits(
             max_size=settings.max_size,

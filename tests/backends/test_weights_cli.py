@@ -148,11 +148,11 @@ def test_download_fetches_verifies_and_converts(
 def test_download_with_no_network_fails_with_instructions(
     closed_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
 ) -> None:
-    """When no mirror answers, `download` exits 1 and suggests importing a copy by hand."""
+    """When no mirror answers, `download --source caffe` exits 1 and suggests importing a copy by hand."""
     url = f"http://127.0.0.1:{closed_port}/x.h5"
     local = dataclasses.replace(sources.SOURCES["caffe"], urls=(url,))
     monkeypatch.setitem(sources.SOURCES, "caffe", local)
-    assert main(["download", "--cache-dir", str(tmp_path), "--quiet"]) == 1
+    assert main(["download", "--source", "caffe", "--cache-dir", str(tmp_path), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert f"could not reach {url}" in err
     assert "styletransfer-weights import PATH" in err

@@ -102,3 +102,21 @@ def test_resolve_a_corrupt_file_raises_a_format_error(tmp_path: Path) -> None:
     path.write_bytes(b"\x00" * 64)
     with pytest.raises(WeightsFormatError, match="not a usable weights file"):
         store.resolve(str(path))
+
+
+def test_resolve_none_takes_the_quantized_copy_when_the_float_file_is_absent(xdg_cache: Path) -> None:
+    """With only the 8-bit file in the cache, None resolves to it."""
+    weights = canonical.random_weights(6)
+    path = store.weights_dir() / "vgg19-caffe-q8.safetensors"
+    saved = canonical.save(weights.tensors, weights.meta, path)
+    assert store.default_weights_path() == path
+    assert store.resolve(None).sha256 == saved.sha256
+
+
+def test_the_float_file_wins_over_the_quantized_copy(xdg_cache: Path) -> None:
+    """With both files in the cache, None resolves to the published float weights."""
+    float_path = store.weights_dir() / "vgg19-caffe.safetensors"
+    for seed, path in ((7, store.weights_dir() / "vgg19-caffe-q8.safetensors"), (8, float_path)):
+        weights = canonical.random_weights(seed)
+        canonical.save(weights.tensors, weights.meta, path)
+    assert store.resolve(None).sha256 == canonical.file_sha256(float_path)

