@@ -411,6 +411,26 @@ def _reanchor(lbfgs: torch.optim.LBFGS, pixels: torch.Tensor, problem: Problem) 
     state["prev_flat_grad"] = before.grad.reshape(-1)
 
 
+def _scale_without_curvature(lbfgs: torch.optim.LBFGS, pixels: torch.Tensor) -> None:
+    """Until L-BFGS has a curvature pair, keep its steps as long as the first one.
+
+    torch scales the gradient by H_diag = 1 until a pair passes the curvature test (y.s > 0), so
+    a step that follows a rejected pair moves every value by lr times its raw gradient. With
+    random weights the gradients are small enough for that to pass unnoticed; with the real
+    weights a 128 px image's gradients reach 1e10 and the second step sent the image to 1e33
+    (the pair after the first step is often rejected: the objective is not convex). Scaling
+    by the previous gradient's L1 norm, as the first step is scaled, keeps each step at about
+    lr levels per value until the history holds a pair; a pair accepted during the step
+    replaces the scale with its own, as usual. The TensorFlow backend applies the same rule.
+    """
+    state = lbfgs.state[pixels]
+    previous = state.get("prev_flat_grad")
+    if previous is None or state["old_dirs"]:
+        return
+    l1 = float(previous.abs().sum())
+    state["H_diag"] = (min(1.0, 1.0 / l1) if l1 > 0 else 1.0) * previous.numel()
+
+
 def _stepper(
     optimizer: Optimizer, lr: float, pixels: torch.Tensor, schedule: _Schedule, evaluator: Evaluator
 ) -> Callable[[], Losses]:
@@ -441,6 +461,7 @@ def _stepper(
             seen.clear()
             if schedule.next():
                 _reanchor(lbfgs, pixels, schedule.problem)
+            _scale_without_curvature(lbfgs, pixels)
             lbfgs.step(closure)
             lbfgs.param_groups[0]["lr"] = lr  # every later step has length lr * |d|
             return seen[0]

@@ -50,6 +50,11 @@ class LBFGS:
                 self.s.append(s)
                 self.rho.append(1.0 / ys)
                 self.h_diag = ys / _dot(y, y)
+            elif not self.y:
+                # No curvature pair yet: scale by the previous gradient as the first step is
+                # scaled (the PyTorch backend's `_scale_without_curvature` says why).
+                l1 = float(tf.reduce_sum(tf.abs(self.prev_grad)))
+                self.h_diag = (min(1.0, 1.0 / l1) if l1 > 0 else 1.0) * float(tf.size(grad))
             q = -grad
             alphas = []
             for y_i, s_i, rho_i in zip(reversed(self.y), reversed(self.s), reversed(self.rho), strict=True):
