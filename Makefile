@@ -93,7 +93,8 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/.venv $(TOOLS) $(SYSTEM)
 
 ## Speed against a plain reference implementation, time to quality, service overhead, and a
-## figure (benchmarks/bench.png); random weights unless BENCH_WEIGHTS. QUICK=1: under two minutes.
+## figure (benchmarks/bench.png); random weights unless BENCH_WEIGHTS (a canonical file or a source
+## name, e.g. BENCH_WEIGHTS=caffe-q8). QUICK=1: under two minutes.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(if $(QUICK),--quick) $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS))
 

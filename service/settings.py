@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     """Default device: auto (CUDA when present), cpu, cuda or cuda:N."""
     weights: str | None = None
-    """Canonical weights file, or random:SEED for smoke tests. Unset: the cached default."""
+    """Canonical weights file, a source name whose cached file to load (`caffe`, `caffe-q8`,
+    `torchvision`), or random:SEED for smoke tests. Unset: the cached default (`caffe`, else
+    `caffe-q8`)."""
     max_size: int = Field(default=2048, ge=16)
     """Largest output long side a request may ask for."""
     max_iterations: int = Field(default=10_000, ge=1)

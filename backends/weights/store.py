@@ -51,12 +51,21 @@ def default_weights_path(cache: Path | None = None) -> Path:
 def resolve(spec: str | None, *, cache: Path | None = None) -> VGGWeights:
     """Turn a weights setting into weights.
 
-    `random:SEED` gives deterministic random weights; any other string is the path of a
-    canonical file; None means the default file in the cache. Raises WeightsNotFound (whose
-    message says how to get weights) or WeightsFormatError.
+    `random:SEED` gives deterministic random weights; a source's name (`caffe`, `caffe-q8`,
+    `torchvision`) its canonical file in the cache; any other string is the path of a canonical
+    file; None means the default file in the cache. Raises WeightsNotFound (whose message says how
+    to get weights) or WeightsFormatError.
     """
     if spec is None:
         return load_file(default_weights_path(cache))
+    if spec in SOURCES:
+        path = weights_dir(cache) / SOURCES[spec].output_filename
+        if not path.is_file():
+            raise WeightsNotFound(
+                f"the {spec} weights are not in the cache ({path}); get them with "
+                f"`styletransfer-weights download --source {spec}`"
+            )
+        return load_file(path)
     if spec.startswith(RANDOM_PREFIX):
         seed = spec.removeprefix(RANDOM_PREFIX)
         if not seed.isdigit():

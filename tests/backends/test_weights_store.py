@@ -120,3 +120,16 @@ def test_the_float_file_wins_over_the_quantized_copy(xdg_cache: Path) -> None:
         weights = canonical.random_weights(seed)
         canonical.save(weights.tensors, weights.meta, path)
     assert store.resolve(None).sha256 == canonical.file_sha256(float_path)
+
+
+def test_a_source_name_resolves_to_its_cached_file(xdg_cache: Path) -> None:
+    """`caffe-q8` names the canonical file of that source in the cache."""
+    weights = canonical.random_weights(9)
+    saved = canonical.save(weights.tensors, weights.meta, store.weights_dir() / "vgg19-caffe-q8.safetensors")
+    assert store.resolve("caffe-q8").sha256 == saved.sha256
+
+
+def test_a_source_name_not_in_the_cache_says_how_to_get_it(xdg_cache: Path) -> None:
+    """A named source that was never downloaded is WeightsNotFound with the download command."""
+    with pytest.raises(WeightsNotFound, match="download --source torchvision"):
+        store.resolve("torchvision")
