@@ -2,6 +2,8 @@
 
     StyleTransferError              a failure with a message safe to show the caller
     ├── InvalidArgument             a request field is wrong (names the field)
+    │   └── IdempotencyKeyReused    the key already names a job made from another request
+    │                               (ALREADY_EXISTS)
     ├── Unavailable                 a backend or device cannot run jobs here (FAILED_PRECONDITION)
     ├── NotFound                    no such job, or it finished long enough ago to be forgotten
     ├── ResourceExhausted           a limit was hit: memory, queue, size
@@ -37,6 +39,19 @@ class InvalidArgument(StyleTransferError):
         super().__init__(f"{field}: {description}")
         self.field = field
         self.description = description
+
+
+class IdempotencyKeyReused(InvalidArgument):
+    """The caller's idempotency key already names a job that was made from a different request."""
+
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self, job_name: str) -> None:
+        super().__init__(
+            "idempotency_key",
+            f"already used for {job_name}, which was made from a different request; use a new key "
+            "for a new request, or send the same request again to get that job",
+        )
 
 
 class Unavailable(StyleTransferError):

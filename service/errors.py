@@ -14,6 +14,7 @@ from backends.errors import (
     BackendFailure,
     Cancelled,
     DeadlineExceeded,
+    IdempotencyKeyReused,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -26,6 +27,7 @@ DOMAIN = "styletransfer"
 
 # Most specific class first.
 STATUS_CODES: tuple[tuple[type[StyleTransferError], grpc.StatusCode], ...] = (
+    (IdempotencyKeyReused, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (Unavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (NotFound, grpc.StatusCode.NOT_FOUND),

@@ -5,7 +5,6 @@ Handlers raise domain errors; this is the only code that turns an exception into
 
 from __future__ import annotations
 
-import hmac
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from grpc_status import rpc_status
 from backends.errors import StyleTransferError
 from service.errors import INTERNAL_MESSAGE, status_code, to_status
 from service.metrics import Metrics, go_code, split_method
+from service.principals import Principals
 
 log = structlog.get_logger("service.access")
 
@@ -146,19 +146,15 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Requires `authorization: Bearer <token>` on every RPC except health checks.
 
-    Tokens are compared in constant time and never logged.
+    Tokens are compared in constant time and never logged; which principal a token belongs to is
+    `service.principals`' business.
     """
 
-    def __init__(self, tokens: tuple[str, ...]) -> None:
-        self._tokens = tuple(t.encode() for t in tokens)
+    def __init__(self, principals: Principals) -> None:
+        self._principals = principals
 
     def _allowed(self, metadata: tuple[Any, ...]) -> bool:
-        header = next((value for key, value in metadata if key == "authorization"), None)
-        if not isinstance(header, str) or not header.startswith("Bearer "):
-            return False
-        presented = header.removeprefix("Bearer ").strip().encode()
-        # Check every token, so that the time taken does not tell which one nearly matched.
-        return any([hmac.compare_digest(presented, token) for token in self._tokens])
+        return self._principals.by_token(metadata) is not None
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         if details.method.startswith("/grpc.health.v1.Health/") or self._allowed(details.invocation_metadata):

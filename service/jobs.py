@@ -35,6 +35,7 @@ from backends.errors import (
     Cancelled,
     DeadlineExceeded,
     DeviceFailure,
+    IdempotencyKeyReused,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -44,6 +45,7 @@ from backends.errors import (
 )
 from service import images, memory
 from service.options import JobOptions
+from service.principals import ANONYMOUS
 from service.requests import JobSpec
 
 log = structlog.get_logger(__name__)
@@ -278,6 +280,8 @@ class Job:
     history: int = 4096
     deadline: float | None = None
     idempotency_key: str = ""
+    principal: str = ANONYMOUS  # who created it; only they see it
+    fingerprint: str = ""  # of the request, when it came with an idempotency key
     accepted_at: float = field(default_factory=time.monotonic)
     created_wall: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -711,7 +715,7 @@ class JobCore:
         self.limits = limits or Limits()
         self._devices: dict[str, DeviceWorkers] = {}
         self._jobs: dict[str, Job] = {}  # in acceptance order
-        self._by_key: dict[str, Job] = {}
+        self._by_key: dict[tuple[str, str], Job] = {}  # (principal, idempotency key) -> job
         self._lock = threading.Lock()
         self._closed = False
         self._reaper_stop = threading.Event()
@@ -735,14 +739,41 @@ class JobCore:
         device = backend.resolve_device(options.device or self.default_device)
         return replace(options, backend=name, device=device)
 
-    def submit(self, spec: JobSpec, *, deadline: float | None = None, idempotency_key: str = "") -> Job:
-        """Queue a placed job, or return the job already made under the same idempotency key.
+    def find(self, principal: str, idempotency_key: str, fingerprint: str) -> Job | None:
+        """The job `principal` already made under `idempotency_key`, if any.
 
-        Raises ResourceExhausted when the device's queue is full and ShuttingDown when draining.
+        Raises IdempotencyKeyReused when that job was made from a request with another fingerprint.
         """
         with self._lock:
-            if idempotency_key and idempotency_key in self._by_key:
-                return self._by_key[idempotency_key]
+            return self._keyed(principal, idempotency_key, fingerprint)
+
+    def _keyed(self, principal: str, idempotency_key: str, fingerprint: str) -> Job | None:
+        job = self._by_key.get((principal, idempotency_key))
+        if job is not None and job.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(job.name)
+        return job
+
+    def submit(
+        self,
+        spec: JobSpec,
+        *,
+        deadline: float | None = None,
+        idempotency_key: str = "",
+        principal: str = ANONYMOUS,
+        fingerprint: str = "",
+    ) -> Job:
+        """Queue a placed job, or return the job `principal` already made under the same
+        idempotency key (keys are per principal).
+
+        Raises IdempotencyKeyReused when the key names a job made from a request with another
+        `fingerprint`, ResourceExhausted when the device's queue is full and ShuttingDown when
+        draining.
+        """
+        with self._lock:
+            if idempotency_key:
+                existing = self._keyed(principal, idempotency_key, fingerprint)
+                if existing is not None:
+                    return existing
             if self._closed:
                 raise ShuttingDown("the server is shutting down; retry on another replica")
             self._forget_expired()
@@ -752,6 +783,8 @@ class JobCore:
                 history=self.limits.history,
                 deadline=deadline,
                 idempotency_key=idempotency_key,
+                principal=principal,
+                fingerprint=fingerprint,
                 observer=self.observer,
                 request_id=str(structlog.contextvars.get_contextvars().get("request_id", "")),
             )
@@ -774,29 +807,36 @@ class JobCore:
                 raise
             self._jobs[job.id] = job
             if idempotency_key:
-                self._by_key[idempotency_key] = job
+                self._by_key[principal, idempotency_key] = job
         self.observer.submitted(job)
-        log.info("job_queued", job_id=job.id, device=spec.options.device, backend=spec.options.backend)
+        log.info(
+            "job_queued",
+            job_id=job.id,
+            device=spec.options.device,
+            backend=spec.options.backend,
+            principal=principal,
+        )
         return job
 
-    def get(self, job_id: str) -> Job:
-        """A job by id; NotFound when unknown or forgotten."""
+    def get(self, job_id: str, principal: str | None = None) -> Job:
+        """A job by id; NotFound when unknown, forgotten, or (when `principal` is given) someone
+        else's: another caller's job is indistinguishable from one that does not exist."""
         with self._lock:
             self._forget_expired()
             job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or (principal is not None and job.principal != principal):
             raise NotFound(f"job {job_id!r} is unknown, or finished long enough ago to be forgotten")
         return job
 
-    def jobs(self) -> list[Job]:
-        """Every job the core remembers, oldest first."""
+    def jobs(self, principal: str | None = None) -> list[Job]:
+        """Every job the core remembers (of `principal`, when given), oldest first."""
         with self._lock:
             self._forget_expired()
-            return list(self._jobs.values())
+            return [j for j in self._jobs.values() if principal is None or j.principal == principal]
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, principal: str | None = None) -> Job:
         """Cancel a job; a queued one leaves its line at once. Cancelling a finished job is a no-op."""
-        job = self.get(job_id)
+        job = self.get(job_id, principal)
         job.cancel(StopReason.CALLER)
         self._drop_stopped()
         return job
@@ -838,7 +878,7 @@ class JobCore:
                 held -= _result_bytes(job)
                 del self._jobs[job.id]
                 if job.idempotency_key:
-                    self._by_key.pop(job.idempotency_key, None)
+                    self._by_key.pop((job.principal, job.idempotency_key), None)
 
     def close(self, grace: float | None = None) -> None:
         """Refuse new jobs and give queued and running ones `grace` seconds to finish.

@@ -27,6 +27,7 @@ from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
 from service.metrics import JobMetrics, Metrics, QueueDepth, StyleCache
 from service.options import JobOptions
+from service.principals import Principals
 from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
 from service.settings import Settings, load_tokens
@@ -216,8 +217,8 @@ def build(
             # A job stream in flight gets as long as the drain to finish on the old connection.
             ("grpc.max_connection_age_grace_ms", int(max(settings.shutdown_grace, 1) * 1000)),
         ]
-    tokens = load_tokens(settings)
-    interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(tokens)] if tokens else []  # type: ignore[type-arg]
+    principals = Principals(load_tokens(settings))
+    interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(principals)] if principals.required else []  # type: ignore[type-arg]
     interceptors.append(ServiceInterceptor(metrics))
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
@@ -225,7 +226,7 @@ def build(
         options=options,
     )
     pb_grpc.add_StyleTransferServicer_to_server(  # type: ignore[no-untyped-call]
-        StyleTransferServicer(core, defaults, settings, info), grpc_server
+        StyleTransferServicer(core, defaults, settings, info, principals), grpc_server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,11 +14,20 @@ from backends.errors import InvalidArgument
 from service import convert
 from service.jobs import Failed, Job, JobCore
 from service.options import JobOptions
+from service.principals import Principals
 from service.requests import build_spec, resolve_options
 from service.settings import Settings
 
 MAX_KEY_LENGTH = 128
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+def request_fingerprint(request: pb.TransferRequest | pb.CreateJobRequest) -> str:
+    """SHA-256 of everything in a job request but its idempotency key (deterministic encoding), so
+    that a key reused with a different request can be told from a retry."""
+    copy = type(request).FromString(request.SerializeToString())
+    copy.idempotency_key = ""
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _job_id(name: str) -> str:
@@ -31,23 +41,44 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     """Thin adapter between the wire and the job core; errors are mapped by the interceptor."""
 
     def __init__(
-        self, core: JobCore, defaults: JobOptions, settings: Settings, info: Callable[[], pb.ServerInfo]
+        self,
+        core: JobCore,
+        defaults: JobOptions,
+        settings: Settings,
+        info: Callable[[], pb.ServerInfo],
+        principals: Principals | None = None,
     ) -> None:
         self._core = core
         self._defaults = defaults
         self._settings = settings
         self._info = info
+        self._principals = principals or Principals(())
 
-    def _create(self, request: pb.TransferRequest | pb.CreateJobRequest, deadline: float | None) -> Job:
+    def _create(
+        self,
+        request: pb.TransferRequest | pb.CreateJobRequest,
+        deadline: float | None,
+        context: grpc.ServicerContext,
+    ) -> Job:
         if len(request.idempotency_key) > MAX_KEY_LENGTH:
             raise InvalidArgument("idempotency_key", f"longer than {MAX_KEY_LENGTH} characters")
+        principal = self._principals.of(context)
+        key = request.idempotency_key
+        fingerprint = request_fingerprint(request) if key else ""
+        if key:
+            # A retry returns the job the key already names, before any image is decoded.
+            existing = self._core.find(principal, key, fingerprint)
+            if existing is not None:
+                return existing
         plain = convert.job_request(request)
         options = self._core.place(resolve_options(plain.overrides, self._defaults, self._settings))
         if options.max_duration is not None:
             budget = time.monotonic() + options.max_duration
             deadline = budget if deadline is None else min(deadline, budget)
         spec = build_spec(plain, options, self._settings)
-        return self._core.submit(spec, deadline=deadline, idempotency_key=request.idempotency_key)
+        return self._core.submit(
+            spec, deadline=deadline, idempotency_key=key, principal=principal, fingerprint=fingerprint
+        )
 
     def _events(self, job: Job, after: int) -> Iterator[pb.TransferEvent]:
         for sequence, item in job.stream(after, self._settings.heartbeat_seconds):
@@ -60,7 +91,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     ) -> Iterator[pb.TransferEvent]:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        job = self._create(request, deadline)
+        job = self._create(request, deadline, context)
         context.add_callback(job.caller_gone)  # stop computing for nobody
         yield from self._events(job, 0)
 
@@ -68,11 +99,11 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         return self._info()
 
     def CreateJob(self, request: pb.CreateJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        job = self._create(request, None)
+        job = self._create(request, None, context)
         return convert.job(job, self._core.position(job))
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        job = self._core.get(_job_id(request.name))
+        job = self._core.get(_job_id(request.name), self._principals.of(context))
         return convert.job(job, self._core.position(job))
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
@@ -84,7 +115,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         except ValueError:
             raise InvalidArgument("page_token", "not a token this server issued") from None
         wanted = convert.STATES_FROM_PROTO.get(request.state)
-        jobs = [j for j in self._core.jobs() if wanted is None or j.state is wanted]
+        mine = self._core.jobs(self._principals.of(context))
+        jobs = [j for j in mine if wanted is None or j.state is wanted]
         page = jobs[start : start + size]
         token = str(start + size) if start + size < len(jobs) else ""
         return pb.ListJobsResponse(
@@ -93,11 +125,11 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         )
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        job = self._core.cancel(_job_id(request.name))
+        job = self._core.cancel(_job_id(request.name), self._principals.of(context))
         return convert.job(job, self._core.position(job))
 
     def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TransferEvent]:
-        job = self._core.get(_job_id(request.name))
+        job = self._core.get(_job_id(request.name), self._principals.of(context))
         yield from self._events(job, request.after_sequence)

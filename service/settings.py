@@ -90,9 +90,10 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = None
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     auth_tokens: SecretStr | None = None
-    """Comma-separated bearer tokens; when set (or auth_tokens_file), every RPC but health needs one."""
+    """Comma-separated bearer tokens, each `token` or `name:token` (name = the principal that owns the
+    jobs made with it); when set (or auth_tokens_file), every RPC but health needs one."""
     auth_tokens_file: Path | None = None
-    """File with one bearer token per line (blank lines and # comments ignored)."""
+    """File with one bearer token (or `name:token`) per line (blank lines and # comments ignored)."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """HTTP port serving Prometheus metrics at /metrics; unset serves none (0 picks a free port)."""
     metrics_host: str | None = None
