@@ -42,8 +42,18 @@ STATUS_CODES: tuple[tuple[type[StyleTransferError], grpc.StatusCode], ...] = (
 RETRY_AFTER_SECONDS = 5  # advertised with RESOURCE_EXHAUSTED and UNAVAILABLE
 
 
+class Relayed(StyleTransferError):
+    """A failure that happened on another replica, carried as the status it ended with there."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
 def status_code(error: StyleTransferError) -> grpc.StatusCode:
     """The gRPC code for a domain error."""
+    if isinstance(error, Relayed):
+        return next((c for c in grpc.StatusCode if c.value[0] == error.status.code), grpc.StatusCode.UNKNOWN)
     for cls, code in STATUS_CODES:
         if isinstance(error, cls):
             return code
@@ -52,6 +62,8 @@ def status_code(error: StyleTransferError) -> grpc.StatusCode:
 
 def to_status(error: StyleTransferError) -> status_pb2.Status:
     """A google.rpc.Status with ErrorInfo, plus BadRequest or RetryInfo where they apply."""
+    if isinstance(error, Relayed):
+        return error.status
     code = status_code(error)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)

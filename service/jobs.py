@@ -695,6 +695,11 @@ def _result_bytes(job: Job) -> int:
     return len(terminal.image.data) if isinstance(terminal, Finished) else 0
 
 
+def new_job_id() -> str:
+    """A fresh, unguessable job id."""
+    return uuid.uuid4().hex
+
+
 class JobCore:
     """Accepts checked jobs, runs them on per-device workers, and keeps them for a while after."""
 
@@ -761,6 +766,7 @@ class JobCore:
         idempotency_key: str = "",
         principal: str = ANONYMOUS,
         fingerprint: str = "",
+        job_id: str | None = None,
     ) -> Job:
         """Queue a placed job, or return the job `principal` already made under the same
         idempotency key (keys are per principal).
@@ -778,7 +784,7 @@ class JobCore:
                 raise ShuttingDown("the server is shutting down; retry on another replica")
             self._forget_expired()
             job = Job(
-                id=uuid.uuid4().hex,
+                id=job_id or new_job_id(),
                 spec=spec,
                 history=self.limits.history,
                 deadline=deadline,

@@ -10,6 +10,7 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 import numpy as np
+import redis
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -31,6 +32,7 @@ from service.principals import Principals
 from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
 from service.settings import Settings, load_tokens
+from service.shared import SharedJobs, redact
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +65,7 @@ class Server:
     metrics_server: WSGIServer | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
+    shared: SharedJobs | None = None
 
     def set_serving(self, serving: bool) -> None:
         if serving and self.stopping:
@@ -92,6 +95,8 @@ class Server:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        if self.shared is not None:
+            self.shared.close()
         log.info("server_stopped")
 
 
@@ -217,6 +222,15 @@ def build(
             # A job stream in flight gets as long as the drain to finish on the old connection.
             ("grpc.max_connection_age_grace_ms", int(max(settings.shutdown_grace, 1) * 1000)),
         ]
+    shared = None
+    if settings.store != "memory":
+        shared = SharedJobs(settings.store, settings.job_retention_seconds)
+        try:
+            shared.check()
+        except redis.RedisError as error:
+            shared.close()
+            raise OSError(f"the job store {redact(settings.store)} does not answer: {error}") from None
+        shared.start(core)
     principals = Principals(load_tokens(settings))
     interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(principals)] if principals.required else []  # type: ignore[type-arg]
     interceptors.append(ServiceInterceptor(metrics))
@@ -226,7 +240,7 @@ def build(
         options=options,
     )
     pb_grpc.add_StyleTransferServicer_to_server(  # type: ignore[no-untyped-call]
-        StyleTransferServicer(core, defaults, settings, info, principals), grpc_server
+        StyleTransferServicer(core, defaults, settings, info, principals, shared), grpc_server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -265,6 +279,7 @@ def build(
         health_port,
         metrics,
         metrics_server,
+        shared=shared,
     )
     holder.append(server)
     server.set_serving(False)

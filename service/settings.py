@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     """Most queued jobs of one size and one set of options that run together as one batch, each
     iteration one network pass for all their images; each job keeps its own optimizer, previews,
     cancellation and result. 0: 4 on CUDA devices and 1 (no batching) on CPU."""
+    store: str = Field(default="memory", pattern=r"^(memory|rediss?://.+|unix://.+)$")
+    """Where jobs are kept: `memory` (this process only) or a Redis URL
+    (`redis://[user:password@]host:port/db`, `rediss://` for TLS) shared by every replica, so that
+    any replica answers for any job and an idempotency key makes one job across all of them."""
     job_history: int = Field(default=4096, ge=16)
     """Events kept per job, so that WatchJob can resume after a disconnect."""
     job_retention_seconds: float = Field(default=600.0, ge=0)
