@@ -98,6 +98,17 @@ class Stage:
     iterations: int  # how many steps the driver will run on it
 
 
+@dataclass(frozen=True)
+class PrecisionInfo:
+    """The arithmetic a backend's CPU jobs run in, the one it was configured with, and why the two
+    differ (empty when they agree); with what it found the machine can do, as short names."""
+
+    precision: str
+    requested: str
+    reason: str = ""
+    capabilities: tuple[str, ...] = ()
+
+
 class Solver(Protocol):
     """A stage being optimized."""
 
@@ -134,6 +145,10 @@ class Backend(Protocol):
 
         Checks `cancel` every iteration and raises errors.Cancelled when it is set.
         """
+        ...
+
+    def precision_info(self) -> PrecisionInfo:
+        """The precision jobs run in on the CPU, what was asked for, and why they differ."""
         ...
 
 

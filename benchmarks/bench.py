@@ -1,10 +1,11 @@
 """`make bench`: speed per iteration and per result, against a plain reference, in one run.
 
-Prints one table (implementation x size: median ms per iteration after warm-up, min-max, peak
-memory, GFLOP/s and the fraction of this machine's measured matmul peak), the time our defaults
-need to reach the loss the reference reaches after N evaluations, the overhead of going through
-the gRPC service, and writes a figure beside it. The last line sums it up:
-`speedup_vs_reference=X time_to_quality_ratio=Y service_overhead_pct=Z`.
+Prints what the machine can do (`backends.pytorch.capabilities`; bfloat16 is measured only where
+it has a fast path, and says why not elsewhere), then one table (implementation x size: median ms
+per iteration after warm-up, min-max, peak memory, GFLOP/s and the fraction of this machine's
+measured matmul peak), the time our defaults need to reach the loss the reference reaches after
+N evaluations, the overhead of going through the gRPC service, and writes a figure beside it. The
+last line sums it up: `speedup_vs_reference=X time_to_quality_ratio=Y service_overhead_pct=Z`.
 
 Speed does not depend on the weights' values, so the run uses deterministic random weights unless
 --weights names a canonical file; the header says which. Losses from random weights say nothing
@@ -37,6 +38,7 @@ from reference import ReferenceTransfer
 from backends import registry
 from backends.base import Backend, BackendJob, BatchingBackend, BatchMember, Iterate, Outcome, StyleInput
 from backends.options import StyleOptions
+from backends.pytorch import capabilities
 from backends.pytorch.backend import FLOAT32_FINISH
 from backends.pytorch.winograd import TunedConv2d
 from backends.vgg import CONV_LAYERS, deepest, position
@@ -411,9 +413,20 @@ def main() -> None:
         + f"; weights {weights.meta.source} (sha256 {weights.sha256[:12]}, random={weights.meta.random})"
     )
     print(label)
+    caps = capabilities.current()
+    print(f"capabilities: {caps.summary()}")
+    # Without bfloat16 kernels the CPU would run autocast's own convolutions, several times slower
+    # than float32 (the backend runs float32 there instead): nothing worth measuring.
+    bfloat16_here = {"cpu": caps.cpu_bfloat16} | {
+        f"cuda:{i}": gpu.bfloat16 for i, gpu in enumerate(caps.cuda)
+    }
+    for device in devices:
+        if not bfloat16_here.get(device, False):
+            reason = caps.missing_for_bfloat16() if device == "cpu" else "compute capability below 8.0"
+            print(f"bfloat16 on {device}: not measured, no fast path here ({reason})")
     best: dict[tuple[str, torch.dtype], float] = {}
     for device in devices:
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16) if bfloat16_here.get(device) else (torch.float32,):
             matmul, conv = matmul_peak(dtype, device), conv_peak(dtype, device)
             best[device, dtype] = max(matmul, conv)
             print(
@@ -424,15 +437,15 @@ def main() -> None:
     implementations: list[tuple[str, Backend, torch.dtype]] = []
     for name in args.backends:
         implementations.append((f"{name} float32", registry.create(name, weights), torch.float32))
-        if name == "pytorch":
+        if name == "pytorch" and any(bfloat16_here.values()):
             fast = registry.create(name, weights, precision="bfloat16")
             implementations.append(("pytorch bfloat16", fast, torch.bfloat16))
     rows: list[Row] = []
     options = StyleOptions()
     for device in devices:
         for size in sizes[device]:
-            for label_name, backend, _ in implementations:
-                if device not in backend.devices():
+            for label_name, backend, dtype in implementations:
+                if device not in backend.devices() or (dtype == torch.bfloat16 and not bfloat16_here[device]):
                     continue
                 times, peak, _ = run_ours(backend, size, iterations, device)
                 rows.append(row(label_name, device, size, times, peak, flops(size, options)))
@@ -486,13 +499,16 @@ def main() -> None:
     )
 
     loss_size, loss_iterations = (128, 30) if args.quick else (256, 100)
-    loss32, loss16, seconds32, seconds16 = bfloat16_loss(weights, loss_size, loss_iterations)
-    print(
-        f"bfloat16 at {loss_size} px, {loss_iterations} iterations (the last "
-        f"{math.ceil(FLOAT32_FINISH * loss_iterations)} in float32): final loss {loss16:.5g} against "
-        f"float32 {loss32:.5g} ({(loss16 - loss32) / loss32:+.2%}); whole job {seconds16:.1f} s against "
-        f"{seconds32:.1f} s ({seconds32 / seconds16:.2f}x faster)"
-    )
+    if bfloat16_here["cpu"]:
+        loss32, loss16, seconds32, seconds16 = bfloat16_loss(weights, loss_size, loss_iterations)
+        print(
+            f"bfloat16 at {loss_size} px, {loss_iterations} iterations (the last "
+            f"{math.ceil(FLOAT32_FINISH * loss_iterations)} in float32): final loss {loss16:.5g} against "
+            f"float32 {loss32:.5g} ({(loss16 - loss32) / loss32:+.2%}); whole job {seconds16:.1f} s against "
+            f"{seconds32:.1f} s ({seconds32 / seconds16:.2f}x faster)"
+        )
+    else:
+        print(f"bfloat16 whole job: skipped, no fast path on this CPU ({caps.missing_for_bfloat16()})")
     cache_size = 256 if args.quick else 512
     miss, hit = style_cache_setup(pytorch, cache_size)
     print(

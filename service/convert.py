@@ -257,15 +257,21 @@ def server_info(
         reason = registry.unavailable_reason(name)
         if backend is None and reason is None:
             reason = "not enabled on this server (see the backends setting)"
-        infos.append(
-            pb.BackendInfo(
-                name=name,
-                available=backend is not None,
-                unavailable_reason=reason or "",
-                devices=backend.devices() if backend is not None else [],
-                framework_version=backend.framework_version() if backend is not None else "",
-            )
+        info = pb.BackendInfo(
+            name=name,
+            available=backend is not None,
+            unavailable_reason=reason or "",
+            devices=backend.devices() if backend is not None else [],
+            framework_version=backend.framework_version() if backend is not None else "",
         )
+        if backend is not None:
+            precision = backend.precision_info()
+            info.precision = precision.precision
+            if precision.requested != precision.precision:
+                info.requested_precision = precision.requested
+                info.precision_reason = precision.reason
+            info.capabilities.extend(precision.capabilities)
+        infos.append(info)
     meta = weights.meta
     return pb.ServerInfo(
         version=version,

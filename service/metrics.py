@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from backends.base import Iterate
+from backends.base import Iterate, PrecisionInfo
 from backends.cache import TargetCache
 from service.jobs import Job, JobObserver
 from service.options import JobOptions
@@ -202,6 +202,13 @@ class Metrics:
             ["source", "sha256", "random"],
             registry=registry,
         )
+        self.precision = Gauge(
+            "styletransfer_backend_precision_info",
+            "Always 1; the precision each backend's CPU jobs run in and the one it was configured with "
+            "(they differ where this machine lacks the instructions for it).",
+            ["backend", "precision", "requested"],
+            registry=registry,
+        )
         registry.register(_DeviceMemory(devices))
         self._lock = threading.Lock()
 
@@ -211,6 +218,10 @@ class Metrics:
         """Publish build and weights information."""
         self.build.labels(version, frameworks.get("pytorch", ""), frameworks.get("tensorflow", "")).set(1)
         self.weights.labels(source, sha256, str(random).lower()).set(1)
+
+    def set_precision(self, backend: str, precision: PrecisionInfo) -> None:
+        """Publish the precision a backend runs in and the one requested."""
+        self.precision.labels(backend, precision.precision, precision.requested).set(1)
 
 
 def outcome(state: str, error_reason: str | None) -> str:

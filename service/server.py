@@ -192,6 +192,17 @@ def build(
         weights.sha256,
         weights.meta.random,
     )
+    for name, backend in backends.items():
+        precision = backend.precision_info()
+        metrics.set_precision(name, precision)
+        if precision.precision != precision.requested:
+            log.warning(
+                "precision_fallback",
+                backend=name,
+                requested=precision.requested,
+                precision=precision.precision,
+                reason=precision.reason,
+            )
     defaults = JobOptions()
     version_string = server_version()
 

@@ -22,6 +22,7 @@ from backends.base import (
     Iterate,
     Losses,
     Outcome,
+    PrecisionInfo,
     Stage,
 )
 from backends.batching import Rendezvous
@@ -29,6 +30,7 @@ from backends.cache import DEFAULT_BYTES, TargetCache, cached, digest, off_heap
 from backends.driver import drive, single_stage
 from backends.errors import DeviceFailure, ResourceExhausted
 from backends.options import Optimizer, Pooling
+from backends.pytorch import capabilities
 from backends.pytorch.losses import content_loss, gram, tv_loss
 from backends.pytorch.model import Preprocess, VGGFeatures, build_trunk
 from backends.weights.canonical import VGGWeights
@@ -253,6 +255,29 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _precision_on(device: str, requested: str) -> tuple[str, str]:
+    """The precision a device runs when `requested` is asked for, and why it differs, if it does.
+
+    bfloat16 needs oneDNN's bfloat16 kernels on the CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT: where
+    they are missing the packed kernels raise, and autocast's own convolutions ran 8x slower than
+    float32 on an AVX2 CPU) and compute capability 8.0 on a GPU. Elsewhere the device runs float32
+    and says why, rather than fail or crawl through every job.
+    """
+    if requested == "float32":
+        return requested, ""
+    caps = capabilities.current()
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        gpu = caps.cuda[index] if index < len(caps.cuda) else None
+        if gpu is not None and gpu.bfloat16:
+            return requested, ""
+        found = f"compute capability {gpu.capability[0]}.{gpu.capability[1]}" if gpu else "unknown"
+        return "float32", f"bfloat16 needs a GPU of compute capability 8.0 or later, {device} has {found}"
+    if caps.cpu_bfloat16:
+        return requested, ""
+    return "float32", f"bfloat16 has no fast path on this CPU: {caps.missing_for_bfloat16()}"
+
+
 class PyTorchBackend:
     """Runs jobs with PyTorch on CPU or CUDA; keeps one frozen trunk per device."""
 
@@ -264,7 +289,10 @@ class PyTorchBackend:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.weights = weights
-        self.precision = precision
+        self.requested_precision = precision
+        # Decided once: a job must never fail, nor crawl, for a precision this machine lacks.
+        self._precisions = {device: _precision_on(device, precision) for device in self.devices()}
+        self.precision, self.precision_reason = self._precisions["cpu"]
         # CUDA only (no effect on CPU): a job runs one shape hundreds of times, so cuDNN's
         # autotuner pays for itself after a few iterations; TF32 tensor cores run float32
         # convolutions and matrix products several times faster on Ampere and later GPUs, with
@@ -286,6 +314,20 @@ class PyTorchBackend:
     def devices(self) -> list[str]:
         return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
+    def precision_on(self, device: str) -> str:
+        """The precision jobs on `device` run in: the requested one where the device has a path
+        for it, float32 elsewhere."""
+        return self._precisions.get(device, (self.precision, ""))[0]
+
+    def precision_info(self) -> PrecisionInfo:
+        """The CPU's precision in force, the requested one and why they differ; what was found."""
+        return PrecisionInfo(
+            self.precision,
+            self.requested_precision,
+            self.precision_reason,
+            tuple(capabilities.current().names()),
+        )
+
     def resolve_device(self, device: str) -> str:
         return devices.resolve(device, self.devices(), self.name)
 
@@ -299,7 +341,7 @@ class PyTorchBackend:
         """The objective of a stage (or of a job as one stage), for running it or inspecting it; in
         the backend's precision unless another is named."""
         stage = job if isinstance(job, Stage) else single_stage(job)
-        precision = precision or self.precision
+        precision = precision or self.precision_on(stage.device)
         return Problem(self._trunk(stage.device), self.weights, stage, precision, self.style_cache)
 
     def solver(self, stage: Stage, evaluator: Evaluator = evaluate) -> _Solver:
@@ -309,7 +351,7 @@ class PyTorchBackend:
         pixels = problem.initial()
         options = stage.options
         schedule = _Schedule(problem)
-        if self.precision == "bfloat16":
+        if self.precision_on(stage.device) == "bfloat16":
             finish = math.ceil(FLOAT32_FINISH * stage.iterations)
             schedule = _Schedule(problem, stage.iterations - finish, lambda: self.problem(stage, "float32"))
         step = _stepper(options.optimizer, options.resolved_learning_rate, pixels, schedule, evaluator)

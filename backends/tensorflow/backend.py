@@ -12,7 +12,16 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from backends import devices, styleplan
-from backends.base import BackendJob, CancelToken, FloatImage, Iterate, Losses, Outcome, Stage
+from backends.base import (
+    BackendJob,
+    CancelToken,
+    FloatImage,
+    Iterate,
+    Losses,
+    Outcome,
+    PrecisionInfo,
+    Stage,
+)
 from backends.cache import DEFAULT_BYTES, TargetCache, cached, digest, off_heap
 from backends.driver import drive, single_stage
 from backends.errors import DeviceFailure, ResourceExhausted
@@ -200,6 +209,11 @@ class TensorFlowBackend:
     def framework_version() -> str:
         """The TensorFlow version string."""
         return str(tf.__version__)
+
+    @staticmethod
+    def precision_info() -> PrecisionInfo:
+        """Always float32: this backend has no other precision."""
+        return PrecisionInfo("float32", "float32")
 
     def devices(self) -> list[str]:
         return ["cpu"] + [f"cuda:{i}" for i in range(len(_gpus()))]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 
 import numpy as np
 import pytest
 import torch
+from hardware import needs_cpu_bfloat16
 
 from backends.base import BackendJob, Losses, Outcome, StyleInput
 from backends.options import Optimizer, StyleOptions
-from backends.pytorch import PyTorchBackend
+from backends.pytorch import PyTorchBackend, capabilities
 from backends.pytorch.backend import Problem, _reanchor
 from backends.weights.canonical import random_weights
 
@@ -27,6 +29,7 @@ def _final(backend: PyTorchBackend, job: BackendJob) -> Outcome:
     return records[-1]
 
 
+@needs_cpu_bfloat16
 def test_bfloat16_evaluates_the_same_objective_within_its_rounding() -> None:
     weights = random_weights(0)
     job = _job(1)
@@ -39,6 +42,7 @@ def test_bfloat16_evaluates_the_same_objective_within_its_rounding() -> None:
     assert cosine > 0.95
 
 
+@needs_cpu_bfloat16
 def test_bfloat16_reaches_a_final_loss_close_to_float32() -> None:
     weights = random_weights(0)
     job = _job(15)
@@ -48,6 +52,7 @@ def test_bfloat16_reaches_a_final_loss_close_to_float32() -> None:
     assert half.image.shape == full.image.shape == (64, 64, 3)
 
 
+@needs_cpu_bfloat16
 def test_bfloat16_finishes_each_stage_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 10-iteration bfloat16 stage runs 9 iterations in bfloat16, then evaluates the float32
     objective once at the point before its last move (re-anchoring L-BFGS) and once per
@@ -108,3 +113,48 @@ def test_reanchoring_keeps_the_gradient_at_the_far_end_of_the_last_move() -> Non
 def test_an_unknown_precision_is_refused() -> None:
     with pytest.raises(ValueError, match="float16"):
         PyTorchBackend(random_weights(0), precision="float16")
+
+
+def _without_cpu_bfloat16() -> AbstractContextManager[capabilities.Capabilities]:
+    """Any CPU made into an AVX2 one without oneDNN's bfloat16 kernels, for the block."""
+    return capabilities.overridden(cpu_flags=frozenset({"avx2", "fma"}), onednn_bfloat16=False)
+
+
+def test_bfloat16_without_cpu_support_runs_float32_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without bfloat16 kernels a bfloat16 backend runs a job to success in float32,
+    the same image as a float32 backend, and reports the precision in force, the one requested
+    and the missing instruction sets."""
+    autocast: list[bool] = []
+    original = Problem.objective
+
+    def spying(self: Problem, pixels: torch.Tensor) -> tuple[torch.Tensor, Losses]:
+        autocast.append(self.autocast)
+        return original(self, pixels)
+
+    monkeypatch.setattr(Problem, "objective", spying)
+    weights = random_weights(0)
+    with _without_cpu_bfloat16():
+        backend = PyTorchBackend(weights, precision="bfloat16")
+        half = _final(backend, _job(4))
+        full = _final(PyTorchBackend(weights), _job(4))
+    info = backend.precision_info()
+    assert (info.precision, info.requested) == ("float32", "bfloat16")
+    assert "avx512bw" in info.reason and "avx_ne_convert" in info.reason
+    assert "avx2" in info.capabilities and "onednn_bf16" not in info.capabilities
+    assert autocast == [False] * 8
+    assert np.array_equal(half.image, full.image)
+
+
+@needs_cpu_bfloat16
+def test_bfloat16_with_cpu_support_is_in_force() -> None:
+    """Where the CPU has bfloat16 kernels a bfloat16 backend runs bfloat16, with nothing to explain."""
+    info = PyTorchBackend(random_weights(0), precision="bfloat16").precision_info()
+    assert (info.precision, info.requested, info.reason) == ("bfloat16", "bfloat16", "")
+    assert "onednn_bf16" in info.capabilities
+
+
+def test_a_float32_backend_reports_float32_with_nothing_to_explain() -> None:
+    """float32 is in force wherever it is asked for."""
+    with _without_cpu_bfloat16():
+        info = PyTorchBackend(random_weights(0)).precision_info()
+    assert (info.precision, info.requested, info.reason) == ("float32", "float32", "")

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) convolutions: values, input gradients and the per-shape timing choice."""
+"""Winograd F(2x2, 3x3) convolutions: values, input gradients and the per-shape choice by rule."""
 
 from __future__ import annotations
 
@@ -6,23 +6,19 @@ import time
 
 import pytest
 import torch
+from hardware import needs_cpu_bfloat16
 from torch import nn
 from torch.nn import functional
 
-from backends.pytorch import winograd
+from backends.pytorch import capabilities, winograd
 from backends.pytorch.model import VGGFeatures, build_trunk
 from backends.pytorch.winograd import Plan, TunedConv2d, conv3x3, transform_bias, transform_weight
 from backends.weights.canonical import random_weights
 
 
-@pytest.fixture(autouse=True)
-def fresh_plans(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(winograd, "PLANS", {})
-
-
 def _always(monkeypatch: pytest.MonkeyPatch, plan: Plan) -> None:
-    """Every timing answers with `plan` instead of timing."""
-    monkeypatch.setattr(TunedConv2d, "_time", lambda self, x, direction: getattr(plan, direction))
+    """Every layer runs `plan`, whatever the rules say."""
+    monkeypatch.setattr(winograd, "choose", lambda *args: plan)
 
 
 def _layer(in_channels: int, out_channels: int, seed: int = 0) -> TunedConv2d:
@@ -94,57 +90,48 @@ def test_each_plan_gives_the_direct_convolution_and_its_input_gradient(
     assert torch.allclose(x.grad.double(), x64.grad, rtol=0, atol=1e-5 * x64.grad.abs().max().item())
 
 
-def test_a_shape_is_timed_once_per_direction_and_shared_by_layers_of_the_same_channels(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    timed: list[tuple[tuple[int, ...], str]] = []
-    time_it = TunedConv2d._time
-
-    def counting(self: TunedConv2d, x: torch.Tensor, direction: str) -> bool:
-        timed.append((tuple(x.shape), direction))
-        return time_it(self, x, direction)
-
-    monkeypatch.setattr(TunedConv2d, "_time", counting)
-    first, second = _layer(winograd.MIN_CHANNELS, 8, seed=0), _layer(winograd.MIN_CHANNELS, 8, seed=1)
-    small, large = _input(winograd.MIN_CHANNELS, 8, 8), _input(winograd.MIN_CHANNELS, 16, 16)
-    for _ in range(2):
-        first(small.clone().requires_grad_(True)).sum().backward()
-        second(small.clone().requires_grad_(True)).sum().backward()
-        with torch.no_grad():
-            first(large)  # a shape that only runs forward is never timed backward
-    small_key, large_key = (winograd.MIN_CHANNELS, 8, *small.shape), (winograd.MIN_CHANNELS, 8, *large.shape)
-    assert timed == [
-        (tuple(small.shape), "forward"),
-        (tuple(small.shape), "backward"),
-        (tuple(large.shape), "forward"),
-    ]
-    assert set(winograd.PLANS) == {small_key, large_key}
-    assert None not in winograd.PLANS[small_key]
-    assert winograd.PLANS[large_key].backward is None
-
-
 @pytest.mark.parametrize("slow", ["winograd", "direct"])
-def test_the_timing_keeps_the_faster_way(monkeypatch: pytest.MonkeyPatch, slow: str) -> None:
-    compute, input_grad = TunedConv2d.compute, TunedConv2d.input_grad
-
-    def delayed(winograd_way: bool) -> None:
-        if winograd_way == (slow == "winograd"):
-            time.sleep(0.02)
+def test_the_way_does_not_depend_on_which_is_faster_now(monkeypatch: pytest.MonkeyPatch, slow: str) -> None:
+    """A layer runs the way its rule says whichever way happens to run slower (timing, as once
+    done, let each process choose differently)."""
+    compute = TunedConv2d.compute
 
     def slow_compute(self: TunedConv2d, x: torch.Tensor, winograd_way: bool) -> torch.Tensor:
-        delayed(winograd_way)
+        if winograd_way == (slow == "winograd"):
+            time.sleep(0.01)
         return compute(self, x, winograd_way)
 
-    def slow_grad(self: TunedConv2d, x: torch.Tensor, g: torch.Tensor, winograd_way: bool) -> torch.Tensor:
-        delayed(winograd_way)
-        return input_grad(self, x, g, winograd_way)
-
     monkeypatch.setattr(TunedConv2d, "compute", slow_compute)
-    monkeypatch.setattr(TunedConv2d, "input_grad", slow_grad)
-    layer = _layer(winograd.MIN_CHANNELS, 8)
-    x = _input(winograd.MIN_CHANNELS, 8, 8)
-    chosen = slow == "direct"
-    assert (layer.way(x, "forward"), layer.way(x, "backward")) == (chosen, chosen)
+    layer = _layer(winograd.MIN_CHANNELS, 256)
+    x = _input(winograd.MIN_CHANNELS, 16, 16)
+    expected = winograd.choose(capabilities.current(), winograd.MIN_CHANNELS, 256, 16, 16)
+    for _ in range(3):
+        assert (layer.way(x, "forward"), layer.way(x, "backward")) == expected
+
+
+CLASSES = {
+    "avx512": frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}),
+    "avx2": frozenset({"avx2", "fma"}),
+    "other": frozenset(),
+}
+
+
+@pytest.mark.parametrize(
+    ("cpu_class", "block2_up_to_128", "block3"),
+    [("avx512", False, True), ("avx2", True, True), ("other", False, False)],
+)
+def test_the_table_gives_winograd_where_it_was_measured_to_pay(
+    cpu_class: str, block2_up_to_128: bool, block3: bool
+) -> None:
+    """Block 2 (128 channels) takes Winograd on AVX2 only and up to 128x128, blocks 3 to 5 on both
+    AVX2 and AVX-512, both directions alike; a CPU class never measured runs direct."""
+    with capabilities.overridden(cpu_flags=CLASSES[cpu_class]) as caps:
+        assert caps.cpu_class == cpu_class
+        for side in (8, 32, 128):
+            assert winograd.choose(caps, 128, 128, side, side) == Plan(block2_up_to_128, block2_up_to_128)
+        assert winograd.choose(caps, 128, 128, 256, 256) == Plan(False, False)
+        for c_in, c_out, side in ((128, 256, 64), (256, 256, 16), (256, 512, 8), (512, 512, 32)):
+            assert winograd.choose(caps, c_in, c_out, side, side) == Plan(block3, block3)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +150,7 @@ def test_inputs_it_does_not_serve_run_the_direct_convolution(case: str) -> None:
         out = layer(x)
         expected = functional.conv2d(x, layer.weight, layer.bias, padding=1)
     assert torch.equal(out, expected)
-    assert winograd.PLANS == {}
+    assert not any(winograd_way for winograd_way, _, _ in layer._packed)
 
 
 def test_the_trunk_gives_the_same_features_and_gradient_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,7 +160,6 @@ def test_the_trunk_gives_the_same_features_and_gradient_either_way(monkeypatch: 
     image = torch.rand(1, 3, 72, 56, generator=torch.Generator().manual_seed(3)) * 255
 
     def run(plan: Plan) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        monkeypatch.setattr(winograd, "PLANS", {})
         _always(monkeypatch, plan)
         pixels = image.clone().requires_grad_(True)
         feats = net(pixels)
@@ -187,27 +173,33 @@ def test_the_trunk_gives_the_same_features_and_gradient_either_way(monkeypatch: 
         scale = direct[name].abs().max()
         assert (fast[name] - direct[name]).abs().max() < 1e-4 * scale, name
     assert (fast_grad - direct_grad).abs().max() < 1e-4 * direct_grad.abs().max()
-    assert any(winograd.PLANS)  # the deep layers were served by the plan above
+    packed = [key for m in trunk if isinstance(m, TunedConv2d) for key in m._packed]
+    assert (True, False, torch.float32) in packed and (True, True, torch.float32) in packed
 
 
-def test_timing_keeps_only_the_kernels_its_plans_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    answers = iter([False, True])  # the first shape turns Winograd down, the second takes it
-    time_it = TunedConv2d._time
-
-    def scripted(self: TunedConv2d, x: torch.Tensor, direction: str) -> bool:
-        time_it(self, x, direction)  # packs the Winograd kernels of this direction
-        return next(answers)
-
-    monkeypatch.setattr(TunedConv2d, "_time", scripted)
+def test_only_the_kernels_a_plan_uses_are_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Winograd forward and direct backward pack the forward's Winograd kernels only (the direct
+    float32 way runs PyTorch's own convolution with the plain weight)."""
+    _always(monkeypatch, Plan(True, False))
     layer = _layer(winograd.MIN_CHANNELS, 8)
-    with torch.no_grad():
-        layer(_input(winograd.MIN_CHANNELS, 8, 8))
-        assert layer._packed == {}
-        layer(_input(winograd.MIN_CHANNELS, 10, 10))
+    layer(_input(winograd.MIN_CHANNELS, 8, 8).requires_grad_(True)).sum().backward()
     assert set(layer._packed) == {(True, False, torch.float32)}
 
 
-def test_a_pass_without_gradients_runs_the_timed_way(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernels_repack_for_a_new_shape_with_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer that meets a second input shape repacks its kernels for it and computes exactly what
+    a layer that only ever met that shape computes (so results do not depend on a job's order)."""
+    _always(monkeypatch, Plan(True, True))
+    seasoned, fresh = _layer(winograd.MIN_CHANNELS, 256), _layer(winograd.MIN_CHANNELS, 256)
+    small, large = _input(winograd.MIN_CHANNELS, 8, 8), _input(winograd.MIN_CHANNELS, 32, 32)
+    with torch.no_grad():
+        seasoned(small)
+        first = seasoned._packed[True, False, torch.float32][0]
+        assert torch.equal(seasoned(large), fresh(large))
+    assert seasoned._packed[True, False, torch.float32][0] != first
+
+
+def test_a_pass_without_gradients_runs_the_chosen_way(monkeypatch: pytest.MonkeyPatch) -> None:
     """Targets computed without gradients come from the same arithmetic as the optimization."""
     _always(monkeypatch, Plan(True, True))
     layer = _layer(winograd.MIN_CHANNELS, 8)
@@ -218,7 +210,10 @@ def test_a_pass_without_gradients_runs_the_timed_way(monkeypatch: pytest.MonkeyP
     assert not torch.equal(target, functional.conv2d(x, layer.weight, layer.bias, padding=1))
 
 
+@needs_cpu_bfloat16
 def test_bfloat16_autocast_runs_packed_kernels_like_autocast_does() -> None:
+    """Under bfloat16 autocast the layer packs bfloat16 kernels once and computes what autocast's
+    own convolution computes."""
     layer = _layer(16, 8)
     x = _input(16, 12, 10).requires_grad_(True)
     x_ref = x.detach().clone().requires_grad_(True)
@@ -235,6 +230,23 @@ def test_bfloat16_autocast_runs_packed_kernels_like_autocast_does() -> None:
     assert x.grad.dtype == torch.float32
     assert torch.allclose(x.grad, x_ref.grad, rtol=0, atol=1e-2 * x_ref.grad.abs().max().item())
     assert set(layer._packed) == {(False, False, torch.bfloat16), (False, True, torch.bfloat16)}
+
+
+def test_bfloat16_autocast_without_cpu_kernels_packs_nothing() -> None:
+    """On a CPU without oneDNN's bfloat16 kernels, autocast's own convolution runs and nothing is
+    packed (packing would raise there)."""
+    layer = _layer(16, 8)
+    x = _input(16, 12, 10)
+    with (
+        capabilities.overridden(onednn_bfloat16=False),
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    ):
+        assert not layer.packs_bfloat16(x)
+        out = layer(x)
+        expected = functional.conv2d(x, layer.weight, layer.bias, padding=1)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    assert layer._packed == {}
 
 
 @pytest.mark.parametrize(("height", "width"), [(9, 8), (8, 9), (9, 9)])

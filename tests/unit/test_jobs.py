@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pytest
 
-from backends.base import BackendJob, BatchMember, CancelToken, Iterate, Losses, Outcome, StyleInput
+from backends.base import (
+    BackendJob,
+    BatchMember,
+    CancelToken,
+    Iterate,
+    Losses,
+    Outcome,
+    PrecisionInfo,
+    StyleInput,
+)
 from backends.batching import Rendezvous
 from backends.errors import (
     BackendFailure,
@@ -70,6 +79,9 @@ class ScriptedBackend:
         if device not in ("auto", "cpu"):
             raise Unavailable(f"no {device}")
         return "cpu"
+
+    def precision_info(self) -> PrecisionInfo:
+        return PrecisionInfo("float32", "float32")
 
     def run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
         self.runs += 1
