@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     (1.5x faster per iteration on the development CPU, which has AVX512-BF16; recent GPUs run
     bfloat16 too; losses and Gram matrices stay float32) and runs the last 10 % of each stage's
     iterations in float32, which brings the final loss back to float32's (see the README's
-    "Speed")."""
+    "Speed"). Where the CPU (or GPU) has no bfloat16 kernels the backend runs float32, logs a
+    `precision_fallback` warning and says so in GetServerInfo; jobs never fail for it."""
     style_cache_mib: int = Field(default=128, ge=0)
     """Memory each backend may keep for the Gram matrices of recent style images, so that jobs
     with a style seen before skip computing its targets (0 turns the cache off). One style at the
