@@ -695,6 +695,11 @@ def _result_bytes(job: Job) -> int:
     return len(terminal.image.data) if isinstance(terminal, Finished) else 0
 
 
+def not_found(job_id: str) -> NotFound:
+    """The error for a job that is unknown, forgotten, or someone else's (all look the same)."""
+    return NotFound(f"job {job_id!r} is unknown, or finished long enough ago to be forgotten")
+
+
 def new_job_id() -> str:
     """A fresh, unguessable job id."""
     return uuid.uuid4().hex
@@ -831,7 +836,7 @@ class JobCore:
             self._forget_expired()
             job = self._jobs.get(job_id)
         if job is None or (principal is not None and job.principal != principal):
-            raise NotFound(f"job {job_id!r} is unknown, or finished long enough ago to be forgotten")
+            raise not_found(job_id)
         return job
 
     def jobs(self, principal: str | None = None) -> list[Job]:

@@ -12,7 +12,7 @@ from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from backends.errors import InvalidArgument, NotFound
 from service import convert
-from service.jobs import Failed, Job, JobCore, new_job_id
+from service.jobs import Failed, Job, JobCore, new_job_id, not_found
 from service.options import JobOptions
 from service.principals import Principals
 from service.requests import build_spec, resolve_options
@@ -29,10 +29,6 @@ def request_fingerprint(request: pb.TransferRequest | pb.CreateJobRequest) -> st
     copy = type(request).FromString(request.SerializeToString())
     copy.idempotency_key = ""
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
-
-
-def _not_found(job_id: str) -> NotFound:
-    return NotFound(f"job {job_id!r} is unknown, or finished long enough ago to be forgotten")
 
 
 def _job_id(name: str) -> str:
@@ -81,9 +77,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             if existing is not None:
                 return existing
             if self._shared is not None:
-                keyed = self._shared.claim(principal, key, fingerprint, job_id)
-                if keyed is not None:
-                    return self._local(keyed.job_id, principal) or keyed.job_id
+                taken = self._shared.claim(principal, key, fingerprint, job_id)
+                if taken is not None:
+                    return self._local(taken, principal) or taken
         try:
             plain = convert.job_request(request)
             options = self._core.place(resolve_options(plain.overrides, self._defaults, self._settings))
@@ -151,7 +147,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if job is None and self._shared is not None:
             return self._shared.get(job_id, principal)
         if job is None:
-            raise _not_found(job_id)
+            raise not_found(job_id)
         return convert.job(job, self._core.position(job))
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
@@ -191,5 +187,5 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             yield from self._shared.watch(job_id, principal, request.after_sequence, context.is_active)
             return
         if job is None:
-            raise _not_found(job_id)
+            raise not_found(job_id)
         yield from self._events(job, request.after_sequence)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -41,7 +40,7 @@ from styletransfer.v1 import style_transfer_pb2 as pb
 from backends.errors import IdempotencyKeyReused, NotFound, ShuttingDown
 from service import convert
 from service.errors import Relayed, to_status
-from service.jobs import Failed, Job, JobCore
+from service.jobs import Failed, Job, JobCore, not_found
 
 log = structlog.get_logger(__name__)
 
@@ -75,14 +74,6 @@ def _answering() -> Iterator[None]:
     except redis.RedisError as error:
         log.warning("shared_store_unreachable", error=str(error))
         raise StoreUnavailable("the shared job store does not answer; retry shortly") from None
-
-
-@dataclass(frozen=True)
-class Keyed:
-    """What an idempotency key names: the job's id and the fingerprint of its request."""
-
-    job_id: str
-    fingerprint: str
 
 
 class SharedJobs:
@@ -160,20 +151,22 @@ class SharedJobs:
 
     # -- idempotency ----------------------------------------------------------------------------
 
-    def _claim_unwrapped(self, principal: str, key: str, fingerprint: str, job_id: str) -> Keyed | None:
-        """Take `key` for a new job, or return what it already names (NX: one job per key)."""
+    def claim(self, principal: str, key: str, fingerprint: str, job_id: str) -> str | None:
+        """Take `key` for a new job (None), or return the id of the job it already names; NX
+        makes one job per key. IdempotencyKeyReused when that job came from another request."""
         value = f"{fingerprint} {job_id}"
         name = self._key(principal, key)
-        # The key lives as long as its job might: its run plus retention (renewed at the end).
-        if self.client.set(name, value, nx=True, ex=self.retention + 86_400):
-            return None
-        raw = self.client.get(name)
+        with _answering():
+            # The key lives as long as its job might: its run plus retention (renewed at the end).
+            if self.client.set(name, value, nx=True, ex=self.retention + 86_400):
+                return None
+            raw = self.client.get(name)
         if raw is None:  # expired between the two calls: claim it again
-            return self._claim_unwrapped(principal, key, fingerprint, job_id)
+            return self.claim(principal, key, fingerprint, job_id)
         found_fingerprint, found_id = raw.decode().split(" ", 1)
         if found_fingerprint != fingerprint:
             raise IdempotencyKeyReused(f"jobs/{found_id}")
-        return Keyed(found_id, found_fingerprint)
+        return str(found_id)
 
     def release(self, principal: str, key: str, job_id: str) -> None:
         """Give up a key claimed for a job that was then not queued (only if it still names it)."""
@@ -259,37 +252,39 @@ class SharedJobs:
         raw = self.client.hget(self._job(job_id), "principal")
         return None if raw is None else raw.decode()
 
-    def _get_unwrapped(self, job_id: str, principal: str) -> pb.Job:
+    def get(self, job_id: str, principal: str) -> pb.Job:
         """A job that may run elsewhere, as the caller sees it; NotFound when it is not theirs."""
-        raw = self.client.hmget(self._job(job_id), ["principal", "snapshot"])
-        owner, snapshot = raw
+        with _answering():
+            owner, snapshot = self.client.hmget(self._job(job_id), ["principal", "snapshot"])
         if owner is None or owner.decode() != principal or snapshot is None:
-            raise NotFound(f"job {job_id!r} is unknown, or finished long enough ago to be forgotten")
+            raise not_found(job_id)
         return pb.Job.FromString(snapshot)
 
-    def _jobs_unwrapped(self, principal: str) -> list[pb.Job]:
+    def jobs(self, principal: str) -> list[pb.Job]:
         """The principal's jobs that Redis still holds, oldest first (without result images)."""
-        ids = [i.decode() for i in self.client.zrange(self._owned(principal), 0, -1)]
-        snapshots = self.client.pipeline()
-        for job_id in ids:
-            snapshots.hget(self._job(job_id), "snapshot")
-        found: list[pb.Job] = []
-        stale: list[str] = []
-        for job_id, raw in zip(ids, snapshots.execute(), strict=True):
-            if raw is None:
-                stale.append(job_id)
-                continue
-            job = pb.Job.FromString(raw)
-            job.result.ClearField("image")
-            found.append(job)
-        if stale:
-            self.client.zrem(self._owned(principal), *stale)
+        with _answering():
+            ids = [i.decode() for i in self.client.zrange(self._owned(principal), 0, -1)]
+            snapshots = self.client.pipeline()
+            for job_id in ids:
+                snapshots.hget(self._job(job_id), "snapshot")
+            found: list[pb.Job] = []
+            stale: list[str] = []
+            for job_id, raw in zip(ids, snapshots.execute(), strict=True):
+                if raw is None:
+                    stale.append(job_id)
+                    continue
+                job = pb.Job.FromString(raw)
+                job.result.ClearField("image")
+                found.append(job)
+            if stale:
+                self.client.zrem(self._owned(principal), *stale)
         return found
 
-    def _cancel_unwrapped(self, job_id: str, principal: str) -> pb.Job:
+    def cancel(self, job_id: str, principal: str) -> pb.Job:
         """Ask the replica running a job to cancel it; the job as it stands."""
-        job = self._get_unwrapped(job_id, principal)
-        self.client.publish(self.prefix + CANCEL_CHANNEL, job_id)
+        job = self.get(job_id, principal)
+        with _answering():
+            self.client.publish(self.prefix + CANCEL_CHANNEL, job_id)
         return job
 
     def cancel_quietly(self, job_id: str) -> None:
@@ -299,53 +294,25 @@ class SharedJobs:
         except redis.RedisError as error:
             log.warning("shared_store_unreachable", job_id=job_id, error=str(error))
 
-    def _watch_unwrapped(
-        self, job_id: str, principal: str, after: int, alive: Callable[[], bool]
-    ) -> Iterator[pb.TransferEvent]:
-        """The job's events after `after`, live, to the terminal one; a failure raises its status."""
-        if self._owner(job_id) != principal:
-            raise NotFound(f"job {job_id!r} is unknown, or finished long enough ago to be forgotten")
-        cursor = f"{after}-0"
-        stream = self._events(job_id)
-        while alive():
-            batch = self.client.xread({stream: cursor}, block=POLL_MS, count=64)
-            for _, entries in batch or ():
-                for entry_id, fields in entries:
-                    cursor = entry_id.decode()
-                    if b"status" in fields:
-                        raise Relayed(status_pb2.Status.FromString(fields[b"status"]))
-                    event = pb.TransferEvent.FromString(fields[b"event"])
-                    yield event
-                    if event.HasField("result"):
-                        return
-            if not batch and not self.client.exists(stream, self._job(job_id)):
-                raise NotFound(f"job {job_id!r} finished long enough ago to be forgotten")
-
-    # -- what the servicer calls: store errors become StoreUnavailable ----------------------------
-
-    def claim(self, principal: str, key: str, fingerprint: str, job_id: str) -> Keyed | None:
-        """Take `key` for a new job, or return what it already names (one job per key)."""
-        with _answering():
-            return self._claim_unwrapped(principal, key, fingerprint, job_id)
-
-    def get(self, job_id: str, principal: str) -> pb.Job:
-        """A job that may run elsewhere, as the caller sees it; NotFound when it is not theirs."""
-        with _answering():
-            return self._get_unwrapped(job_id, principal)
-
-    def jobs(self, principal: str) -> list[pb.Job]:
-        """The principal's jobs that the store holds, oldest first (without result images)."""
-        with _answering():
-            return self._jobs_unwrapped(principal)
-
-    def cancel(self, job_id: str, principal: str) -> pb.Job:
-        """Ask the replica running a job to cancel it; the job as it stands."""
-        with _answering():
-            return self._cancel_unwrapped(job_id, principal)
-
     def watch(
         self, job_id: str, principal: str, after: int, alive: Callable[[], bool]
     ) -> Iterator[pb.TransferEvent]:
         """The job's events after `after`, live, to the terminal one; a failure raises its status."""
         with _answering():
-            yield from self._watch_unwrapped(job_id, principal, after, alive)
+            if self._owner(job_id) != principal:
+                raise not_found(job_id)
+            cursor = f"{after}-0"
+            stream = self._events(job_id)
+            while alive():
+                batch = self.client.xread({stream: cursor}, block=POLL_MS, count=64)
+                for _, entries in batch or ():
+                    for entry_id, fields in entries:
+                        cursor = entry_id.decode()
+                        if b"status" in fields:
+                            raise Relayed(status_pb2.Status.FromString(fields[b"status"]))
+                        event = pb.TransferEvent.FromString(fields[b"event"])
+                        yield event
+                        if event.HasField("result"):
+                            return
+                if not batch and not self.client.exists(stream, self._job(job_id)):
+                    raise not_found(job_id)

@@ -22,6 +22,13 @@ def _dot(a: tf.Tensor, b: tf.Tensor) -> float:
     return float(tf.reduce_sum(a * b))
 
 
+def _first_step_scale(grad: tf.Tensor) -> float:
+    """torch's first-step length min(1, 1/|g|_1) times the image's n values: about one level per
+    value along -g."""
+    l1 = float(tf.reduce_sum(tf.abs(grad)))
+    return (min(1.0, 1.0 / l1) if l1 > 0 else 1.0) * float(tf.size(grad))
+
+
 class LBFGS:
     """Stateful L-BFGS over a flat float32 vector; `update(grad)` returns the step to add."""
 
@@ -53,8 +60,7 @@ class LBFGS:
             elif not self.y:
                 # No curvature pair yet: scale by the previous gradient as the first step is
                 # scaled (the PyTorch backend's `_scale_without_curvature` says why).
-                l1 = float(tf.reduce_sum(tf.abs(self.prev_grad)))
-                self.h_diag = (min(1.0, 1.0 / l1) if l1 > 0 else 1.0) * float(tf.size(grad))
+                self.h_diag = _first_step_scale(self.prev_grad)
             q = -grad
             alphas = []
             for y_i, s_i, rho_i in zip(reversed(self.y), reversed(self.s), reversed(self.rho), strict=True):
@@ -70,9 +76,7 @@ class LBFGS:
         self.d = d
         if self.iterations == 1:
             # As the PyTorch backend: the first step is as long as lr per value of the image.
-            size = float(tf.size(grad))
-            l1 = float(tf.reduce_sum(tf.abs(grad)))
-            self.t = (min(1.0, 1.0 / l1) if l1 > 0 else 1.0) * self.lr * size
+            self.t = _first_step_scale(grad) * self.lr
         else:
             self.t = self.lr
         # torch skips the step when g.d > -tolerance_change; the PyTorch backend sets that to -1.

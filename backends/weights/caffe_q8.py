@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ from backends.weights.canonical import (
     file_sha256,
     tensors_sha256,
 )
-from backends.weights.errors import WeightsError, WeightsFormatError
+from backends.weights.errors import WeightsFormatError
+from backends.weights.torchload import load_tensor_dict
 
 SOURCE_NAME = "keras-caffe-vgg19-q8"
 QUANTIZATION = "kmeans-256-per-layer"
@@ -96,7 +96,7 @@ def read_member(path: Path) -> tuple[bytes, str]:
 
 def read_layers(data: bytes, origin: object) -> dict[str, QuantizedLayer]:
     """Parse the quantized file's bytes into one `QuantizedLayer` per canonical conv name."""
-    state = _load(data, origin)
+    state = load_tensor_dict(io.BytesIO(data), origin, what="importing the quantized VGG19")
     layers: dict[str, QuantizedLayer] = {}
     missing: list[str] = []
     for layer in CONV_LAYERS:
@@ -137,31 +137,8 @@ def load_caffe_q8(path: Path) -> VGGWeights:
     return VGGWeights(tensors=tensors, meta=meta, sha256=tensors_sha256(tensors))
 
 
-def _load(data: bytes, origin: object) -> Mapping[str, Any]:
-    try:
-        import torch  # lazily: torch is optional and only the .pt-style importers need it
-    except ImportError:
-        raise WeightsError(
-            "importing the quantized VGG19 needs PyTorch; install it with "
-            "`pip install 'styletransfer-server[torch]'`"
-        ) from None
-    try:
-        # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise WeightsFormatError(
-            f"{origin} is not a plain tensor dictionary (refused to unpickle it: "
-            f"{str(error).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise WeightsFormatError(f"{origin} is not a readable PyTorch file: {error}") from None
-    if not isinstance(state, Mapping):
-        raise WeightsFormatError(f"{origin} holds a {type(state).__name__}, not a dictionary")
-    return state
-
-
 def _array(origin: object, key: str, value: Any) -> np.ndarray:
-    import torch  # already loaded by _load
+    import torch  # already loaded by load_tensor_dict
 
     if not isinstance(value, torch.Tensor):
         raise WeightsFormatError(f"{origin}: {key} is a {type(value).__name__}, not a tensor")

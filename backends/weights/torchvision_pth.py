@@ -7,7 +7,6 @@ already in the canonical (out, in, height, width) layout.
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,8 @@ from backends.weights.canonical import (
     file_sha256,
     tensors_sha256,
 )
-from backends.weights.errors import WeightsError, WeightsFormatError
+from backends.weights.errors import WeightsFormatError
+from backends.weights.torchload import load_tensor_dict
 
 SOURCE_NAME = "torchvision-vgg19"
 
@@ -63,30 +63,12 @@ def load_torchvision_pth(path: Path) -> VGGWeights:
 
 
 def _load_state_dict(path: Path) -> Mapping[str, Any]:
-    try:
-        import torch  # lazily: torch is optional and only this importer needs it
-    except ImportError:
-        raise WeightsError(
-            "importing a .pth file needs PyTorch; install it with "
-            "`pip install 'styletransfer-server[torch]'`, or import the Keras .h5 file instead"
-        ) from None
     if not path.is_file():
         raise WeightsFormatError(f"{path} is not a file")
     # mmap needs the zip container torch.save has written since 1.6; the published file is from
     # 2017 and uses the older format, which torch.load refuses to map, so map only what it can.
-    mmap = zipfile.is_zipfile(path)
-    try:
-        # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        raise WeightsFormatError(
-            f"{path} is not a plain PyTorch state_dict (refused to unpickle it: {str(error).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as error:
-        raise WeightsFormatError(f"{path} is not a PyTorch file: {error}") from None
-    if not isinstance(state, Mapping):
-        raise WeightsFormatError(f"{path} holds a {type(state).__name__}, not a state_dict")
-    return state
+    what = "importing a .pth file (or import the Keras .h5 file instead)"
+    return load_tensor_dict(str(path), path, what=what, mmap=zipfile.is_zipfile(path))
 
 
 def _to_numpy(path: Path, key: str, value: Any) -> Array:

@@ -160,7 +160,7 @@ def test_a_pickled_non_dictionary_is_refused(tmp_path: Path) -> None:
         caffe_q8.load_caffe_q8(path)
 
 
-def test_import_recognises_the_wheel_and_the_file(caffe_q8_files: QuantizedFiles, tmp_path: Path) -> None:
+def test_import_recognises_the_wheel_and_the_file(caffe_q8_files: QuantizedFiles) -> None:
     """`import` tells the wheel and the `_q.bin` apart from torchvision files by their contents."""
     assert detect_format(caffe_q8_files.wheel) is Format.CAFFE_Q8
     assert detect_format(caffe_q8_files.bin) is Format.CAFFE_Q8
