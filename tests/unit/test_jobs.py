@@ -351,7 +351,7 @@ def test_previews_encode_in_order_off_the_caller_and_skip_only_when_busy(
     one there, counted as skipped); drain() returns once the last accepted one is sent."""
     from types import SimpleNamespace
 
-    from service import jobs as jobs_module
+    from service.jobs import runner as jobs_module
     from service.jobs import PreviewStream
 
     release = threading.Event()

@@ -1,0 +1,165 @@
+"""A job's events and its numbered, resumable event log."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from backends.base import (
+    Iterate,
+    Losses,
+)
+from backends.errors import (
+    InvalidArgument,
+    StyleTransferError,
+)
+
+
+class State(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An encoded image the service returns."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The job was accepted; always its first event (the job itself says the rest)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One iteration finished."""
+
+    iterate: Iterate
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A downscaled snapshot of the image being optimized."""
+
+    iteration: int
+    image: EncodedImage
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where a job's time went, in seconds."""
+
+    queued: float
+    setup: float
+    optimize: float
+    encode: float
+    total: float
+    iteration_mean_ms: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The job succeeded."""
+
+    image: EncodedImage
+    losses: Losses
+    iterations: int
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job ended without a result."""
+
+    error: StyleTransferError
+
+
+Event = Accepted | Progress | Preview | Finished | Failed
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent to watchers of a quiet job so that proxies keep the stream open; never stored."""
+
+
+class EventLog:
+    """A job's numbered events: a bounded history that many watchers can read and resume.
+
+    Sequence numbers start at 1. The terminal event is kept even when the history has moved on,
+    so a late watcher always learns how the job ended.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._events: deque[tuple[int, Event]] = deque(maxlen=capacity)
+        self._next = 1
+        self._terminal: tuple[int, Event] | None = None
+        self._changed = threading.Condition()
+
+    @property
+    def terminal(self) -> Event | None:
+        """The Finished or Failed event, once there is one."""
+        return self._terminal[1] if self._terminal else None
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the newest event; 0 before any."""
+        return self._next - 1
+
+    def append(self, event: Event) -> int:
+        with self._changed:
+            sequence = self._next
+            self._next += 1
+            self._events.append((sequence, event))
+            if isinstance(event, Finished | Failed):
+                self._terminal = (sequence, event)
+            self._changed.notify_all()
+            return sequence
+
+    def _after(self, sequence: int) -> list[tuple[int, Event]]:
+        out = [item for item in self._events if item[0] > sequence]
+        oldest = self._events[0][0] if self._events else self._next
+        if sequence + 1 < oldest and not (self._terminal and sequence + 1 == self._terminal[0]):
+            if self._terminal is not None:
+                return [self._terminal]  # the ending is all that a very late watcher can get
+            raise InvalidArgument(
+                "after_sequence",
+                f"events after {sequence} are no longer kept (the oldest kept is {oldest}); "
+                f"resume from {oldest - 1} or later",
+            )
+        return out
+
+    def follow(
+        self, after: int = 0, heartbeat: float | None = None
+    ) -> Iterator[tuple[int, Event | Heartbeat]]:
+        """Events after sequence `after`, waiting for new ones, up to and including the terminal one.
+
+        While nothing happens for `heartbeat` seconds a Heartbeat (numbered with the last
+        sequence) is yielded instead.
+        """
+        cursor = after
+        while True:
+            with self._changed:
+                batch = self._after(cursor)
+                if not batch:
+                    self._changed.wait(heartbeat)
+                    batch = self._after(cursor)
+            if not batch:
+                yield cursor, Heartbeat()
+                continue
+            for sequence, event in batch:
+                cursor = sequence
+                yield sequence, event
+                if isinstance(event, Finished | Failed):
+                    return
