@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None) -> dict[str, object]:
     parser.add_argument(
         "--auth-tokens-file", help="bearer tokens, one per line; every RPC but health then needs one"
     )
+    parser.add_argument(
+        "--store",
+        help="where jobs live: memory (default) or redis://[user:password@]host:port/db shared by replicas",
+    )
     parser.add_argument("--metrics-port", type=int, help="HTTP port for Prometheus /metrics (default: none)")
     parser.add_argument("--health-port", type=int, help="extra plaintext port serving only health")
     parser.add_argument("--log-format", choices=["json", "console"], help="default json")

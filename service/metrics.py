@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 
 from backends.base import Iterate, PrecisionInfo
 from backends.cache import TargetCache
-from service.jobs import Job, JobObserver
+from backends.errors import StyleTransferError
+from service.jobs import Job, JobObserver, State
 from service.options import JobOptions
 
 # Jobs take seconds to many minutes: buckets reach 30 minutes.
@@ -269,11 +270,22 @@ class JobMetrics(JobObserver):
         placed = job.options.backend, job.options.device
         if was_running:
             self.m.running.labels(*placed).dec()
-        label = outcome(job.state.value, job.error.reason if job.error is not None else None)
+        seconds = (job.finished_at or job.accepted_at) - job.accepted_at
+        self._ended(placed, job.state.value, job.error, seconds)
+
+    def ended_waiting(
+        self, backend: str, device: str, state: State, error: StyleTransferError, seconds: float
+    ) -> None:
+        self._ended((backend, device), state.value, error, seconds)
+
+    def _ended(
+        self, placed: tuple[str, str], state: str, error: StyleTransferError | None, seconds: float
+    ) -> None:
+        label = outcome(state, error.reason if error is not None else None)
         self.m.completed.labels(label, *placed).inc()
-        if job.error is not None:
-            self.m.errors.labels(job.error.reason, *placed).inc()
-        self.m.duration.labels(label, *placed).observe((job.finished_at or job.accepted_at) - job.accepted_at)
+        if error is not None:
+            self.m.errors.labels(error.reason, *placed).inc()
+        self.m.duration.labels(label, *placed).observe(seconds)
 
 
 class StyleCache(Collector):

@@ -26,13 +26,15 @@ from backends.weights.canonical import VGGWeights
 from service import convert, memory
 from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
+from service.jobs.memorystore import MemoryStore
+from service.jobs.redisstore import RedisStore, redact
+from service.jobs.store import JobStore, Preparer
 from service.metrics import JobMetrics, Metrics, QueueDepth, StyleCache
 from service.options import JobOptions
 from service.principals import Principals
 from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
 from service.settings import Settings, load_tokens
-from service.shared import SharedJobs, redact
 
 log = structlog.get_logger(__name__)
 
@@ -65,11 +67,29 @@ class Server:
     metrics_server: WSGIServer | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
-    shared: SharedJobs | None = None
+    store: JobStore | None = None
+    # Readiness needs all three: warmed up, the job store answering, no failed device.
+    _warm: bool = False
+    _store_ok: bool = True
+    _device_ok: bool = True
 
     def set_serving(self, serving: bool) -> None:
-        if serving and self.stopping:
-            return  # a warm-up that ends during shutdown must not turn it back on
+        """Warm-up done (True), or stop serving for good (False)."""
+        self._warm = serving
+        self._publish()
+
+    def store_answering(self, answering: bool) -> None:
+        """The shared job store went away (False) or came back (True)."""
+        self._store_ok = answering
+        self._publish()
+
+    def device_failed(self) -> None:
+        """A device failed for good: the process must be replaced."""
+        self._device_ok = False
+        self._publish()
+
+    def _publish(self) -> None:
+        serving = self._warm and self._store_ok and self._device_ok and not self.stopping
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -88,6 +108,8 @@ class Server:
         if self.metrics is not None:
             self.metrics.ready.set(0)
         log.info("server_stopping", grace_s=grace)
+        if self.store is not None:
+            self.store.close(grace=grace)
         self.core.close(grace=grace)
         self.grpc_server.stop(grace=1.0).wait()
         if self.health_server is not None:
@@ -95,8 +117,6 @@ class Server:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
-        if self.shared is not None:
-            self.shared.close()
         log.info("server_stopped")
 
 
@@ -166,7 +186,7 @@ def build(
         # A failed GPU does not recover in-process: stop taking traffic so the pod is restarted.
         log.error("device_failed", error=error.message)
         if holder:
-            holder[0].set_serving(False)
+            holder[0].device_failed()
 
     enabled = backends
     metrics = Metrics(
@@ -181,7 +201,6 @@ def build(
         on_fatal=device_failed,
         observer=JobMetrics(metrics),
     )
-    metrics.registry.register(QueueDepth(core.queue_depths))
     metrics.registry.register(
         StyleCache(lambda: {n: b.style_cache for n, b in enabled.items() if hasattr(b, "style_cache")})
     )
@@ -233,15 +252,27 @@ def build(
             # A job stream in flight gets as long as the drain to finish on the old connection.
             ("grpc.max_connection_age_grace_ms", int(max(settings.shutdown_grace, 1) * 1000)),
         ]
-    shared = None
-    if settings.store != "memory":
-        shared = SharedJobs(settings.store, settings.job_retention_seconds)
+    prepare = Preparer(core, defaults, settings)
+    store: JobStore
+    shared: RedisStore | None = None
+    if settings.store == "memory":
+        store = MemoryStore(core, prepare, settings.heartbeat_seconds)
+    else:
+        shared = RedisStore(
+            settings.store,
+            core,
+            prepare,
+            limits,
+            heartbeat=settings.heartbeat_seconds,
+            on_health=lambda answering: holder[0].store_answering(answering) if holder else None,
+        )
         try:
             shared.check()
         except redis.RedisError as error:
-            shared.close()
+            shared.client.close()
             raise OSError(f"the job store {redact(settings.store)} does not answer: {error}") from None
-        shared.start(core)
+        store = shared
+    metrics.registry.register(QueueDepth(store.queue_depths))
     principals = Principals(load_tokens(settings))
     interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(principals)] if principals.required else []  # type: ignore[type-arg]
     interceptors.append(ServiceInterceptor(metrics))
@@ -251,7 +282,7 @@ def build(
         options=options,
     )
     pb_grpc.add_StyleTransferServicer_to_server(  # type: ignore[no-untyped-call]
-        StyleTransferServicer(core, defaults, settings, info, principals, shared), grpc_server
+        StyleTransferServicer(store, info, principals), grpc_server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -290,9 +321,11 @@ def build(
         health_port,
         metrics,
         metrics_server,
-        shared=shared,
+        store=store,
     )
     holder.append(server)
+    if shared is not None:
+        shared.start(backends)  # after the server exists: its health follows the store
     server.set_serving(False)
     health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     grpc_server.start()

@@ -183,6 +183,12 @@ class JobCore:
         )
         return job
 
+    def adopt(self, job: Job) -> None:
+        """Hold a job that came from elsewhere (the shared queue) while it runs here, so that a
+        cancel finds it and a shutdown stops it; it is forgotten like any other job."""
+        with self._lock:
+            self._jobs[job.id] = job
+
     def get(self, job_id: str, principal: str | None = None) -> Job:
         """A job by id; NotFound when unknown, forgotten, or (when `principal` is given) someone
         else's: another caller's job is indistinguishable from one that does not exist."""

@@ -146,11 +146,14 @@ class EventLog:
         """Events after sequence `after`, waiting for new ones, up to and including the terminal one.
 
         While nothing happens for `heartbeat` seconds a Heartbeat (numbered with the last
-        sequence) is yielded instead.
+        sequence) is yielded instead. A caller already past the terminal event gets nothing: the
+        iterator ends at once.
         """
         cursor = after
         while True:
             with self._changed:
+                if self._terminal is not None and cursor >= self._terminal[0]:
+                    return  # the caller has seen the end: nothing more will come
                 batch = self._after(cursor)
                 if not batch:
                     self._changed.wait(heartbeat)

@@ -51,6 +51,12 @@ class JobObserver:
     def finished(self, job: Job, was_running: bool) -> None:
         """The job reached its terminal state (job.state, job.error say which)."""
 
+    def ended_waiting(
+        self, backend: str, device: str, state: State, error: StyleTransferError, seconds: float
+    ) -> None:
+        """A job of the shared line ended before any replica ran it (cancelled, or its deadline
+        passed, or it could not run), after `seconds` in line; no Job object exists for it here."""
+
     def batched(self, jobs: list[Job]) -> None:
         """These jobs left their queue together, to run as one batch."""
 

@@ -28,7 +28,73 @@ from service.jobs.runner import backend_job, run_job
 log = structlog.get_logger(__name__)
 
 
-class DeviceWorkers:
+class Workers:
+    """Runs jobs on one device: one alone, or several compatible ones as one batch."""
+
+    def __init__(
+        self,
+        device: str,
+        backends: Mapping[str, Backend],
+        on_fatal: Callable[[StyleTransferError], None] | None = None,
+        observer: JobObserver | None = None,
+    ) -> None:
+        self.device = device
+        self._observer = observer or JobObserver()
+        self._on_fatal = on_fatal
+        self._backends = backends
+
+    def batches(self, job: Job) -> bool:
+        """Whether the job's backend can run it in a batch."""
+        return callable(getattr(self._backends[job.options.backend], "run_batch", None))
+
+    def run(self, jobs: list[Job]) -> None:
+        """Run the jobs (a batch when more than one) to their terminal events."""
+        if len(jobs) == 1:
+            self._run_one(jobs[0])
+        else:
+            self._run_batch(jobs)
+        memory.release()
+
+    def _run_one(self, job: Job, records: Iterator[Iterate | Outcome] | None = None, batch: int = 1) -> None:
+        with structlog.contextvars.bound_contextvars(
+            job_id=job.id,
+            request_id=job.request_id,
+            backend=job.options.backend,
+            device=job.options.device,
+            batch=batch,
+        ):
+            run_job(self._backends[job.options.backend], job, self._on_fatal, records)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Run jobs together, one thread each, their evaluations meeting in the backend."""
+        backend = cast(BatchingBackend, self._backends[jobs[0].options.backend])
+        try:
+            members = backend.run_batch([backend_job(job) for job in jobs], [job.stop for job in jobs])
+        except Exception:
+            log.exception("batch_refused", jobs=len(jobs))
+            for job in jobs:  # every job still runs, one at a time
+                self._run_one(job)
+            return
+        self._observer.batched(jobs)
+        log.info("batch_started", jobs=len(jobs), job_ids=[job.id for job in jobs])
+
+        def run(job: Job, member: BatchMember) -> None:
+            try:
+                self._run_one(job, member.records, len(jobs))
+            finally:
+                member.leave()
+
+        threads = [
+            threading.Thread(target=run, args=(job, member), name=f"batch-{self.device}-{i}", daemon=True)
+            for i, (job, member) in enumerate(zip(jobs, members, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+class DeviceWorkers(Workers):
     """The waiting line and the worker threads of one device.
 
     The line is a deque rather than a queue.Queue so that a queued job can report its position
@@ -45,11 +111,8 @@ class DeviceWorkers:
         batch_max: int = 1,
         observer: JobObserver | None = None,
     ) -> None:
-        self.device = device
+        super().__init__(device, backends, on_fatal, observer)
         self.batch_max = batch_max
-        self._observer = observer or JobObserver()
-        self._on_fatal = on_fatal
-        self._backends = backends
         self._capacity = capacity
         self._waiting: deque[Job] = deque()
         self._changed = threading.Condition()
@@ -111,7 +174,7 @@ class DeviceWorkers:
                 return []
             head = self._waiting.popleft()
             jobs = [head]
-            if self.batch_max > 1 and not head.stop.is_set() and self._batches(head):
+            if self.batch_max > 1 and not head.stop.is_set() and self.batches(head):
                 key = batch_key(head)
                 for job in list(self._waiting):
                     if len(jobs) == self.batch_max:
@@ -121,54 +184,9 @@ class DeviceWorkers:
                         jobs.append(job)
             return jobs
 
-    def _batches(self, job: Job) -> bool:
-        return callable(getattr(self._backends[job.options.backend], "run_batch", None))
-
     def _loop(self) -> None:
         while jobs := self._take():
-            if len(jobs) == 1:
-                self._run_one(jobs[0])
-            else:
-                self._run_batch(jobs)
-            memory.release()
-
-    def _run_one(self, job: Job, records: Iterator[Iterate | Outcome] | None = None, batch: int = 1) -> None:
-        with structlog.contextvars.bound_contextvars(
-            job_id=job.id,
-            request_id=job.request_id,
-            backend=job.options.backend,
-            device=job.options.device,
-            batch=batch,
-        ):
-            run_job(self._backends[job.options.backend], job, self._on_fatal, records)
-
-    def _run_batch(self, jobs: list[Job]) -> None:
-        """Run jobs together, one thread each, their evaluations meeting in the backend."""
-        backend = cast(BatchingBackend, self._backends[jobs[0].options.backend])
-        try:
-            members = backend.run_batch([backend_job(job) for job in jobs], [job.stop for job in jobs])
-        except Exception:
-            log.exception("batch_refused", jobs=len(jobs))
-            for job in jobs:  # every job still runs, one at a time
-                self._run_one(job)
-            return
-        self._observer.batched(jobs)
-        log.info("batch_started", jobs=len(jobs), job_ids=[job.id for job in jobs])
-
-        def run(job: Job, member: BatchMember) -> None:
-            try:
-                self._run_one(job, member.records, len(jobs))
-            finally:
-                member.leave()
-
-        threads = [
-            threading.Thread(target=run, args=(job, member), name=f"batch-{self.device}-{i}", daemon=True)
-            for i, (job, member) in enumerate(zip(jobs, members, strict=True))
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+            self.run(jobs)
 
 
 def batch_key(job: Job) -> tuple[object, ...]:

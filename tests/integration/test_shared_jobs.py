@@ -1,7 +1,8 @@
-"""Two replicas on one real Redis: any replica answers for any job, one key makes one job.
+"""Two replicas on one real Redis: one line, any replica answers for any job, one key, one job.
 
-Both servers run in this process on their own ports, each with its own job core and queue, and
-share a `redis-server` started for the module (AOF on) through `store = redis://...`.
+Both servers run in this process on their own ports, each with its own job core and one worker,
+and share a `redis-server` started for the module (AOF on) through `store = redis://...`. The
+contract every store keeps is in test_store_contract.py; this file is what sharing adds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from imaging import image_bytes
 from pydantic import SecretStr
@@ -36,7 +38,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def replicas(server: Server, store: str) -> Iterator[list[pb_grpc.StyleTransferStub]]:
+def pair(server: Server, store: str) -> Iterator[list[tuple[Server, pb_grpc.StyleTransferStub]]]:
+    """Two replicas with one worker each, sharing the store."""
     tokens = SecretStr("alice:alice-secret,bob:bob-secret")
     servers = [
         build(
@@ -47,11 +50,16 @@ def replicas(server: Server, store: str) -> Iterator[list[pb_grpc.StyleTransferS
         for _ in range(2)
     ]
     channels = [grpc.insecure_channel(f"127.0.0.1:{s.port}") for s in servers]
-    yield [pb_grpc.StyleTransferStub(c) for c in channels]
+    yield [(s, pb_grpc.StyleTransferStub(c)) for s, c in zip(servers, channels, strict=True)]
     for channel in channels:
         channel.close()
     for s in servers:
         s.stop(grace=2)
+
+
+@pytest.fixture
+def replicas(pair: list[tuple[Server, pb_grpc.StyleTransferStub]]) -> list[pb_grpc.StyleTransferStub]:
+    return [stub for _, stub in pair]
 
 
 def _request(iterations: int = 3, key: str = "", seed: int = 1, **options: object) -> pb.CreateJobRequest:
@@ -140,18 +148,80 @@ def test_callers_stay_apart_across_replicas(replicas: list[pb_grpc.StyleTransfer
         a.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE, timeout=10)
 
 
+def _runner(pair: list[tuple[Server, pb_grpc.StyleTransferStub]], name: str) -> int:
+    """Which replica (0 or 1) took the job from the shared line."""
+    return [s for s, _ in pair].index(_running_on([s for s, _ in pair], name))
+
+
 def test_cancel_on_one_replica_stops_the_job_running_on_the_other(
-    replicas: list[pb_grpc.StyleTransferStub],
+    pair: list[tuple[Server, pb_grpc.StyleTransferStub]],
 ) -> None:
-    """CancelJob on B ends A's running job as CANCELLED; a watch on B ends with CANCELLED too."""
-    a, b = replicas
-    job = a.CreateJob(_request(iterations=LONG), metadata=ALICE, timeout=30)
-    _wait(b, job.name, pb.JOB_STATE_RUNNING)
-    b.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE, timeout=10)
-    assert _wait(a, job.name, pb.JOB_STATE_CANCELLED).state == pb.JOB_STATE_CANCELLED
+    """CancelJob on the replica that does not run the job ends it as CANCELLED; a watch there
+    ends with CANCELLED too."""
+    job = pair[0][1].CreateJob(_request(iterations=LONG), metadata=ALICE, timeout=30)
+    other = pair[1 - _runner(pair, job.name)][1]
+    _wait(other, job.name, pb.JOB_STATE_RUNNING)
+    other.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE, timeout=10)
+    assert _wait(other, job.name, pb.JOB_STATE_CANCELLED).state == pb.JOB_STATE_CANCELLED
     with pytest.raises(grpc.RpcError) as caught:
-        list(b.WatchJob(pb.WatchJobRequest(name=job.name), metadata=ALICE, timeout=30))
+        list(other.WatchJob(pb.WatchJobRequest(name=job.name), metadata=ALICE, timeout=30))
     assert caught.value.code() is grpc.StatusCode.CANCELLED
+
+
+def test_a_free_replica_takes_the_next_job_while_another_is_busy(
+    pair: list[tuple[Server, pb_grpc.StyleTransferStub]],
+) -> None:
+    """Two long jobs sent to the same replica run at once, one on each: the line is shared."""
+    a = pair[0][1]
+    jobs = [a.CreateJob(_request(iterations=LONG, seed=s), metadata=ALICE, timeout=30) for s in (5, 6)]
+    try:
+        for job in jobs:
+            _wait(a, job.name, pb.JOB_STATE_RUNNING)
+        assert {_runner(pair, job.name) for job in jobs} == {0, 1}
+        # With both busy a third waits; cancelled, it ends at once and is counted where it ended.
+        registry = pair[1][0].metrics.registry  # type: ignore[union-attr]
+        labels = {"outcome": "cancelled", "backend": "pytorch", "device": "cpu"}
+        before = registry.get_sample_value("styletransfer_jobs_completed_total", labels) or 0.0
+        third = a.CreateJob(_request(iterations=2, seed=4), metadata=ALICE, timeout=30)
+        assert third.state == pb.JOB_STATE_QUEUED and third.queue_position == 0
+        b = pair[1][1]
+        assert b.CancelJob(pb.CancelJobRequest(name=third.name), metadata=ALICE, timeout=10).state == (
+            pb.JOB_STATE_CANCELLED
+        )
+        assert registry.get_sample_value("styletransfer_jobs_completed_total", labels) == before + 1
+    finally:
+        for job in jobs:
+            a.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE, timeout=10)
+        for job in jobs:
+            _wait(a, job.name, pb.JOB_STATE_CANCELLED)
+
+
+def test_a_transfer_relays_a_job_running_elsewhere_and_leaving_cancels_it(
+    pair: list[tuple[Server, pb_grpc.StyleTransferStub]],
+) -> None:
+    """With one replica busy, a Transfer sent to it runs on the other and streams from there, in
+    order; when its caller goes away, the job on the other replica is cancelled."""
+    busy_job = pair[0][1].CreateJob(_request(iterations=LONG, seed=7), metadata=ALICE, timeout=30)
+    busy = _runner(pair, busy_job.name)
+    stub = pair[busy][1]
+    try:
+        transfer = pb.TransferRequest(
+            content=pb.Image(data=image_bytes(8, 48, 48)),
+            styles=[pb.StyleImage(image=pb.Image(data=image_bytes(2, 48, 48)))],
+            options=pb.TransferOptions(iterations=LONG, max_size=48),
+        )
+        stream = stub.Transfer(transfer, metadata=ALICE, timeout=60)
+        seen = [next(stream) for _ in range(4)]
+        assert [e.sequence for e in seen] == [1, 2, 3, 4]
+        assert seen[0].HasField("accepted") and all(e.HasField("progress") for e in seen[1:])
+        name = f"jobs/{seen[0].accepted.job_id}"
+        assert _runner(pair, name) == 1 - busy
+        stream.cancel()
+        ended = _wait(stub, name, pb.JOB_STATE_CANCELLED)
+        assert ended.iteration < LONG
+    finally:
+        stub.CancelJob(pb.CancelJobRequest(name=busy_job.name), metadata=ALICE, timeout=10)
+        _wait(stub, busy_job.name, pb.JOB_STATE_CANCELLED)
 
 
 def test_a_server_whose_store_does_not_answer_refuses_to_start(server: Server, tmp_path: Path) -> None:
@@ -164,9 +234,22 @@ def test_a_server_whose_store_does_not_answer_refuses_to_start(server: Server, t
         )
 
 
+def _running_on(servers: list[Server], name: str) -> Server:
+    """The replica that took the job from the shared line, once it runs."""
+    job_id = name.removeprefix("jobs/")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for s in servers:
+            if any(j.id == job_id and j.started_at is not None for j in s.core.jobs()):
+                return s
+        time.sleep(0.02)
+    raise AssertionError(f"no replica took {name}")
+
+
 def test_losing_the_store_mid_job_loses_nothing(server: Server, tmp_path: Path) -> None:
-    """With Redis stopped while a job runs on A, B answers UNAVAILABLE with RetryInfo and the job
-    runs on; once Redis is back, B watches it to its result with every sequence once, in order."""
+    """With Redis stopped while a job runs on one replica, the other answers UNAVAILABLE with
+    RetryInfo, the running one still answers for its job, and the job runs on; once Redis is back,
+    the other watches it to its result with every sequence once, in order."""
     process = RedisProcess(tmp_path / "redis")
     process.start()
     servers = [
@@ -179,20 +262,24 @@ def test_losing_the_store_mid_job_loses_nothing(server: Server, tmp_path: Path) 
     a, b = (pb_grpc.StyleTransferStub(c) for c in channels)
     try:
         job = a.CreateJob(_request(iterations=40), timeout=30)
+        # Whichever replica took it from the shared line runs it; stop Redis while it does.
+        runner = _running_on(servers, job.name)
+        other = b if runner is servers[0] else a
+        here = a if runner is servers[0] else b
         process.stop()
         with pytest.raises(grpc.RpcError) as caught:
-            b.GetJob(pb.GetJobRequest(name=job.name), timeout=30)
+            other.GetJob(pb.GetJobRequest(name=job.name), timeout=30)
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
         status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
         assert status is not None and any(
             d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details
         )
         deadline = time.monotonic() + 60
-        while a.GetJob(pb.GetJobRequest(name=job.name), timeout=10).state != pb.JOB_STATE_SUCCEEDED:
+        while here.GetJob(pb.GetJobRequest(name=job.name), timeout=10).state != pb.JOB_STATE_SUCCEEDED:
             assert time.monotonic() < deadline, "the job did not finish while the store was away"
             time.sleep(0.1)
         process.start()
-        events = list(b.WatchJob(pb.WatchJobRequest(name=job.name), timeout=60))
+        events = list(other.WatchJob(pb.WatchJobRequest(name=job.name), timeout=60))
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
         assert events[-1].HasField("result")
     finally:
@@ -200,4 +287,34 @@ def test_losing_the_store_mid_job_loses_nothing(server: Server, tmp_path: Path) 
             channel.close()
         for s in servers:
             s.stop(grace=2)
+        process.stop()
+
+
+def test_readiness_follows_the_store(server: Server, tmp_path: Path) -> None:
+    """Redis stopping turns the replica NOT_SERVING (so traffic goes elsewhere) while liveness
+    stays SERVING; Redis returning turns it SERVING again."""
+    process = RedisProcess(tmp_path / "redis")
+    process.start()
+    replica = build(
+        Settings(port=0, warmup=False, store=process.url), random_weights(0), dict(server.core.backends)
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{replica.port}")
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def wait_for(service: str, status: int) -> None:
+        deadline = time.monotonic() + 30
+        while health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status != status:
+            assert time.monotonic() < deadline, f"health of {service!r} never became {status}"
+            time.sleep(0.1)
+
+    try:
+        wait_for("", health_pb2.HealthCheckResponse.SERVING)
+        process.stop()
+        wait_for("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        wait_for("liveness", health_pb2.HealthCheckResponse.SERVING)
+        process.start()
+        wait_for("", health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        channel.close()
+        replica.stop(grace=1)
         process.stop()

@@ -351,8 +351,8 @@ def test_previews_encode_in_order_off_the_caller_and_skip_only_when_busy(
     one there, counted as skipped); drain() returns once the last accepted one is sent."""
     from types import SimpleNamespace
 
-    from service.jobs import runner as jobs_module
     from service.jobs import PreviewStream
+    from service.jobs import runner as jobs_module
 
     release = threading.Event()
     encoded: list[int] = []

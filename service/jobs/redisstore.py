@@ -1,0 +1,687 @@
+"""The job store every replica shares through Redis: one queue, one set of jobs, any replica answers.
+
+Keys (all under a prefix, `styletransfer:` by default):
+
+* `queue:{class}`: a stream per device class (`cpu`, `cuda`), one entry per waiting job: the
+  request as it came (its images still encoded), the caller, the idempotency key and fingerprint,
+  the wall-clock deadline and the batch key. Its length is the number of jobs waiting, so the
+  admission bound (`queue_size`) and the autoscaler both read `XLEN`. A replica with a free
+  worker takes the head of the line, and up to `batch_max - 1` later jobs that can share its
+  batch, in one Lua script that deletes what it takes: a job is taken once, by one replica.
+  (A consumer group would hand each reader the next entries in order; it cannot hand over the
+  head plus the compatible jobs behind it without taking the ones between.)
+* `job:{id}`: a hash with the job's principal, its latest `pb.Job` snapshot (result image
+  included once there is one) and, while it waits, its queue entry. Expires
+  `job_retention_seconds` after the job ends.
+* `job:{id}:events`: a stream of the job's numbered events, entry id `{sequence}-0`, so a
+  watcher resumes after any sequence with `XREAD` and follows live ones with a blocking read. A
+  failure is stored as its `google.rpc.Status`. Same expiry.
+* `jobs:{principal}`: a sorted set of the principal's job ids by creation time (ListJobs).
+* `key:{principal}:{key}`: `fingerprint job-id`, set with `SET NX` before a keyed job is queued,
+  so one key makes one job in the whole deployment and another request under it is refused.
+* channel `cancel`: job ids to stop; the replica running one stops it before its next iteration.
+  A job still waiting is cancelled by whoever deletes its queue entry first.
+
+The replica that runs a job writes its events with retries: while Redis is away the job keeps
+running, its events stay in the replica's memory (the job's event log, `job_history` events),
+and the mirror catches up when Redis returns. The scripts touch keys they are not given, so this
+needs a single Redis (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
+from styletransfer.v1 import style_transfer_pb2 as pb
+
+from backends.base import Backend
+from backends.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    IdempotencyKeyReused,
+    NotFound,
+    ResourceExhausted,
+    ShuttingDown,
+    StyleTransferError,
+)
+from service import convert
+from service.errors import Relayed, to_status
+from service.jobs.core import JobCore, Limits
+from service.jobs.events import Accepted, Failed, State
+from service.jobs.job import Job, new_job_id, not_found
+from service.jobs.store import Preparer, Submission
+from service.jobs.workers import Workers, batch_key
+
+log = structlog.get_logger(__name__)
+
+CANCEL_CHANNEL = "cancel"
+POLL_MS = 1000  # blocking reads wake up this often to notice a caller that went away or a stop
+RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+TAKE_SCAN = 64  # queue entries a take looks through for jobs that can join the head's batch
+HEALTH_SECONDS = 2.0  # how often the store is pinged for the health status
+MIRROR_FLUSH_SECONDS = 10.0  # at shutdown, how long the last events get to reach Redis
+
+# KEYS: queue, job hash, events, owned set. ARGV: capacity, job id, created, principal, snapshot,
+# accepted event, deadline, then the entry's field/value pairs. Returns the place in line, or nil
+# when the line is full.
+_ENQUEUE = """
+local waiting = redis.call('XLEN', KEYS[1])
+if waiting >= tonumber(ARGV[1]) then return false end
+local fields = {}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('HSET', KEYS[2], 'principal', ARGV[4], 'snapshot', ARGV[5], 'entry', entry,
+           'queue', KEYS[1], 'deadline', ARGV[7])
+redis.call('XADD', KEYS[3], '1-0', 'event', ARGV[6])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+return waiting
+"""
+
+# KEYS: queue. ARGV: most jobs, entries to scan, key prefix. Takes the head of the line and the
+# jobs behind it with the same non-empty batch key, deletes them from the line, returns them.
+_TAKE = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[2]))
+local most = tonumber(ARGV[1])
+local taken, want = {}, nil
+for _, entry in ipairs(entries) do
+  local fields, batch, job = entry[2], '', ''
+  for i = 1, #fields, 2 do
+    if fields[i] == 'batch' then batch = fields[i + 1] end
+    if fields[i] == 'job' then job = fields[i + 1] end
+  end
+  if want == nil or (batch ~= '' and batch == want) then
+    want = want or batch
+    taken[#taken + 1] = entry
+    redis.call('XDEL', KEYS[1], entry[1])
+    redis.call('HDEL', ARGV[3] .. 'job:' .. job, 'entry')
+  end
+  if #taken >= most then break end
+end
+return taken
+"""
+
+# KEYS: job hash. Takes a waiting job out of its line; 1 when this call did (and so ends it).
+_UNQUEUE = """
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if not entry then return 0 end
+redis.call('HDEL', KEYS[1], 'entry')
+return redis.call('XDEL', redis.call('HGET', KEYS[1], 'queue'), entry)
+"""
+
+# KEYS: job hash. The number of jobs ahead of a waiting one; -1 when it is not waiting.
+_POSITION = """
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if not entry then return -1 end
+return #redis.call('XRANGE', redis.call('HGET', KEYS[1], 'queue'), '-', '(' .. entry)
+"""
+
+# Delete a key only while it still names the job that claimed it.
+_RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, -string.len(ARGV[1])) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def redact(url: str) -> str:
+    """A store URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user + ':***' if user else '***'}@{host}"
+
+
+def device_class(device: str) -> str:
+    """`cuda:1` -> `cuda`: the line a job waits in."""
+    return device.split(":", 1)[0]
+
+
+class StoreUnavailable(ShuttingDown):
+    """The shared job store does not answer: UNAVAILABLE with RetryInfo, like a draining replica."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+@contextmanager
+def _answering() -> Iterator[None]:
+    """Turn the store's connection errors into StoreUnavailable for the caller."""
+    try:
+        yield
+    except redis.RedisError as error:
+        log.warning("shared_store_unreachable", error=str(error))
+        raise StoreUnavailable("the shared job store does not answer; retry shortly") from None
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class RedisStore:
+    """The job store of a replica that shares its jobs and its queue with others through Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        core: JobCore,
+        prepare: Preparer,
+        limits: Limits,
+        *,
+        heartbeat: float | None = None,
+        on_health: Callable[[bool], None] | None = None,
+        prefix: str = "styletransfer:",
+    ) -> None:
+        # Any: redis-py types each reply as the union of its sync and async forms.
+        self.client: Any = redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30)
+        self.core = core
+        self.prepare = prepare
+        self.limits = limits
+        self.heartbeat = heartbeat
+        self.on_health = on_health
+        self.retention = max(1, int(limits.retention_seconds))
+        self.prefix = prefix
+        self.healthy = True
+        self._stopped = threading.Event()  # everything stops
+        self._draining = threading.Event()  # no more jobs are taken from the shared line
+        self._threads: list[threading.Thread] = []
+        self._pullers: list[threading.Thread] = []
+        self._mirrors: set[threading.Thread] = set()
+        self._mirrors_lock = threading.Lock()
+        self._enqueue = self.client.register_script(_ENQUEUE)
+        self._take = self.client.register_script(_TAKE)
+        self._unqueue = self.client.register_script(_UNQUEUE)
+        self._position = self.client.register_script(_POSITION)
+        self._release = self.client.register_script(_RELEASE)
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def _events(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:events"
+
+    def _owned(self, principal: str) -> str:
+        return f"{self.prefix}jobs:{principal}"
+
+    def _key(self, principal: str, key: str) -> str:
+        return f"{self.prefix}key:{principal}:{key}"
+
+    def queue(self, device: str) -> str:
+        """The stream that is the line for this device's class."""
+        return f"{self.prefix}queue:{device_class(device)}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise redis.RedisError unless the store answers."""
+        self.client.ping()
+
+    def start(self, backends: Mapping[str, Backend]) -> None:
+        """Follow cancels, watch the store's health, and take jobs for every device class here."""
+        self._spawn(self._follow_cancels, "shared-cancels")
+        self._spawn(self._watch_health, "shared-health")
+        self._spawn(self._reap_expired, "shared-reaper")
+        classes = sorted({device_class(d) for b in backends.values() for d in b.devices()})
+        for name in classes:
+            workers = Workers(name, backends, self.core.on_fatal, self.core.observer)
+            for i in range(self.limits.workers_per_device):
+                thread = self._spawn(lambda n=name, w=workers: self._pull(n, w), f"puller-{name}-{i}")  # type: ignore[misc]
+                self._pullers.append(thread)
+
+    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    def close(self, grace: float | None = None) -> None:
+        """Take no more jobs; let running ones finish within `grace`; end the rest with
+        ShuttingDown; send their last events to Redis; stop."""
+        self._draining.set()
+        deadline = None if grace is None else time.monotonic() + grace
+        for thread in self._pullers:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self.core.close(grace=0)  # stops what still runs here, each with a terminal event
+        for thread in self._pullers:
+            thread.join()
+        flush_by = time.monotonic() + MIRROR_FLUSH_SECONDS
+        with self._mirrors_lock:
+            mirrors = list(self._mirrors)
+        for thread in mirrors:
+            thread.join(max(0.0, flush_by - time.monotonic()))
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join(timeout=2 * POLL_MS / 1000)
+        self.client.close()
+
+    def _watch_health(self) -> None:
+        while not self._stopped.wait(HEALTH_SECONDS):
+            try:
+                self.client.ping()
+                healthy = True
+            except redis.RedisError:
+                healthy = False
+            if healthy != self.healthy:
+                self.healthy = healthy
+                log.warning("shared_store_health", answering=healthy)
+                if self.on_health is not None:
+                    self.on_health(healthy)
+
+    def _follow_cancels(self) -> None:
+        while not self._stopped.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.prefix + CANCEL_CHANNEL)
+                while not self._stopped.is_set():
+                    message = pubsub.get_message(timeout=POLL_MS / 1000)
+                    if message is None:
+                        continue
+                    job_id = message["data"].decode()
+                    try:
+                        self.core.cancel(job_id)
+                        log.info("job_cancel_relayed", job_id=job_id)
+                    except NotFound:
+                        pass  # not running here
+                pubsub.close()
+            except redis.RedisError as error:
+                pubsub.close()
+                log.warning("shared_store_unreachable", during="cancel follow", error=str(error))
+                self._stopped.wait(RETRY_SECONDS[-1])
+
+    # -- accepting ------------------------------------------------------------------------------
+
+    def create(self, submission: Submission) -> pb.Job:
+        principal, key = submission.principal, submission.key
+        job_id = new_job_id()
+        if key:
+            taken = self._claim(principal, key, submission.fingerprint, job_id)
+            if taken is not None:
+                return self.get(taken, principal)
+        try:
+            return self._enqueue_job(submission, job_id)
+        except BaseException:
+            if key:
+                self._release_key(principal, key, job_id)
+            raise
+
+    def _enqueue_job(self, submission: Submission, job_id: str) -> pb.Job:
+        if self._draining.is_set():
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        # Decoded and checked here, so a bad request fails now; the pixels are not kept.
+        spec, deadline = self.prepare(submission.request, submission.timeout)
+        options = spec.options
+        job = Job(
+            id=job_id,
+            spec=spec,
+            deadline=deadline,
+            idempotency_key=submission.key,
+            principal=submission.principal,
+            fingerprint=submission.fingerprint,
+            observer=self.core.observer,
+            request_id=submission.request_id,
+        )
+        wall_deadline = "" if deadline is None else repr(time.time() + deadline - time.monotonic())
+        batching = self.limits.batch_size(options.device) > 1
+        batch = hashlib.sha256(repr(batch_key(job)).encode()).hexdigest()[:32] if batching else ""
+        kind = "transfer" if isinstance(submission.request, pb.TransferRequest) else "create"
+        fields: dict[str, str | bytes] = {
+            "job": job.id,
+            "batch": batch,
+            "kind": kind,
+            "request": submission.request.SerializeToString(),
+            "principal": job.principal,
+            "key": job.idempotency_key,
+            "fingerprint": job.fingerprint,
+            "deadline": wall_deadline,
+            "created": repr(job.created_wall),
+            "request_id": job.request_id,
+        }
+        snapshot = convert.job(job, 0)
+        with _answering():
+            place = self._enqueue(
+                keys=[
+                    self.queue(options.device),
+                    self._job(job.id),
+                    self._events(job.id),
+                    self._owned(job.principal),
+                ],
+                args=[
+                    self.limits.queue_size,
+                    job.id,
+                    repr(job.created_wall),
+                    job.principal,
+                    snapshot.SerializeToString(),
+                    convert.event(job, 1, Accepted()).SerializeToString(),
+                    wall_deadline,
+                    *_flat(fields),
+                ],
+            )
+        if place is None:
+            self.core.observer.rejected(options)
+            raise ResourceExhausted(
+                f"the shared queue for {device_class(options.device)} is full "
+                f"({self.limits.queue_size} jobs waiting); retry later"
+            )
+        self.core.observer.submitted(job)
+        log.info(
+            "job_queued",
+            job_id=job.id,
+            device=options.device,
+            backend=options.backend,
+            principal=job.principal,
+            store="redis",
+        )
+        snapshot.queue_position = int(place)
+        return snapshot
+
+    def _claim(self, principal: str, key: str, fingerprint: str, job_id: str) -> str | None:
+        """Take `key` for a new job (None), or return the id of the job it already names; NX
+        makes one job per key. IdempotencyKeyReused when that job came from another request."""
+        name = self._key(principal, key)
+        with _answering():
+            # The key lives as long as its job might: a day to run, then retention (set at the end).
+            if self.client.set(name, f"{fingerprint} {job_id}", nx=True, ex=self.retention + 86_400):
+                return None
+            raw = self.client.get(name)
+        if raw is None:  # expired between the two calls: claim it again
+            return self._claim(principal, key, fingerprint, job_id)
+        found_fingerprint, found_id = raw.decode().split(" ", 1)
+        if found_fingerprint != fingerprint:
+            raise IdempotencyKeyReused(f"jobs/{found_id}")
+        return str(found_id)
+
+    def _release_key(self, principal: str, key: str, job_id: str) -> None:
+        try:
+            self._release(keys=[self._key(principal, key)], args=[job_id])
+        except redis.RedisError as error:  # it expires anyway
+            log.warning("shared_store_unreachable", during="key release", error=str(error))
+
+    # -- taking and running ---------------------------------------------------------------------
+
+    def _pull(self, name: str, workers: Workers) -> None:
+        """One worker: take the next job (or batch) from the shared line, run it, repeat."""
+        queue = f"{self.prefix}queue:{name}"
+        most = self.limits.batch_size(name)
+        failures = 0
+        while not self._draining.is_set():
+            try:
+                entries = self._take(keys=[queue], args=[most, TAKE_SCAN, self.prefix])
+                if not entries:
+                    # The line was empty: wait for an entry (any id above 0 is new).
+                    self.client.xread({queue: "0-0"}, block=POLL_MS, count=1)
+                    failures = 0
+                    continue
+                failures = 0
+            except redis.RedisError as error:
+                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                if failures == 0:
+                    log.warning("shared_store_unreachable", during="take", error=str(error))
+                failures += 1
+                self._draining.wait(delay)
+                continue
+            jobs = [job for job in (self._adopt(name, entry) for entry in entries) if job is not None]
+            if jobs:
+                workers.run(jobs)
+
+    def _adopt(self, name: str, entry: tuple[bytes, list[bytes]]) -> Job | None:
+        """The local Job for a taken entry, registered and mirrored; None when it cannot run here
+        (it has then ended, with its error)."""
+        raw = entry[1]
+        fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+        job_id = fields["job"].decode()
+        kind = pb.TransferRequest if fields["kind"] == b"transfer" else pb.CreateJobRequest
+        created = float(fields["created"])
+        try:
+            spec, _ = self.prepare(kind.FromString(fields["request"]), None, name)
+        except StyleTransferError as error:
+            log.warning("job_failed", job_id=job_id, error=error.message, during="take")
+            self._end_waiting(job_id, error)
+            return None
+        wall_deadline = fields["deadline"].decode()
+        deadline = None
+        if wall_deadline:
+            deadline = time.monotonic() + float(wall_deadline) - time.time()
+        job = Job(
+            id=job_id,
+            spec=spec,
+            history=self.limits.history,
+            deadline=deadline,
+            idempotency_key=fields["key"].decode(),
+            principal=fields["principal"].decode(),
+            fingerprint=fields["fingerprint"].decode(),
+            observer=self.core.observer,
+            request_id=fields["request_id"].decode(),
+            created_wall=created,
+            accepted_at=time.monotonic() - max(0.0, time.time() - created),
+        )
+        self.core.adopt(job)
+        thread = threading.Thread(target=self._mirror, args=(job,), name=f"mirror-{job_id[:8]}", daemon=True)
+        with self._mirrors_lock:
+            self._mirrors.add(thread)
+        thread.start()
+        return job
+
+    def _mirror(self, job: Job) -> None:
+        """Copy a job running here to Redis, event by event, until its terminal one."""
+        try:
+            for sequence, item in job.stream(0):
+                if isinstance(item, Failed):
+                    fields = {"status": to_status(item.error).SerializeToString()}
+                else:
+                    fields = {"event": convert.event(job, sequence, item).SerializeToString()}
+                self._retrying(job.id, lambda s=sequence, f=fields: self._append(job, s, f))  # type: ignore[misc]
+            self._retrying(job.id, lambda: self._expire(job.id, job.principal, job.idempotency_key))
+        finally:
+            with self._mirrors_lock:
+                self._mirrors.discard(threading.current_thread())
+
+    def _append(self, job: Job, sequence: int, fields: Mapping[str, bytes]) -> None:
+        snapshot = convert.job(job, -1).SerializeToString()
+        pipe = self.client.pipeline()
+        pipe.xadd(self._events(job.id), dict(fields), id=f"{sequence}-0")
+        pipe.hset(self._job(job.id), "snapshot", snapshot)
+        try:
+            pipe.execute()
+        except redis.ResponseError as error:
+            if "equal or smaller" not in str(error):
+                raise
+            # Already there (the accepted event, or a retry whose answer was lost).
+            self.client.hset(self._job(job.id), "snapshot", snapshot)
+
+    def _expire(self, job_id: str, principal: str, key: str) -> None:
+        pipe = self.client.pipeline()
+        pipe.expire(self._job(job_id), self.retention)
+        pipe.expire(self._events(job_id), self.retention)
+        if key:
+            pipe.expire(self._key(principal, key), self.retention)
+        pipe.execute()
+
+    def _retrying(self, job_id: str, write: Callable[[], object]) -> None:
+        attempt = 0
+        while not self._stopped.is_set():
+            try:
+                write()
+                return
+            except redis.RedisError as error:
+                delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+                if attempt == 0:
+                    log.warning("shared_store_unreachable", job_id=job_id, error=str(error), retry_in=delay)
+                attempt += 1
+                self._stopped.wait(delay)
+
+    # -- jobs that end while waiting ------------------------------------------------------------
+
+    def _end_waiting(self, job_id: str, error: StyleTransferError) -> None:
+        """Give a job that never ran its terminal event (after its line entry was removed)."""
+        status = to_status(error)
+        raw = self.client.hget(self._job(job_id), "snapshot")
+        if raw is None:
+            return
+        snapshot = pb.Job.FromString(raw)
+        principal = self.client.hget(self._job(job_id), "principal").decode()
+        cancelled = isinstance(error, Cancelled | ShuttingDown)
+        snapshot.state = pb.JOB_STATE_CANCELLED if cancelled else pb.JOB_STATE_FAILED
+        snapshot.queue_position = 0
+        snapshot.end_time.CopyFrom(_now())
+        snapshot.last_sequence = 2
+        snapshot.error.CopyFrom(pb.JobError(code=status.code, message=status.message, reason=error.reason))
+        pipe = self.client.pipeline()
+        pipe.xadd(self._events(job_id), {"status": status.SerializeToString()}, id="2-0")
+        pipe.hset(self._job(job_id), "snapshot", snapshot.SerializeToString())
+        pipe.execute()
+        self._expire(job_id, principal, snapshot.idempotency_key)
+        waited = max(0.0, time.time() - snapshot.create_time.ToNanoseconds() / 1e9)
+        state = State.CANCELLED if cancelled else State.FAILED
+        self.core.observer.ended_waiting(snapshot.backend, snapshot.device, state, error, waited)
+        log.info("job_stopped", job_id=job_id, while_state="queued", reason=error.reason)
+
+    def _stop_waiting(self, job_id: str, error: Callable[[], StyleTransferError]) -> bool:
+        """End a job that is still waiting (True), if this call is the one that takes it out."""
+        if not self._unqueue(keys=[self._job(job_id)]):
+            return False
+        self._end_waiting(job_id, error())
+        return True
+
+    def _reap_expired(self) -> None:
+        """End waiting jobs whose deadline passed, without waiting for a worker."""
+        while not self._stopped.wait(POLL_MS / 1000):
+            try:
+                for queue in self.client.scan_iter(match=f"{self.prefix}queue:*", count=100):
+                    now = time.time()
+                    for _, fields in self.client.xrange(queue, count=TAKE_SCAN):
+                        deadline = fields.get(b"deadline", b"")
+                        if deadline and float(deadline) <= now:
+                            self._stop_waiting(
+                                fields[b"job"].decode(),
+                                lambda: DeadlineExceeded("the job's deadline passed before it finished"),
+                            )
+            except redis.RedisError:
+                continue  # the health watcher reports it
+
+    # -- any replica answers --------------------------------------------------------------------
+
+    def _snapshot(self, job_id: str, principal: str) -> pb.Job:
+        try:
+            owner, raw, entry = self.client.hmget(self._job(job_id), ["principal", "snapshot", "entry"])
+            if owner is None or owner.decode() != principal or raw is None:
+                raise not_found(job_id)
+            snapshot = pb.Job.FromString(raw)
+            if entry is not None:
+                snapshot.queue_position = max(0, int(self._position(keys=[self._job(job_id)])))
+            return snapshot
+        except redis.RedisError as error:
+            # A job that runs here is still known here while the store is away.
+            try:
+                return convert.job(self.core.get(job_id, principal), -1)
+            except NotFound:
+                pass
+            log.warning("shared_store_unreachable", error=str(error))
+            raise StoreUnavailable("the shared job store does not answer; retry shortly") from None
+
+    def get(self, job_id: str, principal: str) -> pb.Job:
+        return self._snapshot(job_id, principal)
+
+    def jobs(self, principal: str) -> list[pb.Job]:
+        with _answering():
+            ids = [i.decode() for i in self.client.zrange(self._owned(principal), 0, -1)]
+            pipe = self.client.pipeline()
+            for job_id in ids:
+                pipe.hmget(self._job(job_id), ["snapshot", "entry"])
+            found: list[pb.Job] = []
+            stale: list[str] = []
+            for job_id, (raw, entry) in zip(ids, pipe.execute(), strict=True):
+                if raw is None:
+                    stale.append(job_id)
+                    continue
+                job = pb.Job.FromString(raw)
+                job.result.ClearField("image")
+                if entry is not None:
+                    job.queue_position = max(0, int(self._position(keys=[self._job(job_id)])))
+                found.append(job)
+            if stale:
+                self.client.zrem(self._owned(principal), *stale)
+        return found
+
+    def cancel(self, job_id: str, principal: str) -> pb.Job:
+        self._snapshot(job_id, principal)  # NotFound unless theirs
+        with _answering():
+            if not self._stop_waiting(job_id, lambda: Cancelled("the job was cancelled")):
+                self.client.publish(self.prefix + CANCEL_CHANNEL, job_id)
+        return self._snapshot(job_id, principal)
+
+    def abandon(self, job_id: str) -> None:
+        try:
+            raw = self.client.hget(self._job(job_id), "deadline")
+            late = bool(raw) and float(raw) <= time.time() + 0.25
+            stopped = self._stop_waiting(
+                job_id,
+                lambda: (
+                    DeadlineExceeded("the job's deadline passed before it finished")
+                    if late
+                    else Cancelled("the job was cancelled")
+                ),
+            )
+            if not stopped:
+                self.client.publish(self.prefix + CANCEL_CHANNEL, job_id)
+        except redis.RedisError as error:
+            log.warning("shared_store_unreachable", job_id=job_id, during="abandon", error=str(error))
+
+    def watch(
+        self, job_id: str, principal: str, after: int, alive: Callable[[], bool]
+    ) -> Iterator[pb.TransferEvent]:
+        snapshot = self._snapshot(job_id, principal)
+        if _ended(snapshot) and after >= snapshot.last_sequence:
+            return  # nothing after the terminal event
+        cursor = f"{after}-0"
+        stream = self._events(job_id)
+        quiet_since = time.monotonic()
+        while alive():
+            with _answering():
+                batch = self.client.xread({stream: cursor}, block=POLL_MS, count=64)
+            for _, entries in batch or ():
+                for entry_id, fields in entries:
+                    cursor = entry_id.decode()
+                    if b"status" in fields:
+                        raise Relayed(status_pb2.Status.FromString(fields[b"status"]))
+                    event = pb.TransferEvent.FromString(fields[b"event"])
+                    yield event
+                    if event.HasField("result"):
+                        return
+                quiet_since = time.monotonic()
+            if batch:
+                continue
+            snapshot = self._snapshot(job_id, principal)  # NotFound once forgotten
+            sequence = int(cursor.split("-")[0])
+            if _ended(snapshot) and sequence >= snapshot.last_sequence:
+                return
+            if self.heartbeat is not None and time.monotonic() - quiet_since >= self.heartbeat:
+                yield pb.TransferEvent(sequence=sequence, heartbeat=pb.Heartbeat())
+                quiet_since = time.monotonic()
+
+    def queue_depths(self) -> dict[str, int]:
+        try:
+            names = list(self.client.scan_iter(match=f"{self.prefix}queue:*", count=100))
+            return {name.decode().rsplit(":", 1)[1]: int(self.client.xlen(name)) for name in names}
+        except redis.RedisError:
+            return {}
+
+
+def _flat(fields: Mapping[str, str | bytes]) -> list[str | bytes]:
+    return [item for pair in fields.items() for item in pair]
+
+
+def _ended(snapshot: pb.Job) -> bool:
+    return snapshot.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
