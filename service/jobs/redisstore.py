@@ -48,6 +48,7 @@ from backends.errors import (
     Cancelled,
     DeadlineExceeded,
     IdempotencyKeyReused,
+    InvalidArgument,
     NotFound,
     ResourceExhausted,
     ShuttingDown,
@@ -491,7 +492,14 @@ class RedisStore:
     def _append(self, job: Job, sequence: int, fields: Mapping[str, bytes]) -> None:
         snapshot = convert.job(job, -1).SerializeToString()
         pipe = self.client.pipeline()
-        pipe.xadd(self._events(job.id), dict(fields), id=f"{sequence}-0")
+        # The stream keeps the newest `job_history` events, like the memory store's log.
+        pipe.xadd(
+            self._events(job.id),
+            dict(fields),
+            id=f"{sequence}-0",
+            maxlen=self.limits.history,
+            approximate=False,
+        )
         pipe.hset(self._job(job.id), "snapshot", snapshot)
         try:
             pipe.execute()
@@ -653,6 +661,18 @@ class RedisStore:
                 batch = self.client.xread({stream: cursor}, block=POLL_MS, count=64)
             for _, entries in batch or ():
                 for entry_id, fields in entries:
+                    sequence = int(entry_id.decode().split("-")[0])
+                    if sequence > int(cursor.split("-")[0]) + 1 and not _terminal(fields):
+                        # Older events are trimmed. The ending is all a late watcher of a job that
+                        # ended can get; a job still running says where to resume.
+                        ending = self.client.xrevrange(stream, count=1)
+                        if not ending or not _terminal(ending[0][1]):
+                            raise InvalidArgument(
+                                "after_sequence",
+                                f"events after {cursor.split('-')[0]} are no longer kept (the oldest "
+                                f"kept is {sequence}); resume from {sequence - 1} or later",
+                            )
+                        entry_id, fields = ending[0]
                     cursor = entry_id.decode()
                     if b"status" in fields:
                         raise Relayed(status_pb2.Status.FromString(fields[b"status"]))
@@ -681,6 +701,11 @@ class RedisStore:
 
 def _flat(fields: Mapping[str, str | bytes]) -> list[str | bytes]:
     return [item for pair in fields.items() for item in pair]
+
+
+def _terminal(fields: Mapping[bytes, bytes]) -> bool:
+    """Whether a stored event is a job's last: a failure, or an event with the result."""
+    return b"status" in fields or pb.TransferEvent.FromString(fields[b"event"]).HasField("result")
 
 
 def _ended(snapshot: pb.Job) -> bool:

@@ -44,6 +44,7 @@ def api(
             warmup=False,
             store=store,
             queue_size=2,
+            job_history=16,
             heartbeat_seconds=0.5,
             auth_tokens=SecretStr("alice:alice-secret,bob:bob-secret"),
         )
@@ -123,6 +124,33 @@ def test_a_job_runs_to_its_result_and_every_event_comes_once_in_order(api: pb_gr
     after_end = pb.WatchJobRequest(name=job.name, after_sequence=events[-1].sequence)
     assert list(api.WatchJob(after_end, metadata=ALICE, timeout=20)) == []
     assert time.monotonic() - started < 5
+
+
+def test_a_job_keeps_its_newest_events_and_says_when_older_ones_are_gone(
+    api: pb_grpc.StyleTransferStub,
+) -> None:
+    """History is bounded (16 events here): resuming within it gives the rest; from before it, a
+    running job is INVALID_ARGUMENT with where to resume, and a finished one gives its ending."""
+    job = api.CreateJob(_request(LONG), metadata=ALICE, timeout=10)
+    deadline = time.monotonic() + 60
+    while _get(api, job.name).iteration < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(grpc.RpcError) as caught:
+        next(iter(api.WatchJob(pb.WatchJobRequest(name=job.name), metadata=ALICE, timeout=10)))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "no longer kept" in (caught.value.details() or "")
+    api.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE, timeout=10)
+
+    done = api.CreateJob(_request(20), metadata=ALICE, timeout=10)
+    last = _wait(api, done.name, *TERMINAL).last_sequence
+    assert last == 22  # accepted, 20 iterations, the result
+    late = list(api.WatchJob(pb.WatchJobRequest(name=done.name), metadata=ALICE, timeout=10))
+    assert [e.sequence for e in late] == [last] and late[0].HasField("result")
+    rest = api.WatchJob(
+        pb.WatchJobRequest(name=done.name, after_sequence=last - 5), metadata=ALICE, timeout=10
+    )
+    assert [e.sequence for e in rest] == list(range(last - 4, last + 1))
 
 
 def test_a_key_makes_one_job_per_caller_and_refuses_another_request(api: pb_grpc.StyleTransferStub) -> None:
