@@ -6,11 +6,15 @@ from __future__ import annotations
 import io
 import threading
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import grpc
+import pytest
 from imaging import image_bytes
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from redisserver import redis_server
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -39,13 +43,20 @@ def _wait(stub: pb_grpc.StyleTransferStub, name: str, state: int) -> pb.Job:
     raise AssertionError(f"{name} never reached state {state}")
 
 
-def test_queued_jobs_alike_run_as_one_batch_with_their_own_streams(server: Server) -> None:
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_queued_jobs_alike_run_as_one_batch_with_their_own_streams(
+    server: Server, store: str, tmp_path: Path
+) -> None:
     """Two waiting jobs alike (different images) run as one batch: each streams its own progress
-    and previews and ends with its own image; a third job of other options runs alone."""
+    and previews and ends with its own image; a third job of other options runs alone. The same
+    from the shared line in Redis, where one take hands over the head and the jobs alike."""
     registry = CollectorRegistry()
-    settings = Settings(port=0, warmup=False, batch_max=4)
+    stack = ExitStack()
+    url = stack.enter_context(redis_server(tmp_path)) if store == "redis" else "memory"
+    settings = Settings(port=0, warmup=False, batch_max=4, store=url)
     batching = build(settings, random_weights(0), {"pytorch": server.core.backends["pytorch"]}, registry)
-    try:
+    stack.callback(batching.stop, grace=2)
+    with stack:
         with grpc.insecure_channel(f"127.0.0.1:{batching.port}") as channel:
             stub = pb_grpc.StyleTransferStub(channel)
             holder = stub.CreateJob(_request(1, 10_000), timeout=30)
@@ -76,5 +87,3 @@ def test_queued_jobs_alike_run_as_one_batch_with_their_own_streams(server: Serve
             assert streams[other.name][-1].HasField("result")
         assert registry.get_sample_value("styletransfer_batch_size_count", PLACED) == 1
         assert registry.get_sample_value("styletransfer_batch_size_sum", PLACED) == 2
-    finally:
-        batching.stop(grace=2)
