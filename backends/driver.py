@@ -38,7 +38,7 @@ from backends.base import (
     Stage,
     StyleInput,
 )
-from backends.errors import BackendFailure, Cancelled
+from backends.errors import Cancelled, Diverged
 from backends.init import start_image
 from backends.options import ColorPreservation, StyleOptions
 from backends.resize import Float, resize
@@ -149,7 +149,11 @@ class _Run:
             losses = solver.step()
             self.count += 1
             if not math.isfinite(losses.total):
-                raise BackendFailure(f"the loss became non-finite at iteration {self.count}")
+                raise Diverged(
+                    f"the loss became non-finite at iteration {self.count}: the options make the "
+                    "optimization diverge; lower learning_rate, or content_weight, style_weight "
+                    "and tv_weight, or use the other optimizer"
+                )
             self.losses = losses
             preview = self.finish(view()) if every and self.count % every == 0 else None
             yield Iterate(

@@ -10,7 +10,10 @@
     ├── Cancelled                   the job was cancelled before it finished
     ├── DeadlineExceeded            the caller's deadline or the job's max_duration passed
     ├── ShuttingDown                the server is draining; retry elsewhere (UNAVAILABLE)
-    └── BackendFailure              the computation broke (NaN losses, a framework error)
+    ├── Unauthenticated             no valid credentials came with the call
+    ├── Diverged                    the job's options made the loss non-finite: the caller's to
+    │                               change (FAILED_PRECONDITION), not a server failure
+    └── BackendFailure              the computation broke (a framework error)
         └── DeviceFailure           the device itself failed: the process should be restarted
 
 The service maps this tree to gRPC status codes in one table (service/errors.py). Anything that is
@@ -88,6 +91,21 @@ class ShuttingDown(StyleTransferError):
     """The server is shutting down: it takes no new jobs and ends those it could not finish."""
 
     reason = "SHUTTING_DOWN"
+
+
+class Unauthenticated(StyleTransferError):
+    """The call carried no valid token (or certificate); it is refused before anything runs."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class Diverged(StyleTransferError):
+    """The optimization diverged (the loss became non-finite) because of the job's options, such as
+    a learning rate or loss weights far too large. The caller's to fix, so not INTERNAL."""
+
+    reason = "DIVERGED"
+    # The options that decide whether the optimization stays finite: the ones to change.
+    options = ("learning_rate", "content_weight", "style_weight", "tv_weight", "optimizer")
 
 
 class BackendFailure(StyleTransferError):

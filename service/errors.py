@@ -14,12 +14,14 @@ from backends.errors import (
     BackendFailure,
     Cancelled,
     DeadlineExceeded,
+    Diverged,
     IdempotencyKeyReused,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     ShuttingDown,
     StyleTransferError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -35,6 +37,8 @@ STATUS_CODES: tuple[tuple[type[StyleTransferError], grpc.StatusCode], ...] = (
     (Cancelled, grpc.StatusCode.CANCELLED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (Diverged, grpc.StatusCode.FAILED_PRECONDITION),
     (BackendFailure, grpc.StatusCode.INTERNAL),
     (StyleTransferError, grpc.StatusCode.INTERNAL),
 )
@@ -73,6 +77,13 @@ def to_status(error: StyleTransferError) -> status_pb2.Status:
             field=error.field, description=error.description
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(error, Diverged):
+        failure = error_details_pb2.PreconditionFailure()
+        for option in error.options:
+            failure.violations.add(
+                type="DIVERGED", subject=f"options.{option}", description="lower it, or change it"
+            )
+        status.details.add().Pack(failure)
     if isinstance(error, ResourceExhausted | ShuttingDown):
         delay = duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))

@@ -15,15 +15,17 @@ import grpc
 import structlog
 from grpc_status import rpc_status
 
-from backends.errors import StyleTransferError
+from backends.errors import StyleTransferError, Unauthenticated
 from service.errors import INTERNAL_MESSAGE, status_code, to_status
+from service.limits import Slots, peer_host
 from service.metrics import Metrics, go_code, split_method
-from service.principals import Principals
+from service.principals import ANONYMOUS, Principals
 
 log = structlog.get_logger("service.access")
 
 REQUEST_ID_KEY = "x-request-id"
 _UNLOGGED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 
 
 class _Call:
@@ -71,7 +73,7 @@ class _Call:
         if self.metrics is not None:
             self.metrics.handled.labels(*self.labels, go_code(self.code)).inc()
             self.metrics.handling.labels(*self.labels).observe(elapsed)
-        if not self.method.startswith(_UNLOGGED):
+        if not self.method.startswith(_UNLOGGED) or self.code is not grpc.StatusCode.OK:
             log.info(
                 "rpc",
                 method=self.method,
@@ -106,10 +108,43 @@ def _observed(
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps unary and server-streaming handlers of every service the server hosts."""
+    """Wraps every handler of every service the server hosts: logs, metrics, error mapping, and
+    the bounds on open streams (`service.limits`)."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        principals: Principals | None = None,
+        streams: Slots | None = None,
+        health_watches: Slots | None = None,
+    ) -> None:
         self.metrics = metrics
+        self.principals = principals
+        self.streams = streams
+        self.health_watches = health_watches
+
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        """Whom a stream counts against: the principal with auth, else the peer's address."""
+        principals = self.principals
+        if principals is not None and principals.required:
+            principal = principals.by_token(context.invocation_metadata())  # None: refused next
+        elif principals is not None:
+            principal = principals.of(context)  # a certificate's name, or anonymous
+        else:
+            principal = None
+        if principal is None or principal == ANONYMOUS:
+            return peer_host(context.peer())
+        return f"principal:{principal}"
+
+    def _stream_slot(self, method: str, context: grpc.ServicerContext) -> Callable[[], None]:
+        """A place for one more open stream of this kind, or ResourceExhausted."""
+        if method.startswith(HEALTH_WATCH):
+            if self.health_watches is None:
+                return lambda: None
+            return self.health_watches.acquire(peer_host(context.peer()))  # no token needed: by peer
+        if self.streams is None:
+            return lambda: None
+        return self.streams.acquire(self._caller(context))
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -133,12 +168,32 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 with _observed(method, "server_stream", context, self.metrics) as call:
-                    for response in inner_stream(request, context):
-                        call.sent()
-                        yield response
+                    release = self._stream_slot(method, context)
+                    try:
+                        for response in inner_stream(request, context):
+                            call.sent()
+                            yield response
+                    finally:
+                        release()
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:  # reflection
+            inner_bidi = handler.stream_stream
+
+            def bidi(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+                with _observed(method, "bidi_stream", context, self.metrics) as call:
+                    release = self._stream_slot(method, context)
+                    try:
+                        for response in inner_bidi(requests, context):
+                            call.sent()
+                            yield response
+                    finally:
+                        release()
+
+            return grpc.stream_stream_rpc_method_handler(
+                bidi, handler.request_deserializer, handler.response_serializer
             )
         return handler
 
@@ -164,7 +219,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return None
 
         def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+            # Raised, not aborted: the service interceptor around this one logs and counts it.
+            raise Unauthenticated("a valid bearer token is required")
 
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(

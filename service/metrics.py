@@ -23,6 +23,7 @@ from backends.base import Iterate, PrecisionInfo
 from backends.cache import TargetCache
 from backends.errors import StyleTransferError
 from service.jobs import Job, JobObserver, State
+from service.limits import Slots
 from service.options import JobOptions
 
 # Jobs take seconds to many minutes: buckets reach 30 minutes.
@@ -126,7 +127,8 @@ class Metrics:
         )
         self.completed = Counter(
             "styletransfer_jobs_completed_total",
-            "Jobs that ended, by outcome (succeeded, failed, cancelled, deadline; rejected: never queued).",
+            "Jobs that ended, by outcome (succeeded, failed, cancelled, deadline; diverged: the "
+            "caller's options made the loss non-finite; rejected: never queued).",
             ["outcome", *placed],
             registry=registry,
         )
@@ -229,6 +231,8 @@ def outcome(state: str, error_reason: str | None) -> str:
     """The `outcome` label of a finished job."""
     if error_reason == "DEADLINE_EXCEEDED":
         return "deadline"
+    if error_reason == "DIVERGED":
+        return "diverged"  # the caller's options: apart from failures, outside the failure SLO
     return state
 
 
@@ -328,3 +332,21 @@ class QueueDepth(Collector):
         for device, depth in self._depths().items():
             family.add_metric([device], float(depth))
         yield family
+
+
+class OpenStreams(Collector):
+    """styletransfer_streams_open and _limit: streams held open now, by kind, and their bound."""
+
+    def __init__(self, slots: dict[str, Slots]) -> None:
+        self._slots = slots
+
+    def collect(self) -> Iterable[Metric]:
+        held = GaugeMetricFamily("styletransfer_streams_open", "Streams open now, by kind.", labels=["kind"])
+        limit = GaugeMetricFamily(
+            "styletransfer_streams_limit", "Most streams of a kind open at once.", labels=["kind"]
+        )
+        for kind, slots in self._slots.items():
+            held.add_metric([kind], float(slots.open()))
+            limit.add_metric([kind], float(slots.total))
+        yield held
+        yield limit

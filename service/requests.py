@@ -84,6 +84,8 @@ def _layer_weights(field: str, value: Any) -> tuple[float, ...]:
             raise InvalidArgument(f"{field}[{i}]", "must be a finite number >= 0")
     if weights and sum(weights) <= 0:
         raise InvalidArgument(field, "must not all be zero")
+    if not math.isfinite(sum(weights)):
+        raise InvalidArgument(field, "add up to more than a float holds; scale them down (only ratios count)")
     return weights
 
 
@@ -240,6 +242,11 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
         )
     coarsest = _check_scales(content.width, content.height, options.style, settings)
     total = sum(weights)
+    if not math.isfinite(total):
+        raise InvalidArgument(
+            "styles",
+            "the style weights add up to more than a float holds; scale them down (only ratios count)",
+        )
     style_side = max(1, round(long_side * options.style.style_scale))
     styles = []
     for i, (style, weight) in enumerate(zip(request.styles, weights, strict=True)):

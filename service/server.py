@@ -29,7 +29,8 @@ from service.jobs import Failed, JobCore, Limits
 from service.jobs.memorystore import MemoryStore
 from service.jobs.redisstore import RedisStore, redact
 from service.jobs.store import JobStore, Preparer
-from service.metrics import JobMetrics, Metrics, QueueDepth, StyleCache
+from service.limits import Slots
+from service.metrics import JobMetrics, Metrics, OpenStreams, QueueDepth, StyleCache
 from service.options import JobOptions
 from service.principals import Principals
 from service.requests import JobSpec
@@ -274,17 +275,26 @@ def build(
         store = shared
     metrics.registry.register(QueueDepth(store.queue_depths))
     principals = Principals(load_tokens(settings))
-    interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(principals)] if principals.required else []  # type: ignore[type-arg]
-    interceptors.append(ServiceInterceptor(metrics))
+    streams = Slots("streaming", settings.max_streams, settings.max_streams_per_caller)
+    health_watches = Slots("health watch", settings.max_health_watches, settings.max_health_watches_per_peer)
+    metrics.registry.register(OpenStreams({"streaming": streams, "health_watch": health_watches}))
+    # Outermost first: the service interceptor also sees (logs, counts) what auth refuses.
+    interceptors: list[grpc.ServerInterceptor] = [  # type: ignore[type-arg]
+        ServiceInterceptor(metrics, principals, streams, health_watches)
+    ]
+    if principals.required:
+        interceptors.append(AuthInterceptor(principals))
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
         interceptors=interceptors,
         options=options,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     pb_grpc.add_StyleTransferServicer_to_server(  # type: ignore[no-untyped-call]
         StyleTransferServicer(store, info, principals), grpc_server
     )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    # Blocking Watch: each holds a thread, counted and bounded by the interceptor (service.limits).
+    health_servicer = health.HealthServicer(experimental_non_blocking=False)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -76,8 +76,21 @@ class Settings(BaseSettings):
     """Encoded result bytes finished jobs may hold in all; the oldest are forgotten first."""
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     """Seconds of quiet after which a stream gets a heartbeat event."""
-    rpc_threads: int = Field(default=32, ge=2)
-    """Threads serving RPCs; each streaming call holds one while its job runs."""
+    rpc_threads: int = Field(default=32, ge=4)
+    """Threads serving RPCs; each streaming call holds one while it is open."""
+    max_streams: int = Field(default=20, ge=1)
+    """Streaming calls (Transfer, WatchJob, reflection) open at once; more are refused with
+    RESOURCE_EXHAUSTED. With max_health_watches it must stay below rpc_threads: the threads left
+    serve unary calls whatever the streams do."""
+    max_streams_per_caller: int = Field(default=8, ge=1)
+    """Streaming calls one caller (a principal with auth, else a peer address) may hold open."""
+    max_health_watches: int = Field(default=4, ge=1)
+    """Health Watch streams open at once on the main port (anyone may open them, token or not)."""
+    max_health_watches_per_peer: int = Field(default=2, ge=1)
+    """Health Watch streams one peer address may hold open."""
+    max_concurrent_rpcs: int = Field(default=256, ge=1)
+    """Calls in progress or waiting for a thread, all kinds together; beyond it gRPC refuses new
+    calls with RESOURCE_EXHAUSTED at once instead of queueing them without bound."""
     warmup: bool = True
     """Run a tiny job at start-up before reporting SERVING."""
     shutdown_grace: float = Field(default=30.0, ge=0)
@@ -109,6 +122,16 @@ class Settings(BaseSettings):
     """JSON lines for production, or readable console output for development."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level that is logged."""
+
+    @model_validator(mode="after")
+    def _streams_leave_threads(self) -> Settings:
+        if self.max_streams + self.max_health_watches >= self.rpc_threads:
+            raise ValueError(
+                f"max_streams + max_health_watches ({self.max_streams} + {self.max_health_watches}) "
+                f"must be below rpc_threads ({self.rpc_threads}), so that streams can never take "
+                "every thread from unary calls"
+            )
+        return self
 
 
 def load_tokens(settings: Settings) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import pytest
 
 from backends.base import BackendJob, FloatImage, Iterate, Losses, Outcome, Stage, StyleInput
 from backends.driver import drive, scale_sizes, tile_layout, total_iterations
-from backends.errors import BackendFailure, Cancelled
+from backends.errors import Cancelled, Diverged
 from backends.options import Init, StyleOptions
 
 IMAGE = np.full((64, 48, 3), 100, dtype=np.uint8)
@@ -61,8 +61,8 @@ def test_records_count_up_and_end_with_the_outcome() -> None:
 
 
 def test_a_non_finite_loss_fails_the_job_at_that_iteration() -> None:
-    """A NaN total at iteration 3 raises BackendFailure naming iteration 3."""
-    with pytest.raises(BackendFailure, match="iteration 3"):
+    """A NaN total at iteration 3 raises Diverged (the options' doing) naming iteration 3."""
+    with pytest.raises(Diverged, match=r"iteration 3.*learning_rate"):
         _run(StyleOptions(iterations=4), totals=[3.0, 2.0, math.nan, 1.0])
 
 
