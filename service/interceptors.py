@@ -146,6 +146,22 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return lambda: None
         return self.streams.acquire(self._caller(context))
 
+    def _streaming(self, method: str, kind: str, inner: Callable[[Any, Any], Iterator[Any]]) -> Any:
+        """A streaming handler that holds a counted place while it is open (its request is one
+        message, or an iterator of them for a bidirectional call)."""
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with _observed(method, kind, context, self.metrics) as call:
+                release = self._stream_slot(method, context)
+                try:
+                    for response in inner(request, context):
+                        call.sent()
+                        yield response
+                finally:
+                    release()
+
+        return stream
+
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
@@ -164,36 +180,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 unary, handler.request_deserializer, handler.response_serializer
             )
         if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with _observed(method, "server_stream", context, self.metrics) as call:
-                    release = self._stream_slot(method, context)
-                    try:
-                        for response in inner_stream(request, context):
-                            call.sent()
-                            yield response
-                    finally:
-                        release()
-
             return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
+                self._streaming(method, "server_stream", handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         if handler.stream_stream is not None:  # reflection
-            inner_bidi = handler.stream_stream
-
-            def bidi(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-                with _observed(method, "bidi_stream", context, self.metrics) as call:
-                    release = self._stream_slot(method, context)
-                    try:
-                        for response in inner_bidi(requests, context):
-                            call.sent()
-                            yield response
-                    finally:
-                        release()
-
             return grpc.stream_stream_rpc_method_handler(
-                bidi, handler.request_deserializer, handler.response_serializer
+                self._streaming(method, "bidi_stream", handler.stream_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         return handler
 
