@@ -248,7 +248,12 @@ def job(item: Job, position: int, with_image: bool = True) -> pb.Job:
 
 
 def server_info(
-    version: str, settings: Settings, defaults: JobOptions, weights: VGGWeights, backends: dict[str, Any]
+    version: str,
+    settings: Settings,
+    defaults: JobOptions,
+    weights: VGGWeights,
+    backends: dict[str, Any],
+    memory_budget: int = 0,
 ) -> pb.ServerInfo:
     """What GetServerInfo returns; `backends` maps enabled names to live backends."""
     infos = []
@@ -304,6 +309,7 @@ def server_info(
             max_health_watches=settings.max_health_watches,
             max_health_watches_per_peer=settings.max_health_watches_per_peer,
             job_store="memory" if settings.store == "memory" else "redis",
+            memory_budget_bytes=memory_budget,
         ),
         defaults=options_to_proto(defaults),
         layers=LOSS_LAYER_NAMES,

@@ -84,7 +84,7 @@ def to_status(error: StyleTransferError) -> status_pb2.Status:
                 type="DIVERGED", subject=f"options.{option}", description="lower it, or change it"
             )
         status.details.add().Pack(failure)
-    if isinstance(error, ResourceExhausted | ShuttingDown):
+    if isinstance(error, ResourceExhausted | ShuttingDown) and getattr(error, "retryable", True):
         delay = duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from backends.base import Backend, StyleInput
 from backends.errors import StyleTransferError
 from backends.options import StyleOptions
 from backends.weights.canonical import VGGWeights
-from service import convert, memory
+from service import admission, convert, memory
 from service.interceptors import AuthInterceptor, ServiceInterceptor
 from service.jobs import Failed, JobCore, Limits
 from service.jobs.memorystore import MemoryStore
@@ -150,6 +151,18 @@ def create_backends(settings: Settings, weights: VGGWeights) -> dict[str, Backen
     }
 
 
+def memory_budget(settings: Settings) -> int:
+    """Bytes jobs may hold: the setting, or 85 % of the memory limit less what is held now."""
+    if settings.memory_budget_mib is not None:
+        return settings.memory_budget_mib * admission.MiB
+    return max(admission.MiB, admission.default_budget() - _rss())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def warm_up(core: JobCore, backend: str) -> None:
     """Run a two-iteration 32 px job so the first caller does not pay for initialization."""
     rng = np.random.default_rng(0)
@@ -174,6 +187,7 @@ def build(
     if backends is None:
         backends = create_backends(settings, weights)
     limits = Limits(
+        memory_budget=memory_budget(settings),
         queue_size=settings.queue_size,
         workers_per_device=settings.workers_per_device,
         batch_max=settings.batch_max,
@@ -233,6 +247,7 @@ def build(
             replace(defaults, backend=settings.backend, device=settings.device),
             weights,
             dict(backends),
+            limits.memory_budget,
         )
 
     options = [

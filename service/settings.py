@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     """Memory each backend may keep for the Gram matrices of recent style images, so that jobs
     with a style seen before skip computing its targets (0 turns the cache off). One style at the
     default layers takes 2.3 MiB whatever its size."""
+    memory_budget_mib: int | None = Field(default=None, ge=0)
+    """Memory the jobs of this server may hold at once: each job's estimated peak, and the decoded
+    images of queued ones (see service/admission.py). A job that could never fit is refused with
+    RESOURCE_EXHAUSTED reason MEMORY_BUDGET saying what to change; one that does not fit now, with
+    RetryInfo. Unset: 85 % of the container's memory limit (or of the machine's memory) less what
+    the server holds at start. 0: no bound."""
     workers_per_device: int = Field(default=1, ge=1)
     """Jobs (or batches of jobs) that run at once on one device."""
     batch_max: int = Field(default=0, ge=0)

@@ -21,7 +21,8 @@ from backends.errors import (
     StyleTransferError,
     Unavailable,
 )
-from service.jobs.events import Failed, Finished
+from service.admission import Estimate, MiB, too_big
+from service.jobs.events import Failed, Finished, State
 from service.jobs.job import Job, JobObserver, StopReason, new_job_id, not_found
 from service.jobs.runner import terminal_state
 from service.jobs.workers import DeviceWorkers
@@ -46,6 +47,7 @@ class Limits:
     history: int = 4096  # events kept per job for WatchJob
     retention_seconds: float = 600.0  # how long a finished job stays readable
     retention_bytes: int = 256 * 1024 * 1024  # encoded images finished jobs may hold in all
+    memory_budget: int = 0  # bytes the jobs here may hold at once (service.admission); 0: no bound
 
     def batch_size(self, device: str) -> int:
         """Most jobs one batch takes on this device."""
@@ -166,6 +168,7 @@ class JobCore:
                 )
                 self._devices[spec.options.device] = workers
             try:
+                self._admit(job)
                 workers.put(job)
             except ResourceExhausted:
                 self.observer.rejected(spec.options)
@@ -182,6 +185,35 @@ class JobCore:
             principal=principal,
         )
         return job
+
+    def committed(self) -> int:
+        """Bytes the jobs here are expected to hold now and at their next peak: the decoded images
+        of every waiting job, plus the largest of the running jobs' peaks (all of them, with
+        several workers)."""
+        with self._lock:
+            return self._committed()
+
+    def _committed(self, extra: Estimate | None = None) -> int:
+        live = [j for j in self._jobs.values() if not j.done]
+        held = sum(j.estimate.held for j in live if j.state is State.QUEUED)
+        running = sum(j.estimate.peak for j in live if j.state is State.RUNNING)
+        if extra is None:
+            return held + running
+        return held + extra.held + max(running, extra.peak)
+
+    def _admit(self, job: Job) -> None:
+        """Refuse a job that would not fit in the memory budget (see service.admission)."""
+        budget = self.limits.memory_budget
+        if not budget:
+            return
+        if job.estimate.peak > budget:
+            raise too_big(job.estimate, budget)
+        committed = self._committed(job.estimate)
+        if committed > budget:
+            raise ResourceExhausted(
+                f"the jobs running and waiting here hold about {committed // MiB} MiB with this "
+                f"one, over the memory budget of {budget // MiB} MiB; retry later"
+            )
 
     def adopt(self, job: Job) -> None:
         """Hold a job that came from elsewhere (the shared queue) while it runs here, so that a

@@ -19,6 +19,7 @@ from backends.errors import (
     ShuttingDown,
     StyleTransferError,
 )
+from service import admission
 from service.jobs.events import Accepted, Event, EventLog, Failed, Finished, Heartbeat, State
 from service.options import JobOptions
 from service.principals import ANONYMOUS
@@ -126,6 +127,7 @@ class Job:
         self.log = EventLog(self.history)
         self.log.append(Accepted())
         self.last_progress: Iterate | None = None
+        self.estimate = admission.estimate(self.spec)  # the memory it is expected to take
 
     @property
     def name(self) -> str:

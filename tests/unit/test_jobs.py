@@ -514,3 +514,41 @@ def test_batches_are_on_by_default_only_on_cuda() -> None:
     everywhere."""
     assert Limits().batch_size("cuda:0") == 4 and Limits().batch_size("cpu") == 1
     assert Limits(batch_max=3).batch_size("cpu") == 3
+
+
+def test_memory_admission_refuses_what_cannot_fit_and_what_does_not_fit_now() -> None:
+    """A job whose own peak is over the budget is refused for good (reason MEMORY_BUDGET, no
+    RetryInfo); queued jobs' decoded images count, so with one running the budget fills up and
+    the next is refused for now; once the running job ends, the same job is admitted."""
+    from service import admission
+    from service.errors import to_status
+
+    backend = ScriptedBackend()
+    big = np.zeros((512, 512, 3), dtype=np.uint8)  # 768 KiB held while it waits
+    unbounded = _core(ScriptedBackend())
+    options = unbounded.place(JobOptions(style=StyleOptions(iterations=2)))
+    unbounded.close(grace=1)
+    model = admission.estimate(JobSpec(big, (StyleInput(IMAGE, 1.0),), options))
+    big_held = model.held
+    budget = model.peak + 2 * big_held + big_held // 2  # one big peak and two big waiters
+    core = _core(backend, queue_size=8, memory_budget=budget)
+
+    huge = JobSpec(np.zeros((2048, 2048, 3), dtype=np.uint8), (StyleInput(IMAGE, 1.0),), options)
+    with pytest.raises(ResourceExhausted) as refused:
+        core.submit(huge)
+    assert refused.value.reason == "MEMORY_BUDGET" and "tile_size" in refused.value.message
+    assert all(d.type_url.endswith("ErrorInfo") for d in to_status(refused.value).details)
+
+    backend.gate.clear()
+    running = core.submit(_spec(core, iterations=1))
+    assert backend.started.wait(10)
+    waiting = [core.submit(JobSpec(big, (StyleInput(IMAGE, 1.0),), options)) for _ in range(2)]
+    with pytest.raises(ResourceExhausted) as full:
+        core.submit(JobSpec(big, (StyleInput(IMAGE, 1.0),), options))
+    assert full.value.reason == "RESOURCE_EXHAUSTED" and "retry later" in full.value.message
+    assert any(d.type_url.endswith("RetryInfo") for d in to_status(full.value).details)
+    backend.gate.set()
+    for job in (running, *waiting):
+        _events(job)
+    assert core.submit(JobSpec(big, (StyleInput(IMAGE, 1.0),), options)).estimate.held == big_held
+    core.close(grace=5)

@@ -433,7 +433,7 @@ class WeightsInfo(_message.Message):
     def __init__(self, source: _Optional[str] = ..., source_sha256: _Optional[str] = ..., sha256: _Optional[str] = ..., random: _Optional[bool] = ..., channel_order: _Optional[str] = ..., input_range: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., quantization: _Optional[str] = ..., container_sha256: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_size", "max_iterations", "max_styles", "max_input_pixels", "max_receive_message_bytes", "queue_size", "job_retention_seconds", "heartbeat_seconds", "max_streams", "max_streams_per_caller", "max_health_watches", "max_health_watches_per_peer", "job_store")
+    __slots__ = ("max_size", "max_iterations", "max_styles", "max_input_pixels", "max_receive_message_bytes", "queue_size", "job_retention_seconds", "heartbeat_seconds", "max_streams", "max_streams_per_caller", "max_health_watches", "max_health_watches_per_peer", "job_store", "memory_budget_bytes")
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_STYLES_FIELD_NUMBER: _ClassVar[int]
@@ -447,6 +447,7 @@ class Limits(_message.Message):
     MAX_HEALTH_WATCHES_FIELD_NUMBER: _ClassVar[int]
     MAX_HEALTH_WATCHES_PER_PEER_FIELD_NUMBER: _ClassVar[int]
     JOB_STORE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_size: int
     max_iterations: int
     max_styles: int
@@ -460,7 +461,8 @@ class Limits(_message.Message):
     max_health_watches: int
     max_health_watches_per_peer: int
     job_store: str
-    def __init__(self, max_size: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., queue_size: _Optional[int] = ..., job_retention_seconds: _Optional[float] = ..., heartbeat_seconds: _Optional[float] = ..., max_streams: _Optional[int] = ..., max_streams_per_caller: _Optional[int] = ..., max_health_watches: _Optional[int] = ..., max_health_watches_per_peer: _Optional[int] = ..., job_store: _Optional[str] = ...) -> None: ...
+    memory_budget_bytes: int
+    def __init__(self, max_size: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., queue_size: _Optional[int] = ..., job_retention_seconds: _Optional[float] = ..., heartbeat_seconds: _Optional[float] = ..., max_streams: _Optional[int] = ..., max_streams_per_caller: _Optional[int] = ..., max_health_watches: _Optional[int] = ..., max_health_watches_per_peer: _Optional[int] = ..., job_store: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "backends", "default_backend", "default_device", "weights", "limits", "defaults", "layers")

@@ -1,0 +1,34 @@
+"""The memory admission model (service/admission.py) against peaks measured on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_estimate_brackets_the_measured_peak_at_several_sizes() -> None:
+    """For every case: at least 90 % of the measured peak (an overrun kills the process, so the
+    model errs high), at most 1.6x it plus 160 MiB (a model too high refuses jobs that fit)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("memory_probe.py"))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=True,
+    )
+    cases = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(cases) == 4
+    for case in cases:
+        measured, estimate = case["measured"], case["estimate"]
+        assert measured > 64 * MiB, case  # the probe measured a job, not noise
+        assert 0.9 * measured <= estimate <= 1.6 * measured + 160 * MiB, (
+            f"{case}: estimate {estimate / MiB:.0f} MiB, measured {measured / MiB:.0f} MiB"
+        )
