@@ -75,6 +75,12 @@ class ResourceExhausted(StyleTransferError):
     reason = "RESOURCE_EXHAUSTED"
 
 
+class TooManyQueued(ResourceExhausted):
+    """A principal already has as many jobs waiting as it may."""
+
+    reason = "TOO_MANY_QUEUED"
+
+
 class Cancelled(StyleTransferError):
     """The job was cancelled (by the caller or the server) before it finished."""
 

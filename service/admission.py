@@ -26,11 +26,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backends import vgg
 from backends.errors import ResourceExhausted
-from backends.options import Optimizer
-from service.requests import JobSpec
+from backends.options import Optimizer, StyleOptions
+
+if TYPE_CHECKING:
+    from service.requests import JobSpec
 
 MiB = 1024 * 1024
 FLOAT = 4
@@ -61,10 +64,42 @@ class Estimate:
     styles: int
 
 
-def _largest_pass(spec: JobSpec) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class Shape:
+    """The sizes that decide a job's memory, known from image headers before anything is decoded.
+
+    Sizes are (height, width). `styles` are the sizes the job runs its style images at (its last
+    scale, `style_scale` applied); `held` the bytes of pixels it keeps while it waits (styles are
+    not enlarged until the job starts)."""
+
+    output: tuple[int, int]
+    styles: tuple[tuple[int, int], ...]
+    held: int
+
+
+def shape_of(spec: JobSpec) -> Shape:
+    """The shape of a decoded job."""
+    held = spec.content.nbytes + sum(
+        s.image.nbytes + (s.mask.nbytes if s.mask is not None else 0) for s in spec.styles
+    )
+    if spec.init_image is not None:
+        held += spec.init_image.nbytes
+    sides = spec.style_sides or tuple(max(s.image.shape[:2]) for s in spec.styles)
+    styles = tuple(
+        fitted(s.image.shape[0], s.image.shape[1], side) for s, side in zip(spec.styles, sides, strict=True)
+    )
+    return Shape((int(spec.content.shape[0]), int(spec.content.shape[1])), styles, held)
+
+
+def fitted(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(height, width) resized so that the long side is `long_side`, keeping the aspect ratio."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _largest_pass(shape: Shape, style: StyleOptions) -> tuple[int, int, int]:
     """(height, width, iterations) of the largest network input the job optimizes over."""
-    style = spec.options.style
-    height, width = spec.content.shape[:2]
+    height, width = shape.output
     if style.tile_size and max(height, width) > style.tile_size:
         side = style.tile_size + 2 * style.tile_overlap
         height, width = min(height, side), min(width, side)
@@ -74,28 +109,24 @@ def _largest_pass(spec: JobSpec) -> tuple[int, int, int]:
 
 def estimate(spec: JobSpec) -> Estimate:
     """The memory model above, for a checked job."""
-    style = spec.options.style
+    return estimate_shape(spec.options.style, shape_of(spec))
+
+
+def estimate_shape(style: StyleOptions, shape: Shape) -> Estimate:
+    """The memory model above, from the sizes alone."""
     deepest = vgg.LAYER_NAMES[vgg.deepest(style.content_layers + style.style_layers)]
-    height, width, iterations = _largest_pass(spec)
+    height, width, iterations = _largest_pass(shape, style)
     image = 3 * height * width * FLOAT
     if style.optimizer is Optimizer.LBFGS:
         state = 2 * min(iterations, LBFGS_HISTORY) * image + 4 * image
     else:
         state = 3 * image
     optimizing = int(ACTIVATIONS * activation_bytes(height, width, deepest)) + state
-    styles = max(
-        (
-            int(STYLE_PASS * activation_bytes(s.image.shape[0], s.image.shape[1], deepest))
-            for s in spec.styles
-        ),
-        default=0,
-    )
-    held = spec.content.nbytes + sum(
-        s.image.nbytes + (s.mask.nbytes if s.mask is not None else 0) for s in spec.styles
-    )
-    if spec.init_image is not None:
-        held += spec.init_image.nbytes
-    return Estimate(max(optimizing, styles) + OVERHEAD + held, held, optimizing, styles)
+    styles = max((int(STYLE_PASS * activation_bytes(h, w, deepest)) for h, w in shape.styles), default=0)
+    # Once running, each style is held at its working size (uint8, and float32 in the backend).
+    enlarged = sum((1 + FLOAT) * 3 * h * w for h, w in shape.styles)
+    peak = max(optimizing, styles) + OVERHEAD + shape.held + enlarged
+    return Estimate(peak, shape.held, optimizing, styles)
 
 
 class OverBudget(ResourceExhausted):

@@ -85,7 +85,8 @@ def to_status(error: StyleTransferError) -> status_pb2.Status:
             )
         status.details.add().Pack(failure)
     if isinstance(error, ResourceExhausted | ShuttingDown) and getattr(error, "retryable", True):
-        delay = duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(getattr(error, "retry_after", RETRY_AFTER_SECONDS) * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status
 

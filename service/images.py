@@ -34,6 +34,12 @@ _SRGB_CHUNK = (b"sRGB", b"\x00")
 _SRGB_FILE_GAMMA = 0.45455
 
 
+def peek(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the image's header, checked as `decode` checks it, with no pixel
+    decoded. EXIF orientation is not applied (it may swap the two)."""
+    return _open(data, field, max_pixels).size
+
+
 def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
     """Decode PNG, JPEG or WebP bytes into an upright RGB image in sRGB.
 
@@ -41,6 +47,19 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
     bomb costs nothing. EXIF orientation is applied; transparency is composited onto white; an
     embedded ICC profile is applied (see `_to_srgb`) and dropped.
     """
+    image = _open(data, field, max_pixels)
+    try:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError):
+        raise InvalidArgument(field, "image data is truncated or corrupt") from None
+    rgb = _to_srgb(upright, image.info.get("icc_profile"))
+    rgb.info.pop("icc_profile", None)  # the pixels are sRGB now, whatever the source said
+    return rgb
+
+
+def _open(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """The image with only its header read, every header check passed."""
     if not data:
         raise InvalidArgument(field, "image is empty")
     try:
@@ -62,14 +81,7 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
         raise InvalidArgument(field, f"animated images are not accepted ({frames} frames); send one frame")
     if width * height > max_pixels:
         raise ResourceExhausted(f"{field}: {width}x{height} exceeds the limit of {max_pixels} pixels")
-    try:
-        image.load()
-        upright = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError):
-        raise InvalidArgument(field, "image data is truncated or corrupt") from None
-    rgb = _to_srgb(upright, image.info.get("icc_profile"))
-    rgb.info.pop("icc_profile", None)  # the pixels are sRGB now, whatever the source said
-    return rgb
+    return image
 
 
 def _to_srgb(image: Image.Image, icc_profile: object) -> Image.Image:
@@ -134,6 +146,14 @@ def fit_long_side(image: Image.Image, long_side: int) -> Image.Image:
     if size == image.size:
         return image
     return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def enlarge(pixels: RGBImage, long_side: int) -> RGBImage:
+    """An (H, W, 3) uint8 image enlarged so that its long side is `long_side` (as fit_long_side
+    does); returned as it is when it is already that large."""
+    if max(pixels.shape[:2]) >= long_side:
+        return pixels
+    return to_array(fit_long_side(Image.fromarray(pixels), long_side))
 
 
 def stretch(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -15,9 +15,9 @@ import grpc
 import structlog
 from grpc_status import rpc_status
 
-from backends.errors import StyleTransferError, Unauthenticated
+from backends.errors import ResourceExhausted, StyleTransferError, Unauthenticated
 from service.errors import INTERNAL_MESSAGE, status_code, to_status
-from service.limits import Slots, peer_host
+from service.limits import Rates, Slots, peer_host
 from service.metrics import Metrics, go_code, split_method
 from service.principals import ANONYMOUS, Principals
 
@@ -25,7 +25,8 @@ log = structlog.get_logger("service.access")
 
 REQUEST_ID_KEY = "x-request-id"
 _UNLOGGED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+HEALTH = "/grpc.health.v1.Health/"
+HEALTH_WATCH = HEALTH + "Watch"
 
 
 class _Call:
@@ -54,6 +55,8 @@ class _Call:
         """Record the failure and abort the call with its status (raises)."""
         if isinstance(exc, StyleTransferError):
             self.code = status_code(exc)
+            if isinstance(exc, ResourceExhausted) and self.metrics is not None:
+                self.metrics.refused.labels(exc.reason, self.labels[2]).inc()
             self.context.abort_with_status(rpc_status.to_status(to_status(exc)))
         self.code = grpc.StatusCode.INTERNAL
         log.error("unhandled_exception", method=self.method, request_id=self.request_id, exc_info=exc)
@@ -117,11 +120,18 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         principals: Principals | None = None,
         streams: Slots | None = None,
         health_watches: Slots | None = None,
+        rates: Rates | None = None,
     ) -> None:
         self.metrics = metrics
         self.principals = principals
         self.streams = streams
         self.health_watches = health_watches
+        self.rates = rates
+
+    def _count(self, method: str, context: grpc.ServicerContext) -> None:
+        """Count the call against its caller's rate (health is bounded by its own means)."""
+        if self.rates is not None and not method.startswith(HEALTH):
+            self.rates.hit(self._caller(context))
 
     def _caller(self, context: grpc.ServicerContext) -> str:
         """Whom a stream counts against: the principal with auth, else the peer's address."""
@@ -152,6 +162,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with _observed(method, kind, context, self.metrics) as call:
+                self._count(method, context)
                 release = self._stream_slot(method, context)
                 try:
                     for response in inner(request, context):
@@ -172,6 +183,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
                 with _observed(method, "unary", context, self.metrics) as call:
+                    self._count(method, context)
                     response = inner(request, context)
                     call.sent()
                     return response

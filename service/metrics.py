@@ -121,6 +121,13 @@ class Metrics:
             buckets=LONG_BUCKETS,
             registry=registry,
         )
+        self.refused = Counter(
+            "styletransfer_refused_total",
+            "Calls refused RESOURCE_EXHAUSTED, by reason (RATE_LIMITED, TOO_MANY_STREAMS, "
+            "TOO_MANY_QUEUED, MEMORY_BUDGET, RESOURCE_EXHAUSTED for a full queue...) and method.",
+            ["reason", "grpc_method"],
+            registry=registry,
+        )
         placed = ["backend", "device"]
         self.submitted = Counter(
             "styletransfer_jobs_submitted_total", "Jobs accepted into a queue.", placed, registry=registry
@@ -350,3 +357,30 @@ class OpenStreams(Collector):
             limit.add_metric([kind], float(slots.total))
         yield held
         yield limit
+
+
+class HeldBytes(Collector):
+    """styletransfer_held_bytes: what this replica's jobs hold, by kind, with each kind's bound."""
+
+    def __init__(self, held: Callable[[], dict[str, int]], bounds: dict[str, int]) -> None:
+        self._held = held
+        self._bounds = bounds
+
+    def collect(self) -> Iterable[Metric]:
+        held = GaugeMetricFamily(
+            "styletransfer_held_bytes",
+            "Bytes this replica's jobs hold now: event histories (previews and results), retained "
+            "results, decoded images of queued jobs.",
+            labels=["kind"],
+        )
+        bound = GaugeMetricFamily(
+            "styletransfer_held_bytes_limit",
+            "The bound on each kind of held bytes (events: per job; 0: none).",
+            labels=["kind"],
+        )
+        for kind, value in self._held().items():
+            held.add_metric([kind], float(value))
+        for kind, value in self._bounds.items():
+            bound.add_metric([kind], float(value))
+        yield held
+        yield bound

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from backends.errors import InvalidArgument
 from backends.options import ColorPreservation, Init, Optimizer, Pooling, StyleOptions
 from backends.vgg import LOSS_LAYER_NAMES
 from service import images
+from service.admission import Shape, fitted
 from service.options import ImageFormat, JobOptions
 from service.settings import Settings
 
@@ -49,6 +50,18 @@ class JobSpec:
     styles: tuple[StyleInput, ...]
     options: JobOptions
     init_image: RGBImage | None = None  # at the output size
+    # The long side each style image runs at (the output's, times style_scale). A smaller image
+    # is held as decoded and enlarged only when the job starts (`enlarged_styles`); empty: as held.
+    style_sides: tuple[int, ...] = ()
+
+    def enlarged_styles(self) -> tuple[StyleInput, ...]:
+        """The style images at the size the job runs them."""
+        if not self.style_sides:
+            return self.styles
+        return tuple(
+            replace(style, image=images.enlarge(cast(RGBImage, style.image), side))
+            for style, side in zip(self.styles, self.style_sides, strict=True)
+        )
 
 
 def _number(
@@ -214,8 +227,17 @@ def _mask(data: bytes, field: str, width: int, height: int, settings: Settings) 
     return mask
 
 
-def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> JobSpec:
-    """Decode and size the images of a request whose options are already resolved."""
+def build_spec(
+    request: JobRequest,
+    options: JobOptions,
+    settings: Settings,
+    admit: Callable[[Shape], None] | None = None,
+) -> JobSpec:
+    """Decode and size the images of a request whose options are already resolved.
+
+    Everything that can be checked from the images' headers is checked before any pixel is
+    decoded: their declared sizes, the layers' minimum sizes, and `admit`, which gets the job's
+    sizes (the memory admission and the queue, see JobCore.check_room) and raises to refuse it."""
     if not request.styles:
         raise InvalidArgument("styles", "at least one style image is required")
     if len(request.styles) > settings.max_styles:
@@ -228,10 +250,31 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
         if not math.isfinite(weight) or weight <= 0:
             raise InvalidArgument(f"styles[{i}].weight", "must be a finite number > 0")
         weights.append(weight)
+    total = sum(weights)
+    if not math.isfinite(total):
+        raise InvalidArgument(
+            "styles",
+            "the style weights add up to more than a float holds; scale them down (only ratios count)",
+        )
+
+    # Headers first: sizes and admission cost nothing to check, decoding does.
+    width, height = images.peek(request.content, "content.data", settings.max_input_pixels)
+    long_side = min(options.max_size, max(width, height))  # never upscaled: it only costs memory
+    out_height, out_width = fitted(height, width, long_side)
+    style_side = max(1, round(long_side * options.style.style_scale))
+    headers = [
+        images.peek(style.data, _style_field(i), settings.max_input_pixels)
+        for i, style in enumerate(request.styles)
+    ]
+    if admit is not None:
+        held = 3 * out_height * out_width * (1 + (request.init_image is not None))
+        for (style_width, style_height), style in zip(headers, request.styles, strict=True):
+            kept = fitted(style_height, style_width, min(style_side, max(style_width, style_height)))
+            held += 3 * kept[0] * kept[1] + (4 * out_height * out_width if style.mask is not None else 0)
+        working = tuple(fitted(h, w, style_side) for w, h in headers)
+        admit(Shape((out_height, out_width), working, held))
 
     content = images.decode(request.content, "content.data", settings.max_input_pixels)
-    # The output never exceeds the content's own size: upscaling only costs memory.
-    long_side = min(options.max_size, max(content.size))
     content = images.fit_long_side(content, long_side)
     minimum = min_side(options.style)
     if min(content.size) < minimum:
@@ -241,27 +284,22 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
             f"both sides must be at least {minimum} px for the layers in use",
         )
     coarsest = _check_scales(content.width, content.height, options.style, settings)
-    total = sum(weights)
-    if not math.isfinite(total):
-        raise InvalidArgument(
-            "styles",
-            "the style weights add up to more than a float holds; scale them down (only ratios count)",
-        )
-    style_side = max(1, round(long_side * options.style.style_scale))
     styles = []
     for i, (style, weight) in enumerate(zip(request.styles, weights, strict=True)):
-        image = images.decode(style.data, f"styles[{i}].image.data", settings.max_input_pixels)
-        image = images.fit_long_side(image, style_side)
-        if min(image.size) < minimum:
+        image = images.decode(style.data, _style_field(i), settings.max_input_pixels)
+        # Shrunk now when larger than the job needs; enlarged only once the job runs.
+        target_height, target_width = fitted(image.height, image.width, style_side)
+        image = images.fit_long_side(image, min(style_side, max(image.size)))
+        if min(target_width, target_height) < minimum:
             raise InvalidArgument(
-                f"styles[{i}].image.data",
-                f"style image is too thin at {image.width}x{image.height}; both sides must be >= {minimum}"
+                _style_field(i),
+                f"style image is too thin at {target_width}x{target_height}; both sides must be >= {minimum}"
                 + (" (after style_scale)" if options.style.style_scale != 1 else ""),
             )
-        coarse_short = round(min(image.size) * coarsest)
+        coarse_short = round(min(target_width, target_height) * coarsest)
         if coarse_short < minimum:
             raise InvalidArgument(
-                f"styles[{i}].image.data",
+                _style_field(i),
                 f"style image would be {coarse_short} px on its short side at the coarsest scale; it "
                 f"must be >= {minimum}: use fewer scales or a larger style_scale",
             )
@@ -277,4 +315,10 @@ def build_spec(request: JobRequest, options: JobOptions, settings: Settings) -> 
         init_image = images.to_array(images.stretch(decoded, content.width, content.height))
     elif request.init_image is not None:
         raise InvalidArgument("init_image", "is only used with options.init INIT_IMAGE; set both or neither")
-    return JobSpec(images.to_array(content), tuple(styles), options, init_image)
+    return JobSpec(
+        images.to_array(content), tuple(styles), options, init_image, style_sides=(style_side,) * len(styles)
+    )
+
+
+def _style_field(index: int) -> str:
+    return f"styles[{index}].image.data"

@@ -30,8 +30,8 @@ from service.jobs import Failed, JobCore, Limits
 from service.jobs.memorystore import MemoryStore
 from service.jobs.redisstore import RedisStore, redact
 from service.jobs.store import JobStore, Preparer
-from service.limits import Slots
-from service.metrics import JobMetrics, Metrics, OpenStreams, QueueDepth, StyleCache
+from service.limits import Rates, Slots
+from service.metrics import HeldBytes, JobMetrics, Metrics, OpenStreams, QueueDepth, StyleCache
 from service.options import JobOptions
 from service.principals import Principals
 from service.requests import JobSpec
@@ -188,10 +188,12 @@ def build(
         backends = create_backends(settings, weights)
     limits = Limits(
         memory_budget=memory_budget(settings),
+        queued_per_principal=settings.max_queued_per_principal,
         queue_size=settings.queue_size,
         workers_per_device=settings.workers_per_device,
         batch_max=settings.batch_max,
         history=settings.job_history,
+        history_bytes=settings.job_history_bytes,
         retention_seconds=settings.job_retention_seconds,
         retention_bytes=settings.job_retention_bytes,
     )
@@ -268,7 +270,7 @@ def build(
             # A job stream in flight gets as long as the drain to finish on the old connection.
             ("grpc.max_connection_age_grace_ms", int(max(settings.shutdown_grace, 1) * 1000)),
         ]
-    prepare = Preparer(core, defaults, settings)
+    prepare = Preparer(core, defaults, settings, holds=settings.store == "memory")
     store: JobStore
     shared: RedisStore | None = None
     if settings.store == "memory":
@@ -289,13 +291,31 @@ def build(
             raise OSError(f"the job store {redact(settings.store)} does not answer: {error}") from None
         store = shared
     metrics.registry.register(QueueDepth(store.queue_depths))
+    metrics.registry.register(
+        HeldBytes(
+            core.held_bytes,
+            {
+                "events": limits.history_bytes,
+                "results": limits.retention_bytes,
+                "queued": limits.memory_budget,
+            },
+        )
+    )
     principals = Principals(load_tokens(settings))
     streams = Slots("streaming", settings.max_streams, settings.max_streams_per_caller)
     health_watches = Slots("health watch", settings.max_health_watches, settings.max_health_watches_per_peer)
     metrics.registry.register(OpenStreams({"streaming": streams, "health_watch": health_watches}))
     # Outermost first: the service interceptor also sees (logs, counts) what auth refuses.
     interceptors: list[grpc.ServerInterceptor] = [  # type: ignore[type-arg]
-        ServiceInterceptor(metrics, principals, streams, health_watches)
+        ServiceInterceptor(
+            metrics,
+            principals,
+            streams,
+            health_watches,
+            Rates(settings.rate_limit_calls, settings.rate_limit_window_seconds, settings.store)
+            if settings.rate_limit_calls
+            else None,
+        )
     ]
     if principals.required:
         interceptors.append(AuthInterceptor(principals))

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     any replica answers for any job and an idempotency key makes one job across all of them."""
     job_history: int = Field(default=4096, ge=16)
     """Events kept per job, so that WatchJob can resume after a disconnect."""
+    job_history_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    """Encoded image bytes (previews) a job's event history keeps at most; past it the oldest
+    events go first, as past job_history. 0: no bound."""
     job_retention_seconds: float = Field(default=600.0, ge=0)
     """How long a finished job (and its result) stays readable; then GetJob says NOT_FOUND."""
     job_retention_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
@@ -94,6 +97,16 @@ class Settings(BaseSettings):
     """Health Watch streams open at once on the main port (anyone may open them, token or not)."""
     max_health_watches_per_peer: int = Field(default=2, ge=1)
     """Health Watch streams one peer address may hold open."""
+    rate_limit_calls: int = Field(default=1000, ge=0)
+    """Calls one caller (a principal with auth, else a peer address) may make in any
+    rate_limit_window_seconds, every method but health's; more are RESOURCE_EXHAUSTED reason
+    RATE_LIMITED with RetryInfo. Counted across every replica with the Redis store. 0: no limit."""
+    rate_limit_window_seconds: int = Field(default=10, ge=1)
+    """The moving window rate_limit_calls counts in, in seconds."""
+    max_queued_per_principal: int = Field(default=8, ge=0)
+    """Jobs one principal may have waiting at once (across every replica with the Redis store), so
+    that one caller cannot fill the queue for everyone; more are RESOURCE_EXHAUSTED reason
+    TOO_MANY_QUEUED with RetryInfo. Without auth every caller is one principal. 0: no cap."""
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     """Calls in progress or waiting for a thread, all kinds together; beyond it gRPC refuses new
     calls with RESOURCE_EXHAUSTED at once instead of queueing them without bound."""

@@ -19,9 +19,10 @@ from backends.errors import (
     ResourceExhausted,
     ShuttingDown,
     StyleTransferError,
+    TooManyQueued,
     Unavailable,
 )
-from service.admission import Estimate, MiB, too_big
+from service.admission import Estimate, MiB, Shape, estimate_shape, too_big
 from service.jobs.events import Failed, Finished, State
 from service.jobs.job import Job, JobObserver, StopReason, new_job_id, not_found
 from service.jobs.runner import terminal_state
@@ -37,6 +38,13 @@ log = structlog.get_logger(__name__)
 BATCH_MAX_CUDA = 4
 
 
+def too_many_queued(cap: int) -> TooManyQueued:
+    return TooManyQueued(
+        f"this caller already has {cap} jobs waiting, the most one caller may; retry once one has "
+        "started (or cancel one)"
+    )
+
+
 @dataclass(frozen=True)
 class Limits:
     """How much the job core takes on and remembers."""
@@ -45,9 +53,11 @@ class Limits:
     workers_per_device: int = 1  # jobs (or batches) running at once on one device
     batch_max: int = 0  # jobs per batch; 0: BATCH_MAX_CUDA on CUDA devices, no batching elsewhere
     history: int = 4096  # events kept per job for WatchJob
+    history_bytes: int = 16 * 1024 * 1024  # image bytes (previews) kept per job for WatchJob
     retention_seconds: float = 600.0  # how long a finished job stays readable
     retention_bytes: int = 256 * 1024 * 1024  # encoded images finished jobs may hold in all
     memory_budget: int = 0  # bytes the jobs here may hold at once (service.admission); 0: no bound
+    queued_per_principal: int = 0  # jobs one principal may have waiting; 0: no cap (never anonymous)
 
     def batch_size(self, device: str) -> int:
         """Most jobs one batch takes on this device."""
@@ -148,6 +158,7 @@ class JobCore:
                 id=job_id or new_job_id(),
                 spec=spec,
                 history=self.limits.history,
+                history_bytes=self.limits.history_bytes,
                 deadline=deadline,
                 idempotency_key=idempotency_key,
                 principal=principal,
@@ -168,7 +179,8 @@ class JobCore:
                 )
                 self._devices[spec.options.device] = workers
             try:
-                self._admit(job)
+                self._cap(principal)
+                self._admit(job.estimate)
                 workers.put(job)
             except ResourceExhausted:
                 self.observer.rejected(spec.options)
@@ -186,6 +198,18 @@ class JobCore:
         )
         return job
 
+    def held_bytes(self) -> dict[str, int]:
+        """What the jobs here hold now, in bytes: `events` (encoded previews and results in the
+        event histories), `results` (of finished jobs, also counted in events), `queued` (decoded
+        images of waiting jobs)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return {
+            "events": sum(j.log.held_bytes for j in jobs),
+            "results": sum(_result_bytes(j) for j in jobs if j.done),
+            "queued": sum(j.estimate.held for j in jobs if j.state is State.QUEUED),
+        }
+
     def committed(self) -> int:
         """Bytes the jobs here are expected to hold now and at their next peak: the decoded images
         of every waiting job, plus the largest of the running jobs' peaks (all of them, with
@@ -201,15 +225,42 @@ class JobCore:
             return held + running
         return held + extra.held + max(running, extra.peak)
 
-    def _admit(self, job: Job) -> None:
+    def _cap(self, principal: str) -> None:
+        """Refuse a principal's job past its share of the line (see Limits.queued_per_principal)."""
+        cap = self.limits.queued_per_principal
+        if not cap or principal == ANONYMOUS:
+            return
+        waiting = sum(1 for j in self._jobs.values() if j.principal == principal and j.state is State.QUEUED)
+        if waiting >= cap:
+            raise too_many_queued(cap)
+
+    def check_room(
+        self, options: JobOptions, shape: Shape, *, holds: bool = True, principal: str = ANONYMOUS
+    ) -> None:
+        """The checks a job passes before any of its images is decoded, from its headers alone:
+        its own peak within the memory budget, and, when this core will hold it while it waits
+        (`holds`), room in its device's line and in the budget beside the jobs here now."""
+        with self._lock:
+            try:
+                if holds:
+                    self._cap(principal)
+                    workers = self._devices.get(options.device)
+                    if workers is not None and workers.full():
+                        raise workers.full_error()
+                self._admit(estimate_shape(options.style, shape), holds=holds)
+            except ResourceExhausted:
+                self.observer.rejected(options)
+                raise
+
+    def _admit(self, job: Estimate, holds: bool = True) -> None:
         """Refuse a job that would not fit in the memory budget (see service.admission)."""
         budget = self.limits.memory_budget
         if not budget:
             return
-        if job.estimate.peak > budget:
-            raise too_big(job.estimate, budget)
-        committed = self._committed(job.estimate)
-        if committed > budget:
+        if job.peak > budget:
+            raise too_big(job, budget)
+        committed = self._committed(job)
+        if holds and committed > budget:
             raise ResourceExhausted(
                 f"the jobs running and waiting here hold about {committed // MiB} MiB with this "
                 f"one, over the memory budget of {budget // MiB} MiB; retry later"

@@ -94,6 +94,12 @@ class Heartbeat:
     """Sent to watchers of a quiet job so that proxies keep the stream open; never stored."""
 
 
+def _image_bytes(event: Event) -> int:
+    if isinstance(event, Preview | Finished):
+        return len(event.image.data)
+    return 0
+
+
 class EventLog:
     """A job's numbered events: a bounded history that many watchers can read and resume.
 
@@ -101,11 +107,20 @@ class EventLog:
     so a late watcher always learns how the job ended.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._events: deque[tuple[int, Event]] = deque(maxlen=capacity)
+    def __init__(self, capacity: int, max_bytes: int = 0) -> None:
+        self._capacity = capacity
+        self._max_bytes = max_bytes  # image bytes (previews, the result) kept at most; 0: no bound
+        self._events: deque[tuple[int, Event]] = deque()
+        self._bytes = 0
         self._next = 1
         self._terminal: tuple[int, Event] | None = None
         self._changed = threading.Condition()
+
+    @property
+    def held_bytes(self) -> int:
+        """Encoded image bytes (previews, the result) the history holds now."""
+        with self._changed:
+            return self._bytes
 
     @property
     def terminal(self) -> Event | None:
@@ -122,6 +137,12 @@ class EventLog:
             sequence = self._next
             self._next += 1
             self._events.append((sequence, event))
+            self._bytes += _image_bytes(event)
+            # The oldest go first: past the count, or past the bytes (the newest always stays).
+            while len(self._events) > self._capacity or (
+                self._max_bytes and self._bytes > self._max_bytes and len(self._events) > 1
+            ):
+                self._bytes -= _image_bytes(self._events.popleft()[1])
             if isinstance(event, Finished | Failed):
                 self._terminal = (sequence, event)
             self._changed.notify_all()

@@ -107,6 +107,7 @@ class Job:
     id: str
     spec: JobSpec
     history: int = 4096
+    history_bytes: int = 0  # image bytes its event history keeps at most; 0: no bound
     deadline: float | None = None
     idempotency_key: str = ""
     principal: str = ANONYMOUS  # who created it; only they see it
@@ -124,7 +125,7 @@ class Job:
 
     def __post_init__(self) -> None:
         self.stop = StopSignal(self.deadline)
-        self.log = EventLog(self.history)
+        self.log = EventLog(self.history, self.history_bytes)
         self.log.append(Accepted())
         self.last_progress: Iterate | None = None
         self.estimate = admission.estimate(self.spec)  # the memory it is expected to take

@@ -33,7 +33,7 @@ class MemoryStore:
             existing = self.core.find(principal, key, submission.fingerprint)
             if existing is not None:
                 return self._wire(existing)
-        spec, deadline = self.prepare(submission.request, submission.timeout)
+        spec, deadline = self.prepare(submission.request, submission.timeout, principal=submission.principal)
         job = self.core.submit(
             spec,
             deadline=deadline,

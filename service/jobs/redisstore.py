@@ -19,6 +19,9 @@ Keys (all under a prefix, `styletransfer:` by default):
 * `jobs:{principal}`: a sorted set of the principal's job ids by creation time (ListJobs).
 * `key:{principal}:{key}`: `fingerprint job-id`, set with `SET NX` before a keyed job is queued,
   so one key makes one job in the whole deployment and another request under it is refused.
+* `waiting`: a hash of each principal's number of jobs in the shared lines, kept by the same
+  scripts that add and take entries, so `max_queued_per_principal` holds across replicas.
+* `rates/...`: the moving windows of the per-caller rate limit (service.limits).
 * channel `cancel`: job ids to stop; the replica running one stops it before its next iteration.
   A job still waiting is cancelled by whoever deletes its queue entry first.
 
@@ -56,11 +59,12 @@ from backends.errors import (
 )
 from service import convert
 from service.errors import Relayed, to_status
-from service.jobs.core import JobCore, Limits
+from service.jobs.core import JobCore, Limits, too_many_queued
 from service.jobs.events import Accepted, Failed, State
 from service.jobs.job import Job, new_job_id, not_found
 from service.jobs.store import Preparer, Submission
 from service.jobs.workers import Workers, batch_key
+from service.principals import ANONYMOUS
 
 log = structlog.get_logger(__name__)
 
@@ -71,14 +75,18 @@ TAKE_SCAN = 64  # queue entries a take looks through for jobs that can join the 
 HEALTH_SECONDS = 2.0  # how often the store is pinged for the health status
 MIRROR_FLUSH_SECONDS = 10.0  # at shutdown, how long the last events get to reach Redis
 
-# KEYS: queue, job hash, events, owned set. ARGV: capacity, job id, created, principal, snapshot,
-# accepted event, deadline, then the entry's field/value pairs. Returns the place in line, or nil
-# when the line is full.
+# KEYS: queue, job hash, events, owned set, waiting counts. ARGV: capacity, job id, created,
+# principal, snapshot, accepted event, deadline, the principal's cap on waiting jobs (0: none),
+# then the entry's field/value pairs. Returns the place in line, nil when the line is full, -1
+# when the principal has its cap of jobs waiting.
 _ENQUEUE = """
 local waiting = redis.call('XLEN', KEYS[1])
 if waiting >= tonumber(ARGV[1]) then return false end
+local cap = tonumber(ARGV[8])
+if cap > 0 and tonumber(redis.call('HGET', KEYS[5], ARGV[4]) or '0') >= cap then return -1 end
+redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
 redis.call('HSET', KEYS[2], 'principal', ARGV[4], 'snapshot', ARGV[5], 'entry', entry,
            'queue', KEYS[1], 'deadline', ARGV[7])
@@ -87,35 +95,47 @@ redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 return waiting
 """
 
-# KEYS: queue. ARGV: most jobs, entries to scan, key prefix. Takes the head of the line and the
-# jobs behind it with the same non-empty batch key, deletes them from the line, returns them.
+# KEYS: queue, waiting counts. ARGV: most jobs, entries to scan, key prefix. Takes the head of
+# the line and the jobs behind it with the same non-empty batch key, deletes them from the line,
+# returns them.
 _TAKE = """
+local function left(principal)
+  if redis.call('HINCRBY', KEYS[2], principal, -1) <= 0 then redis.call('HDEL', KEYS[2], principal) end
+end
 local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[2]))
 local most = tonumber(ARGV[1])
 local taken, want = {}, nil
 for _, entry in ipairs(entries) do
-  local fields, batch, job = entry[2], '', ''
+  local fields, batch, job, principal = entry[2], '', '', ''
   for i = 1, #fields, 2 do
     if fields[i] == 'batch' then batch = fields[i + 1] end
     if fields[i] == 'job' then job = fields[i + 1] end
+    if fields[i] == 'principal' then principal = fields[i + 1] end
   end
   if want == nil or (batch ~= '' and batch == want) then
     want = want or batch
     taken[#taken + 1] = entry
     redis.call('XDEL', KEYS[1], entry[1])
     redis.call('HDEL', ARGV[3] .. 'job:' .. job, 'entry')
+    left(principal)
   end
   if #taken >= most then break end
 end
 return taken
 """
 
-# KEYS: job hash. Takes a waiting job out of its line; 1 when this call did (and so ends it).
+# KEYS: job hash, waiting counts. Takes a waiting job out of its line; 1 when this call did (and
+# so ends it).
 _UNQUEUE = """
 local entry = redis.call('HGET', KEYS[1], 'entry')
 if not entry then return 0 end
 redis.call('HDEL', KEYS[1], 'entry')
-return redis.call('XDEL', redis.call('HGET', KEYS[1], 'queue'), entry)
+local removed = redis.call('XDEL', redis.call('HGET', KEYS[1], 'queue'), entry)
+if removed == 1 then
+  local principal = redis.call('HGET', KEYS[1], 'principal')
+  if redis.call('HINCRBY', KEYS[2], principal, -1) <= 0 then redis.call('HDEL', KEYS[2], principal) end
+end
+return removed
 """
 
 # KEYS: job hash. The number of jobs ahead of a waiting one; -1 when it is not waiting.
@@ -193,6 +213,7 @@ class RedisStore:
         self.on_health = on_health
         self.retention = max(1, int(limits.retention_seconds))
         self.prefix = prefix
+        self._waiting = f"{prefix}waiting"  # hash: principal -> jobs of theirs in the shared line
         self.healthy = True
         self._stopped = threading.Event()  # everything stops
         self._draining = threading.Event()  # no more jobs are taken from the shared line
@@ -322,7 +343,7 @@ class RedisStore:
         if self._draining.is_set():
             raise ShuttingDown("the server is shutting down; retry on another replica")
         # Decoded and checked here, so a bad request fails now; the pixels are not kept.
-        spec, deadline = self.prepare(submission.request, submission.timeout)
+        spec, deadline = self.prepare(submission.request, submission.timeout, principal=submission.principal)
         options = spec.options
         job = Job(
             id=job_id,
@@ -358,6 +379,7 @@ class RedisStore:
                     self._job(job.id),
                     self._events(job.id),
                     self._owned(job.principal),
+                    self._waiting,
                 ],
                 args=[
                     self.limits.queue_size,
@@ -367,9 +389,13 @@ class RedisStore:
                     snapshot.SerializeToString(),
                     convert.event(job, 1, Accepted()).SerializeToString(),
                     wall_deadline,
+                    0 if job.principal == ANONYMOUS else self.limits.queued_per_principal,
                     *_flat(fields),
                 ],
             )
+        if place == -1:
+            self.core.observer.rejected(options)
+            raise too_many_queued(self.limits.queued_per_principal)
         if place is None:
             self.core.observer.rejected(options)
             raise ResourceExhausted(
@@ -419,7 +445,7 @@ class RedisStore:
         failures = 0
         while not self._draining.is_set():
             try:
-                entries = self._take(keys=[queue], args=[most, TAKE_SCAN, self.prefix])
+                entries = self._take(keys=[queue, self._waiting], args=[most, TAKE_SCAN, self.prefix])
                 if not entries:
                     # The line was empty: wait for an entry (any id above 0 is new).
                     self.client.xread({queue: "0-0"}, block=POLL_MS, count=1)
@@ -446,7 +472,7 @@ class RedisStore:
         kind = pb.TransferRequest if fields["kind"] == b"transfer" else pb.CreateJobRequest
         created = float(fields["created"])
         try:
-            spec, _ = self.prepare(kind.FromString(fields["request"]), None, name)
+            spec, _ = self.prepare(kind.FromString(fields["request"]), None, name, admitted=True)
         except StyleTransferError as error:
             log.warning("job_failed", job_id=job_id, error=error.message, during="take")
             self._end_waiting(job_id, error)
@@ -459,6 +485,7 @@ class RedisStore:
             id=job_id,
             spec=spec,
             history=self.limits.history,
+            history_bytes=self.limits.history_bytes,
             deadline=deadline,
             idempotency_key=fields["key"].decode(),
             principal=fields["principal"].decode(),
@@ -558,7 +585,7 @@ class RedisStore:
 
     def _stop_waiting(self, job_id: str, error: Callable[[], StyleTransferError]) -> bool:
         """End a job that is still waiting (True), if this call is the one that takes it out."""
-        if not self._unqueue(keys=[self._job(job_id)]):
+        if not self._unqueue(keys=[self._job(job_id), self._waiting]):
             return False
         self._end_waiting(job_id, error())
         return True

@@ -105,7 +105,7 @@ def backend_job(job: Job) -> BackendJob:
     options = job.options
     return BackendJob(
         job.spec.content,
-        job.spec.styles,
+        job.spec.enlarged_styles(),
         options.style,
         options.device,
         options.preview_every,

@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 
 from styletransfer.v1 import style_transfer_pb2 as pb
@@ -20,6 +21,7 @@ from backends.errors import InvalidArgument
 from service import convert
 from service.jobs.core import JobCore
 from service.options import JobOptions
+from service.principals import ANONYMOUS
 from service.requests import JobSpec, build_spec, resolve_options
 from service.settings import Settings
 
@@ -67,16 +69,27 @@ class Preparer:
     store runs it again on the replica that takes the job (the request travels, not the pixels).
     """
 
-    def __init__(self, core: JobCore, defaults: JobOptions, settings: Settings) -> None:
+    def __init__(
+        self, core: JobCore, defaults: JobOptions, settings: Settings, *, holds: bool = True
+    ) -> None:
         self.core = core
         self.defaults = defaults
         self.settings = settings
+        self.holds = holds  # whether this process holds its jobs while they wait (the memory store)
 
     def __call__(
-        self, request: JobRequest, timeout: float | None = None, device: str | None = None
+        self,
+        request: JobRequest,
+        timeout: float | None = None,
+        device: str | None = None,
+        *,
+        admitted: bool = False,
+        principal: str = ANONYMOUS,
     ) -> tuple[JobSpec, float | None]:
         """The spec and its deadline (a time.monotonic() value, or None for none). `device`, when
-        given, is where the job must run (a device class such as cuda, or a device)."""
+        given, is where the job must run (a device class such as cuda, or a device). Before any
+        image is decoded the job must pass JobCore.check_room, unless it was `admitted` already
+        (a job taken from the shared queue)."""
         plain = convert.job_request(request)
         options = resolve_options(plain.overrides, self.defaults, self.settings)
         if device is not None:
@@ -86,7 +99,12 @@ class Preparer:
         if options.max_duration is not None:
             budget = time.monotonic() + options.max_duration
             deadline = budget if deadline is None else min(deadline, budget)
-        return build_spec(plain, options, self.settings), deadline
+        admit = (
+            None
+            if admitted
+            else partial(self.core.check_room, options, holds=self.holds, principal=principal)
+        )
+        return build_spec(plain, options, self.settings, admit), deadline
 
 
 class JobStore(Protocol):

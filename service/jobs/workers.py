@@ -124,12 +124,19 @@ class DeviceWorkers(Workers):
         for thread in self._threads:
             thread.start()
 
+    def full(self) -> bool:
+        with self._changed:
+            return len(self._waiting) >= self._capacity
+
+    def full_error(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the queue for {self.device} is full ({self._capacity} jobs waiting); retry later"
+        )
+
     def put(self, job: Job) -> None:
         with self._changed:
             if len(self._waiting) >= self._capacity:
-                raise ResourceExhausted(
-                    f"the queue for {self.device} is full ({self._capacity} jobs waiting); retry later"
-                )
+                raise self.full_error()
             self._waiting.append(job)
             self._changed.notify()
 

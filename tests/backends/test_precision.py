@@ -137,7 +137,7 @@ def test_bfloat16_without_cpu_support_runs_float32_and_says_why(monkeypatch: pyt
         backend = PyTorchBackend(weights, precision="bfloat16")
         half = _final(backend, _job(4))
         full = _final(PyTorchBackend(weights), _job(4))
-    info = backend.precision_info()
+        info = backend.precision_info()  # it reads the capabilities in force, the overridden ones
     assert (info.precision, info.requested) == ("float32", "bfloat16")
     assert "avx512bw" in info.reason and "avx_ne_convert" in info.reason
     assert "avx2" in info.capabilities and "onednn_bf16" not in info.capabilities

@@ -146,6 +146,7 @@ def test_streams_are_bounded_per_caller_and_in_all(guarded: Server, channel: grp
         "memory",
     )
     job = stub.CreateJob(_request(LONG), metadata=ALICE, timeout=10)
+    bobs = stub.CreateJob(_request(LONG), metadata=BOB, timeout=10)
     watch = pb.WatchJobRequest(name=job.name)
     opened: list[grpc.Future] = []  # type: ignore[type-arg]
     try:
@@ -156,12 +157,11 @@ def test_streams_are_bounded_per_caller_and_in_all(guarded: Server, channel: grp
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as caught:
             next(stub.WatchJob(watch, metadata=ALICE, timeout=10))
-        assert _status(caught.value) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED")
+        assert _status(caught.value) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
         assert time.monotonic() - started < SERVED_WITHIN
         assert "already has 3" in (caught.value.details() or "")
 
         # Bob's own job, watched by Bob, up to the server's bound of 8 in all.
-        bobs = stub.CreateJob(_request(LONG), metadata=BOB, timeout=10)
         for _ in range(3):
             stream = stub.WatchJob(pb.WatchJobRequest(name=bobs.name), metadata=BOB, timeout=60)
             next(stream)
@@ -301,3 +301,122 @@ def test_options_that_diverge_are_the_callers_error(guarded: Server, channel: gr
         stub.CreateJob(layers, metadata=ALICE, timeout=10)
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "more than a float holds" in (caught.value.details() or "")
+
+
+def _built(server: Server, **overrides: object) -> Server:
+    settings = Settings(  # type: ignore[arg-type]
+        port=0,
+        warmup=False,
+        auth_tokens=SecretStr("alice:alice-secret,bob:bob-secret,carol:carol-secret"),
+        **overrides,
+    )
+    return build(settings, random_weights(0), dict(server.core.backends), CollectorRegistry())
+
+
+def _retry_after(error: grpc.RpcError) -> float:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    raise AssertionError("no RetryInfo")
+
+
+def test_callers_over_their_rate_are_refused_and_others_are_not(server: Server) -> None:
+    """Alice's 21st call in the window is RESOURCE_EXHAUSTED reason RATE_LIMITED with a RetryInfo
+    no longer than the window; Bob is served meanwhile; wrong tokens sent at rate from one peer are
+    limited as that peer (UNAUTHENTICATED, then RATE_LIMITED); every refusal is counted by reason
+    and logged; once the window has room Alice is served again."""
+    srv = _built(server, rate_limit_calls=20, rate_limit_window_seconds=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            info = pb.GetServerInfoRequest()
+            for _ in range(20):
+                stub.GetServerInfo(info, metadata=ALICE, timeout=5)
+            with pytest.raises(grpc.RpcError) as limited:
+                stub.GetServerInfo(info, metadata=ALICE, timeout=5)
+            assert _status(limited.value) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+            assert 0 < _retry_after(limited.value) <= 2.0
+            stub.GetServerInfo(info, metadata=BOB, timeout=5)  # another caller, another window
+
+            wrong = (("authorization", "Bearer guess"),)
+            codes = []
+            with capture_logs() as logs:
+                for _ in range(25):
+                    with pytest.raises(grpc.RpcError) as refused:
+                        stub.GetServerInfo(info, metadata=wrong, timeout=5)
+                    codes.append(_status(refused.value))
+            assert codes[:20] == [(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")] * 20
+            assert codes[20:] == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")] * 5
+            lines = [e for e in logs if e["event"] == "rpc" and e["code"] == "RESOURCE_EXHAUSTED"]
+            assert len(lines) == 5 and all("guess" not in str(e) for e in logs)
+            assert srv.metrics is not None
+            counted = srv.metrics.registry.get_sample_value(
+                "styletransfer_refused_total", {"reason": "RATE_LIMITED", "grpc_method": "GetServerInfo"}
+            )
+            assert counted == 6
+
+            time.sleep(_retry_after(limited.value) + 0.1)
+            stub.GetServerInfo(info, metadata=ALICE, timeout=5)
+            limits = stub.GetServerInfo(info, metadata=BOB, timeout=5).limits
+            assert (limits.rate_limit_calls, limits.rate_limit_window_seconds) == (20, 2)
+    finally:
+        srv.stop(grace=2)
+
+
+def test_jobs_that_cannot_fit_in_memory_are_refused_before_any_image_is_decoded(server: Server) -> None:
+    """With a 7000 MiB budget: a 2048 px L-BFGS job (about 10 GiB at its peak) is refused for good,
+    reason MEMORY_BUDGET and no RetryInfo, saying what to change, without decoding its images;
+    amplifying requests (eight 16 px styles at style_scale 4) queue holding their small images,
+    not ones enlarged to 4x the output; GetServerInfo advertises the budget."""
+    import service.images
+
+    srv = _built(server, memory_budget_mib=7000, queue_size=8, max_queued_per_principal=8)
+    decoded = []
+    real = service.images.decode
+
+    def counting(data: bytes, field: str, max_pixels: int) -> object:
+        decoded.append(field)
+        return real(data, field, max_pixels)
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            huge = pb.CreateJobRequest(
+                content=pb.Image(data=image_bytes(1, 2048, 2048)),
+                styles=[pb.StyleImage(image=pb.Image(data=image_bytes(2, 64, 64)))],
+                options=pb.TransferOptions(iterations=300, max_size=2048, style_scale=0.5),
+            )
+            service.images.decode = counting  # type: ignore[assignment]
+            try:
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.CreateJob(huge, metadata=ALICE, timeout=10)
+            finally:
+                service.images.decode = real
+            assert _status(refused.value) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "MEMORY_BUDGET")
+            assert "tile_size" in (refused.value.details() or "") and decoded == []
+            status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+            assert status is not None
+            assert not any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+
+            busy = stub.CreateJob(_request(LONG), metadata=ALICE, timeout=10)
+            amplifying = pb.CreateJobRequest(
+                content=pb.Image(data=image_bytes(3, 512, 512)),
+                styles=[pb.StyleImage(image=pb.Image(data=image_bytes(4 + i, 16, 16))) for i in range(8)],
+                options=pb.TransferOptions(iterations=2, max_size=512, style_scale=4.0),
+            )
+            queued = [stub.CreateJob(amplifying, metadata=BOB, timeout=10) for _ in range(6)]
+            jobs = {job.id: job for job in srv.core.jobs("bob")}
+            for job in queued:
+                held = jobs[job.name.removeprefix("jobs/")]
+                assert held.estimate.held < 900 * 1024  # the 512 px content and eight 16 px styles
+                assert {s.image.shape[:2] for s in held.spec.styles} == {(16, 16)}
+            limits = stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=BOB, timeout=5).limits
+            assert limits.memory_budget_bytes == 7000 * 1024 * 1024
+            for job in (*queued, busy):
+                stub.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE if job is busy else BOB)
+    finally:
+        srv.stop(grace=2)

@@ -1,9 +1,10 @@
 """The job API's contract, run against both job stores: in-process memory and a real Redis.
 
-Each store backs a real server on a loopback port, with two callers (alice and bob) and a line
-of two. Whatever the store, a caller sees the same thing: numbered events once and in order, a
-watch that ends, keys that make one job per caller, other callers' jobs that do not exist,
-cancellation of waiting and running jobs, a bounded line, and deadlines that end waiting jobs.
+Each store backs a real server on a loopback port, with two callers (alice and bob), a line of
+three and at most two waiting jobs per caller. Whatever the store, a caller sees the same thing:
+numbered events once and in order, a watch that ends, keys that make one job per caller, other
+callers' jobs that do not exist, cancellation of waiting and running jobs, a bounded line and a
+bounded share of it per caller, and deadlines that end waiting jobs.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def api(
             port=0,
             warmup=False,
             store=store,
-            queue_size=2,
+            queue_size=3,
+            max_queued_per_principal=2,
             job_history=16,
             heartbeat_seconds=0.5,
             auth_tokens=SecretStr("alice:alice-secret,bob:bob-secret"),
@@ -199,23 +201,48 @@ def test_waiting_jobs_report_their_place_and_leave_the_line_when_cancelled(
         second = api.CreateJob(_request(2, seed=4), metadata=ALICE, timeout=10)
         assert (_get(api, first.name).queue_position, _get(api, second.name).queue_position) == (0, 1)
         assert second.queue_position == 1
-        # The line holds two: a third is refused at once, with a hint of when to retry.
-        with pytest.raises(grpc.RpcError) as caught:
-            api.CreateJob(_request(2, seed=5), metadata=BOB, timeout=10)
-        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
-        assert status is not None and any(
-            d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details
+        # Alice has her two waiting: her third is refused at once, with a hint of when to retry;
+        # Bob still gets the last place in the line of three, and then the line is full.
+        assert _refusal(lambda: api.CreateJob(_request(2, seed=5), metadata=ALICE, timeout=10)) == (
+            "TOO_MANY_QUEUED"
+        )
+        bobs = api.CreateJob(_request(2, seed=6), metadata=BOB, timeout=10)
+        assert _refusal(lambda: api.CreateJob(_request(2, seed=7), metadata=BOB, timeout=10)) == (
+            "RESOURCE_EXHAUSTED"
         )
 
         cancelled = api.CancelJob(pb.CancelJobRequest(name=first.name), metadata=ALICE, timeout=10)
         assert cancelled.state == pb.JOB_STATE_CANCELLED  # it never waits for a worker to notice
         assert _get(api, second.name).queue_position == 0
+        # Her cancelled job no longer counts: she may queue one more, and then not another.
+        third = api.CreateJob(_request(2, seed=8), metadata=ALICE, timeout=10)
+        api.CancelJob(pb.CancelJobRequest(name=bobs.name), metadata=BOB, timeout=10)
+        assert _refusal(lambda: api.CreateJob(_request(2, seed=5), metadata=ALICE, timeout=10)) == (
+            "TOO_MANY_QUEUED"
+        )
         watch = api.WatchJob(pb.WatchJobRequest(name=first.name), metadata=ALICE, timeout=10)
         with pytest.raises(grpc.RpcError) as ended:
             list(watch)
         assert ended.value.code() is grpc.StatusCode.CANCELLED
     assert _wait(api, second.name, *TERMINAL).state == pb.JOB_STATE_SUCCEEDED
+    assert _wait(api, third.name, *TERMINAL).state == pb.JOB_STATE_SUCCEEDED
+    # Every job that waited has left the line: her count is back to nothing.
+    with _Busy(api):
+        waiting = [api.CreateJob(_request(2, seed=s), metadata=ALICE, timeout=10) for s in (10, 11)]
+        for job in waiting:
+            api.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE, timeout=10)
+
+
+def _refusal(call: object) -> str:
+    """The ErrorInfo reason of a RESOURCE_EXHAUSTED call that also carries RetryInfo."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()  # type: ignore[operator]
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    assert status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+    info = error_details_pb2.ErrorInfo()
+    next(d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)).Unpack(info)
+    return info.reason
 
 
 def test_a_running_job_stops_when_cancelled(api: pb_grpc.StyleTransferStub) -> None:

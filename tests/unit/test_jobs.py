@@ -7,6 +7,7 @@ core in tests/integration.
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -552,3 +553,21 @@ def test_memory_admission_refuses_what_cannot_fit_and_what_does_not_fit_now() ->
         _events(job)
     assert core.submit(JobSpec(big, (StyleInput(IMAGE, 1.0),), options)).estimate.held == big_held
     core.close(grace=5)
+
+
+def test_an_event_history_keeps_at_most_its_bytes_of_previews_oldest_first() -> None:
+    """Previews past the byte bound push the oldest events out (a resume from before them is
+    refused, as past the count); the newest event always stays; the bytes held are reported."""
+    from service.jobs.events import Accepted, EncodedImage, EventLog, Preview
+
+    log = EventLog(capacity=100, max_bytes=2500)
+    log.append(Accepted())
+    for i in range(1, 6):
+        log.append(Preview(i, EncodedImage(b"x" * 1000, 8, 8)))
+        assert log.held_bytes <= 2500
+    assert log.held_bytes == 2000  # previews 4 and 5
+    assert [s for s, _ in itertools.islice(log.follow(4), 1)] == [5]
+    with pytest.raises(InvalidArgument, match="resume from 4"):
+        next(log.follow(1))
+    log.append(Preview(6, EncodedImage(b"y" * 4000, 8, 8)))  # alone over the bound: kept alone
+    assert log.held_bytes == 4000 and log.last_sequence == 7

@@ -162,8 +162,51 @@ def test_style_scale_sizes_the_style_relative_to_the_output(scale: float, long_s
     """style_scale 0.5 gives a style whose long side is half the output's; 2 gives twice (the style
     may be enlarged: its strokes then come out smaller)."""
     spec = build_spec(_request(StyleSource(image_bytes(2, 60, 90), None)), _with(style_scale=scale), SETTINGS)
-    assert max(spec.styles[0].image.shape[:2]) == long_side
+    assert max(spec.enlarged_styles()[0].image.shape[:2]) == long_side
+    # Held at its own size while the job waits when that is smaller: enlarged only to run.
+    assert max(spec.styles[0].image.shape[:2]) == min(long_side, 90)
     assert spec.content.shape == (32, 64, 3)
+
+
+def test_every_header_check_and_the_admission_come_before_any_image_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admission hook sees the job's sizes from the headers (output, the styles at their
+    working size, the bytes held while waiting) while nothing has been decoded; refusing there
+    means nothing ever is."""
+    from service import images
+    from service.admission import Shape
+
+    decoded: list[str] = []
+    real_decode = images.decode
+
+    def counting(data: bytes, field: str, max_pixels: int) -> object:
+        decoded.append(field)
+        return real_decode(data, field, max_pixels)
+
+    monkeypatch.setattr(images, "decode", counting)
+    shapes: list[Shape] = []
+
+    class Refused(Exception):
+        pass
+
+    def admit(shape: Shape) -> None:
+        assert decoded == []
+        shapes.append(shape)
+        raise Refused
+
+    request = _request(StyleSource(image_bytes(2, 16, 16), None), StyleSource(image_bytes(3, 400, 200), None))
+    with pytest.raises(Refused):
+        build_spec(request, _with(style_scale=4.0), SETTINGS, admit)
+    assert decoded == []
+    (shape,) = shapes
+    assert shape.output == (32, 64)
+    assert shape.styles == ((256, 256), (128, 256))  # 4x the output's long side
+    # Held: the content at its size, a 16 px style as it came, the other shrunk to 256 px.
+    assert shape.held == 3 * (32 * 64 + 16 * 16 + 128 * 256)
+    spec = build_spec(request, _with(style_scale=4.0), SETTINGS, lambda shape: None)
+    assert [s.image.shape[:2] for s in spec.styles] == [(16, 16), (128, 256)]
+    assert [s.image.shape[:2] for s in spec.enlarged_styles()] == [(256, 256), (128, 256)]
 
 
 def test_a_mask_becomes_an_output_sized_map_of_its_luminance() -> None:

@@ -433,7 +433,7 @@ class WeightsInfo(_message.Message):
     def __init__(self, source: _Optional[str] = ..., source_sha256: _Optional[str] = ..., sha256: _Optional[str] = ..., random: _Optional[bool] = ..., channel_order: _Optional[str] = ..., input_range: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., quantization: _Optional[str] = ..., container_sha256: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_size", "max_iterations", "max_styles", "max_input_pixels", "max_receive_message_bytes", "queue_size", "job_retention_seconds", "heartbeat_seconds", "max_streams", "max_streams_per_caller", "max_health_watches", "max_health_watches_per_peer", "job_store", "memory_budget_bytes")
+    __slots__ = ("max_size", "max_iterations", "max_styles", "max_input_pixels", "max_receive_message_bytes", "queue_size", "job_retention_seconds", "heartbeat_seconds", "max_streams", "max_streams_per_caller", "max_health_watches", "max_health_watches_per_peer", "job_store", "memory_budget_bytes", "rate_limit_calls", "rate_limit_window_seconds", "max_queued_per_principal")
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_STYLES_FIELD_NUMBER: _ClassVar[int]
@@ -448,6 +448,9 @@ class Limits(_message.Message):
     MAX_HEALTH_WATCHES_PER_PEER_FIELD_NUMBER: _ClassVar[int]
     JOB_STORE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_CALLS_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_PER_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     max_size: int
     max_iterations: int
     max_styles: int
@@ -462,7 +465,10 @@ class Limits(_message.Message):
     max_health_watches_per_peer: int
     job_store: str
     memory_budget_bytes: int
-    def __init__(self, max_size: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., queue_size: _Optional[int] = ..., job_retention_seconds: _Optional[float] = ..., heartbeat_seconds: _Optional[float] = ..., max_streams: _Optional[int] = ..., max_streams_per_caller: _Optional[int] = ..., max_health_watches: _Optional[int] = ..., max_health_watches_per_peer: _Optional[int] = ..., job_store: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ...) -> None: ...
+    rate_limit_calls: int
+    rate_limit_window_seconds: int
+    max_queued_per_principal: int
+    def __init__(self, max_size: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., queue_size: _Optional[int] = ..., job_retention_seconds: _Optional[float] = ..., heartbeat_seconds: _Optional[float] = ..., max_streams: _Optional[int] = ..., max_streams_per_caller: _Optional[int] = ..., max_health_watches: _Optional[int] = ..., max_health_watches_per_peer: _Optional[int] = ..., job_store: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ..., rate_limit_calls: _Optional[int] = ..., rate_limit_window_seconds: _Optional[int] = ..., max_queued_per_principal: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "backends", "default_backend", "default_device", "weights", "limits", "defaults", "layers")
