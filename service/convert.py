@@ -14,7 +14,18 @@ from backends.options import ColorPreservation, Init, Optimizer, Pooling
 from backends.vgg import LOSS_LAYER_NAMES
 from backends.weights.canonical import VGGWeights
 from service.errors import to_status
-from service.jobs import Accepted, EncodedImage, Event, Finished, Heartbeat, Job, Preview, Progress, State
+from service.jobs import (
+    Accepted,
+    EncodedImage,
+    Event,
+    Finished,
+    Heartbeat,
+    Job,
+    Preview,
+    Progress,
+    Resumed,
+    State,
+)
 from service.options import ImageFormat, JobOptions
 from service.requests import JobRequest, StyleSource
 from service.settings import Settings
@@ -166,6 +177,15 @@ def event(job: Job, sequence: int, item: Event | Heartbeat) -> pb.TransferEvent:
         message = accepted(job)
     elif isinstance(item, Heartbeat):
         message = pb.TransferEvent(heartbeat=pb.Heartbeat())
+    elif isinstance(item, Resumed):
+        message = pb.TransferEvent(
+            resumed=pb.Resumed(
+                from_iteration=item.from_iteration,
+                attempt=item.attempt,
+                replica=item.replica,
+                reason=item.reason,
+            )
+        )
     elif isinstance(item, Progress):
         it = item.iterate
         message = pb.TransferEvent(

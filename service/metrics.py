@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from backends.base import Iterate, PrecisionInfo
 from backends.cache import TargetCache
 from backends.errors import StyleTransferError
-from service.jobs import Job, JobObserver, State
+from service.jobs import Job, JobObserver, State, StopReason
 from service.limits import Slots
 from service.options import JobOptions
 
@@ -181,6 +181,13 @@ class Metrics:
             ["reason", *placed],
             registry=registry,
         )
+        self.resumed = Counter(
+            "styletransfer_jobs_resumed_total",
+            "Jobs started again on this replica after another had run them, by why: LEASE_EXPIRED "
+            "(that replica died or stopped answering) or HANDED_OFF (it drained).",
+            ["reason", *placed],
+            registry=registry,
+        )
         self.ready = Gauge(
             "styletransfer_ready", "1 while health reports SERVING, else 0.", registry=registry
         )
@@ -254,6 +261,9 @@ class JobMetrics(JobObserver):
         self.m.submitted.labels(*placed).inc()
         self.m.pixels.labels(*placed).observe(job.width * job.height)
 
+    def resumed(self, job: Job, reason: str) -> None:
+        self.m.resumed.labels(reason, job.options.backend, job.options.device).inc()
+
     def rejected(self, options: JobOptions) -> None:
         self.m.completed.labels("rejected", options.backend, options.device).inc()
 
@@ -281,6 +291,8 @@ class JobMetrics(JobObserver):
         placed = job.options.backend, job.options.device
         if was_running:
             self.m.running.labels(*placed).dec()
+        if job.stop.reason is StopReason.LEASE_LOST:
+            return  # the job goes on on another replica, which counts how it ends
         seconds = (job.finished_at or job.accepted_at) - job.accepted_at
         self._ended(placed, job.state.value, job.error, seconds)
 

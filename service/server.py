@@ -282,6 +282,8 @@ def build(
             prepare,
             limits,
             heartbeat=settings.heartbeat_seconds,
+            lease_seconds=settings.lease_seconds,
+            max_runs=settings.max_job_runs,
             on_health=lambda answering: holder[0].store_answering(answering) if holder else None,
         )
         try:

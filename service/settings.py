@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     """Where jobs are kept: `memory` (this process only) or a Redis URL
     (`redis://[user:password@]host:port/db`, `rediss://` for TLS) shared by every replica, so that
     any replica answers for any job and an idempotency key makes one job across all of them."""
+    lease_seconds: float = Field(default=10.0, gt=0)
+    """With the Redis store: how long a replica's hold on a running job lasts unless renewed (it
+    renews a third of a lease apart). A job whose lease runs out, its replica dead or cut off,
+    goes back to the shared line and another replica resumes it; the old replica's writes are
+    refused from then on."""
+    max_job_runs: int = Field(default=3, ge=1)
+    """With the Redis store: how many times a job may be started before its replica's death ends
+    it FAILED with reason RUNS_EXHAUSTED instead of another resume (a job that kills whatever
+    runs it must not take down replica after replica). Hand-offs by draining replicas do not count."""
     job_history: int = Field(default=4096, ge=16)
     """Events kept per job, so that WatchJob can resume after a disconnect."""
     job_history_bytes: int = Field(default=16 * 1024 * 1024, ge=0)

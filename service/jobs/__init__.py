@@ -26,6 +26,7 @@ from service.jobs.events import (
     Heartbeat,
     Preview,
     Progress,
+    Resumed,
     State,
     Timings,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Preview",
     "PreviewStream",
     "Progress",
+    "Resumed",
     "State",
     "StopReason",
     "StopSignal",

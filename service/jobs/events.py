@@ -43,6 +43,17 @@ class Accepted:
 
 
 @dataclass(frozen=True)
+class Resumed:
+    """The job started again on this replica after another stopped running it; the first event
+    of a resumed run, numbered after the last event the store kept."""
+
+    from_iteration: int
+    attempt: int
+    replica: str
+    reason: str  # LEASE_EXPIRED or HANDED_OFF
+
+
+@dataclass(frozen=True)
 class Progress:
     """One iteration finished."""
 
@@ -86,7 +97,7 @@ class Failed:
     error: StyleTransferError
 
 
-Event = Accepted | Progress | Preview | Finished | Failed
+Event = Accepted | Resumed | Progress | Preview | Finished | Failed
 
 
 @dataclass(frozen=True)
@@ -107,12 +118,12 @@ class EventLog:
     so a late watcher always learns how the job ended.
     """
 
-    def __init__(self, capacity: int, max_bytes: int = 0) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 0, first: int = 1) -> None:
         self._capacity = capacity
         self._max_bytes = max_bytes  # image bytes (previews, the result) kept at most; 0: no bound
         self._events: deque[tuple[int, Event]] = deque()
         self._bytes = 0
-        self._next = 1
+        self._next = first  # a resumed job's log goes on after the events the store kept
         self._terminal: tuple[int, Event] | None = None
         self._changed = threading.Condition()
 

@@ -20,7 +20,7 @@ from backends.errors import (
     StyleTransferError,
 )
 from service import admission
-from service.jobs.events import Accepted, Event, EventLog, Failed, Finished, Heartbeat, State
+from service.jobs.events import Accepted, Event, EventLog, Failed, Finished, Heartbeat, Resumed, State
 from service.options import JobOptions
 from service.principals import ANONYMOUS
 from service.requests import JobSpec
@@ -33,6 +33,9 @@ class JobObserver:
 
     def submitted(self, job: Job) -> None:
         """The job entered a queue."""
+
+    def resumed(self, job: Job, reason: str) -> None:
+        """A job another replica had run started again here."""
 
     def rejected(self, options: JobOptions) -> None:
         """A job with these (placed) options was refused for lack of room."""
@@ -68,6 +71,7 @@ class StopReason(StrEnum):
     CALLER = "caller"  # CancelJob, or the Transfer caller went away
     DEADLINE = "deadline"  # the caller's deadline or the job's max_duration passed
     SHUTDOWN = "shutdown"  # the server's drain period ran out
+    LEASE_LOST = "lease lost"  # another replica has taken the job over: this run's work is void
 
 
 class StopSignal:
@@ -97,6 +101,8 @@ class StopSignal:
             return DeadlineExceeded("the job's deadline passed before it finished")
         if self.reason is StopReason.SHUTDOWN:
             return ShuttingDown("the server is shutting down; retry on another replica")
+        if self.reason is StopReason.LEASE_LOST:
+            return ShuttingDown("another replica has taken the job over")
         return Cancelled("the job was cancelled")
 
 
@@ -120,13 +126,15 @@ class Job:
     error: StyleTransferError | None = None
     observer: JobObserver = field(default_factory=JobObserver)
     request_id: str = ""  # of the call that created it, for the logs
+    resumed: Resumed | None = None  # set when this run continues a run on another replica
+    first_sequence: int = 1  # the sequence of this run's first event
     stop: StopSignal = field(init=False)
     log: EventLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.stop = StopSignal(self.deadline)
-        self.log = EventLog(self.history, self.history_bytes)
-        self.log.append(Accepted())
+        self.log = EventLog(self.history, self.history_bytes, self.first_sequence)
+        self.log.append(Accepted() if self.resumed is None else self.resumed)
         self.last_progress: Iterate | None = None
         self.estimate = admission.estimate(self.spec)  # the memory it is expected to take
 

@@ -34,6 +34,8 @@ needs a single Redis (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -48,6 +50,7 @@ from styletransfer.v1 import style_transfer_pb2 as pb
 
 from backends.base import Backend
 from backends.errors import (
+    BackendFailure,
     Cancelled,
     DeadlineExceeded,
     IdempotencyKeyReused,
@@ -60,8 +63,8 @@ from backends.errors import (
 from service import convert
 from service.errors import Relayed, to_status
 from service.jobs.core import JobCore, Limits, too_many_queued
-from service.jobs.events import Accepted, Failed, State
-from service.jobs.job import Job, new_job_id, not_found
+from service.jobs.events import Accepted, Failed, Finished, Resumed, State
+from service.jobs.job import Job, StopReason, new_job_id, not_found
 from service.jobs.store import Preparer, Submission
 from service.jobs.workers import Workers, batch_key
 from service.principals import ANONYMOUS
@@ -95,10 +98,15 @@ redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 return waiting
 """
 
-# KEYS: queue, waiting counts. ARGV: most jobs, entries to scan, key prefix. Takes the head of
-# the line and the jobs behind it with the same non-empty batch key, deletes them from the line,
-# returns them.
+# KEYS: queue, waiting counts, running. ARGV: most jobs, entries to scan, key prefix, replica,
+# lease ms. Takes the head of the line and the jobs behind it with the same non-empty batch key,
+# deletes them from the line, and leases them to the replica: each job's generation goes up (the
+# fence its writes carry), its request is kept in its hash (for a resume) and it joins `running`
+# with its lease's expiry (Redis's clock). Returns {entry id, fields, generation, run} each;
+# `attempts` counts the runs that count against max_job_runs (a hand-off gives one back).
 _TAKE = """
+local clock = redis.call('TIME')
+local expiry = clock[1] * 1000 + math.floor(clock[2] / 1000) + tonumber(ARGV[5])
 local function left(principal)
   if redis.call('HINCRBY', KEYS[2], principal, -1) <= 0 then redis.call('HDEL', KEYS[2], principal) end
 end
@@ -116,8 +124,16 @@ for _, entry in ipairs(entries) do
     want = want or batch
     taken[#taken + 1] = entry
     redis.call('XDEL', KEYS[1], entry[1])
-    redis.call('HDEL', ARGV[3] .. 'job:' .. job, 'entry')
+    local key = ARGV[3] .. 'job:' .. job
+    redis.call('HDEL', key, 'entry')
     left(principal)
+    local generation = redis.call('HINCRBY', key, 'generation', 1)
+    redis.call('HINCRBY', key, 'attempts', 1)
+    local run = redis.call('HINCRBY', key, 'runs', 1)
+    redis.call('HSET', key, 'owner', ARGV[4])
+    for i = 1, #fields, 2 do redis.call('HSET', key, 'f:' .. fields[i], fields[i + 1]) end
+    redis.call('ZADD', KEYS[3], expiry, job)
+    taken[#taken] = {entry[1], entry[2], generation, run}
   end
   if #taken >= most then break end
 end
@@ -153,6 +169,106 @@ return 0
 """
 
 
+# KEYS: running, job hash. ARGV: job id, generation, lease ms. Extends the lease of a job this
+# generation still holds: 1, or 0 when another replica has taken it over since.
+_RENEW = """
+if tonumber(redis.call('HGET', KEYS[2], 'generation') or '0') ~= tonumber(ARGV[2]) then return 0 end
+local clock = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', clock[1] * 1000 + math.floor(clock[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+# KEYS: job hash, events, running. ARGV: generation, sequence (0: the snapshot alone), field,
+# value, snapshot, events kept, 1 when the event is the job's last, job id. Writes a running
+# job's event and snapshot only for the generation that holds the job (-1 otherwise: the writer
+# has been fenced off); an event at or below the newest sequence is already there (a retry).
+_WRITE = """
+if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[1]) then return -1 end
+local sequence = tonumber(ARGV[2])
+if sequence > 0 then
+  local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  local last = 0
+  if #newest > 0 then last = tonumber(string.match(newest[1][1], '^(%d+)')) end
+  if sequence > last then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], sequence .. '-0', ARGV[3], ARGV[4])
+  end
+end
+redis.call('HSET', KEYS[1], 'snapshot', ARGV[5])
+if ARGV[7] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[8])
+  redis.call('HDEL', KEYS[1], 'owner')
+  for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(name, 1, 2) == 'f:' then redis.call('HDEL', KEYS[1], name) end
+  end
+end
+return 1
+"""
+
+# Puts a leased job back in its line from the request its hash kept, marked with why, fenced off
+# from its previous run (generation up); counted in its principal's waiting jobs.
+_REQUEUE = """
+local function requeue(key, waiting, why)
+  local generation = redis.call('HINCRBY', key, 'generation', 1)
+  redis.call('HDEL', key, 'owner')
+  local fields = {}
+  for _, name in ipairs({'job', 'batch', 'kind', 'request', 'principal', 'key', 'fingerprint',
+                         'deadline', 'created', 'request_id'}) do
+    local value = redis.call('HGET', key, 'f:' .. name)
+    if value then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+    end
+  end
+  fields[#fields + 1] = 'resumed'
+  fields[#fields + 1] = why
+  local entry = redis.call('XADD', redis.call('HGET', key, 'queue'), '*', unpack(fields))
+  redis.call('HSET', key, 'entry', entry)
+  redis.call('HINCRBY', waiting, redis.call('HGET', key, 'principal'), 1)
+  return generation
+end
+"""
+
+# KEYS: running, waiting counts. ARGV: key prefix, most runs a job gets, most jobs. Jobs whose
+# lease has expired (their replica died, hung, or lost Redis for a whole lease) go back to their
+# line; a job that has had its last run does not: it is fenced off and returned to be ended.
+# Returns {{job, generation}...} twice: the requeued and the spent.
+_RECLAIM = (
+    _REQUEUE
+    + """
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local requeued, spent = {}, {}
+for _, job in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], job)
+  local key = ARGV[1] .. 'job:' .. job
+  if redis.call('HEXISTS', key, 'f:request') == 1 then
+    if tonumber(redis.call('HGET', key, 'attempts') or '0') >= tonumber(ARGV[2]) then
+      spent[#spent + 1] = {job, redis.call('HINCRBY', key, 'generation', 1)}
+    else
+      requeued[#requeued + 1] = {job, requeue(key, KEYS[2], 'LEASE_EXPIRED')}
+    end
+  end
+end
+return {requeued, spent}
+"""
+)
+
+# KEYS: job hash, running, waiting counts. ARGV: generation, job id. A draining replica hands a
+# job it still holds back to the line (a hand-off is not a failed run: its attempt is given back).
+# 1 when it did, 0 when the job was no longer this generation's.
+_HANDOFF = (
+    _REQUEUE
+    + """
+if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+requeue(KEYS[1], KEYS[3], 'HANDED_OFF')
+return 1
+"""
+)
+
+
 def redact(url: str) -> str:
     """A store URL without its password, for messages and logs."""
     scheme, sep, rest = url.partition("://")
@@ -166,6 +282,12 @@ def redact(url: str) -> str:
 def device_class(device: str) -> str:
     """`cuda:1` -> `cuda`: the line a job waits in."""
     return device.split(":", 1)[0]
+
+
+class RunsExhausted(BackendFailure):
+    """A job whose replica died (or stopped answering) in each of its runs: a poison job."""
+
+    reason = "RUNS_EXHAUSTED"
 
 
 class StoreUnavailable(ShuttingDown):
@@ -203,6 +325,9 @@ class RedisStore:
         heartbeat: float | None = None,
         on_health: Callable[[bool], None] | None = None,
         prefix: str = "styletransfer:",
+        lease_seconds: float = 10.0,
+        max_runs: int = 3,
+        replica: str = "",
     ) -> None:
         # Any: redis-py types each reply as the union of its sync and async forms.
         self.client: Any = redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30)
@@ -214,6 +339,14 @@ class RedisStore:
         self.retention = max(1, int(limits.retention_seconds))
         self.prefix = prefix
         self._waiting = f"{prefix}waiting"  # hash: principal -> jobs of theirs in the shared line
+        self._running = f"{prefix}running"  # sorted set: job id -> its lease's expiry, ms
+        self.lease_ms = max(1, int(lease_seconds * 1000))
+        self.max_runs = max_runs
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
+        self._held: dict[str, tuple[Job, int]] = {}  # jobs leased here, with their generation
+        self._held_lock = threading.Lock()
+        self._renew_now = threading.Event()
+        self._reclaim_after = 0.0  # time.monotonic() before which no expired lease is taken over
         self.healthy = True
         self._stopped = threading.Event()  # everything stops
         self._draining = threading.Event()  # no more jobs are taken from the shared line
@@ -226,6 +359,10 @@ class RedisStore:
         self._unqueue = self.client.register_script(_UNQUEUE)
         self._position = self.client.register_script(_POSITION)
         self._release = self.client.register_script(_RELEASE)
+        self._renew = self.client.register_script(_RENEW)
+        self._write = self.client.register_script(_WRITE)
+        self._reclaim = self.client.register_script(_RECLAIM)
+        self._handoff = self.client.register_script(_HANDOFF)
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -256,6 +393,7 @@ class RedisStore:
         self._spawn(self._follow_cancels, "shared-cancels")
         self._spawn(self._watch_health, "shared-health")
         self._spawn(self._reap_expired, "shared-reaper")
+        self._spawn(self._renew_leases, "shared-leases")
         classes = sorted({device_class(d) for b in backends.values() for d in b.devices()})
         for name in classes:
             workers = Workers(name, backends, self.core.on_fatal, self.core.observer)
@@ -270,12 +408,14 @@ class RedisStore:
         return thread
 
     def close(self, grace: float | None = None) -> None:
-        """Take no more jobs; let running ones finish within `grace`; end the rest with
-        ShuttingDown; send their last events to Redis; stop."""
+        """Take no more jobs; let running ones finish within `grace`; hand the rest back to the
+        shared line for another replica (ending only what cannot be handed back, with
+        ShuttingDown); send their last events to Redis; stop."""
         self._draining.set()
         deadline = None if grace is None else time.monotonic() + grace
         for thread in self._pullers:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self.hand_off()
         self.core.close(grace=0)  # stops what still runs here, each with a terminal event
         for thread in self._pullers:
             thread.join()
@@ -285,6 +425,7 @@ class RedisStore:
         for thread in mirrors:
             thread.join(max(0.0, flush_by - time.monotonic()))
         self._stopped.set()
+        self._renew_now.set()
         for thread in self._threads:
             thread.join(timeout=2 * POLL_MS / 1000)
         self.client.close()
@@ -299,6 +440,11 @@ class RedisStore:
             if healthy != self.healthy:
                 self.healthy = healthy
                 log.warning("shared_store_health", answering=healthy)
+                if healthy:
+                    # Leases could not be renewed while Redis was away: renew ours now, and give
+                    # every other replica a lease's time to renew theirs before taking any over.
+                    self._reclaim_after = time.monotonic() + self.lease_ms / 1000
+                    self._renew_now.set()
                 if self.on_health is not None:
                     self.on_health(healthy)
 
@@ -445,7 +591,10 @@ class RedisStore:
         failures = 0
         while not self._draining.is_set():
             try:
-                entries = self._take(keys=[queue, self._waiting], args=[most, TAKE_SCAN, self.prefix])
+                entries = self._take(
+                    keys=[queue, self._waiting, self._running],
+                    args=[most, TAKE_SCAN, self.prefix, self.replica, self.lease_ms],
+                )
                 if not entries:
                     # The line was empty: wait for an entry (any id above 0 is new).
                     self.client.xread({queue: "0-0"}, block=POLL_MS, count=1)
@@ -463,10 +612,10 @@ class RedisStore:
             if jobs:
                 workers.run(jobs)
 
-    def _adopt(self, name: str, entry: tuple[bytes, list[bytes]]) -> Job | None:
-        """The local Job for a taken entry, registered and mirrored; None when it cannot run here
-        (it has then ended, with its error)."""
-        raw = entry[1]
+    def _adopt(self, name: str, entry: list[Any]) -> Job | None:
+        """The local Job for a taken entry (id, fields, generation, run), registered, mirrored
+        and leased; None when it cannot run here (it has then ended, with its error)."""
+        raw, generation, run = entry[1], int(entry[2]), int(entry[3])
         fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
         job_id = fields["job"].decode()
         kind = pb.TransferRequest if fields["kind"] == b"transfer" else pb.CreateJobRequest
@@ -475,12 +624,18 @@ class RedisStore:
             spec, _ = self.prepare(kind.FromString(fields["request"]), None, name, admitted=True)
         except StyleTransferError as error:
             log.warning("job_failed", job_id=job_id, error=error.message, during="take")
-            self._end_waiting(job_id, error)
+            self._end(job_id, error, generation)
             return None
         wall_deadline = fields["deadline"].decode()
         deadline = None
         if wall_deadline:
             deadline = time.monotonic() + float(wall_deadline) - time.time()
+        resumed, first = None, 1
+        if "resumed" in fields:
+            # Another replica ran it before: this run's events go on after the ones Redis kept.
+            first = self._newest_sequence(job_id) + 1
+            why = fields.get("resumed", b"LEASE_EXPIRED").decode()
+            resumed = Resumed(0, run, self.replica, why)
         job = Job(
             id=job_id,
             spec=spec,
@@ -494,47 +649,64 @@ class RedisStore:
             request_id=fields["request_id"].decode(),
             created_wall=created,
             accepted_at=time.monotonic() - max(0.0, time.time() - created),
+            resumed=resumed,
+            first_sequence=first,
         )
+        if resumed is not None:
+            log.info("job_resumed", job_id=job_id, run=run, reason=resumed.reason, first_sequence=first)
+            self.core.observer.resumed(job, resumed.reason)
         self.core.adopt(job)
-        thread = threading.Thread(target=self._mirror, args=(job,), name=f"mirror-{job_id[:8]}", daemon=True)
+        with self._held_lock:
+            self._held[job_id] = (job, generation)
+        thread = threading.Thread(
+            target=self._mirror, args=(job, generation), name=f"mirror-{job_id[:8]}", daemon=True
+        )
         with self._mirrors_lock:
             self._mirrors.add(thread)
         thread.start()
         return job
 
-    def _mirror(self, job: Job) -> None:
-        """Copy a job running here to Redis, event by event, until its terminal one."""
+    def _newest_sequence(self, job_id: str) -> int:
+        newest = self.client.xrevrange(self._events(job_id), count=1)
+        return int(newest[0][0].decode().split("-")[0]) if newest else 0
+
+    def _mirror(self, job: Job, generation: int) -> None:
+        """Copy a job running here to Redis, event by event, until its terminal one, as long as
+        this run holds the job: once fenced off (another replica took it over), the rest of this
+        run stays here and the job is stopped."""
         try:
-            for sequence, item in job.stream(0):
+            for sequence, item in job.stream(job.first_sequence - 1):
+                last = isinstance(item, Failed | Finished)
                 if isinstance(item, Failed):
                     fields = {"status": to_status(item.error).SerializeToString()}
                 else:
                     fields = {"event": convert.event(job, sequence, item).SerializeToString()}
-                self._retrying(job.id, lambda s=sequence, f=fields: self._append(job, s, f))  # type: ignore[misc]
+                written = self._retrying(
+                    job.id,
+                    lambda s=sequence, f=fields, t=last: self._append(job, generation, s, f, t),  # type: ignore[misc]
+                )
+                if written is False:
+                    log.warning("job_fenced", job_id=job.id, sequence=sequence)
+                    job.cancel(StopReason.LEASE_LOST)
+                    return
             self._retrying(job.id, lambda: self._expire(job.id, job.principal, job.idempotency_key))
         finally:
+            with self._held_lock:
+                self._held.pop(job.id, None)
             with self._mirrors_lock:
                 self._mirrors.discard(threading.current_thread())
 
-    def _append(self, job: Job, sequence: int, fields: Mapping[str, bytes]) -> None:
+    def _append(
+        self, job: Job, generation: int, sequence: int, fields: Mapping[str, bytes], last: bool
+    ) -> bool:
+        """Write one event and the job's snapshot for this run; False when it has been fenced off."""
+        ((name, value),) = fields.items()
         snapshot = convert.job(job, -1).SerializeToString()
-        pipe = self.client.pipeline()
-        # The stream keeps the newest `job_history` events, like the memory store's log.
-        pipe.xadd(
-            self._events(job.id),
-            dict(fields),
-            id=f"{sequence}-0",
-            maxlen=self.limits.history,
-            approximate=False,
+        written = self._write(
+            keys=[self._job(job.id), self._events(job.id), self._running],
+            args=[generation, sequence, name, value, snapshot, self.limits.history, int(last), job.id],
         )
-        pipe.hset(self._job(job.id), "snapshot", snapshot)
-        try:
-            pipe.execute()
-        except redis.ResponseError as error:
-            if "equal or smaller" not in str(error):
-                raise
-            # Already there (the accepted event, or a retry whose answer was lost).
-            self.client.hset(self._job(job.id), "snapshot", snapshot)
+        return int(written) == 1
 
     def _expire(self, job_id: str, principal: str, key: str) -> None:
         pipe = self.client.pipeline()
@@ -544,23 +716,31 @@ class RedisStore:
             pipe.expire(self._key(principal, key), self.retention)
         pipe.execute()
 
-    def _retrying(self, job_id: str, write: Callable[[], object]) -> None:
+    def _retrying(self, job_id: str, write: Callable[[], object]) -> object:
+        """The write's answer, retried with backoff while Redis does not answer (None once the
+        store is stopping)."""
         attempt = 0
         while not self._stopped.is_set():
             try:
-                write()
-                return
+                return write()
             except redis.RedisError as error:
                 delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
                 if attempt == 0:
                     log.warning("shared_store_unreachable", job_id=job_id, error=str(error), retry_in=delay)
                 attempt += 1
                 self._stopped.wait(delay)
+        return None
 
     # -- jobs that end while waiting ------------------------------------------------------------
 
     def _end_waiting(self, job_id: str, error: StyleTransferError) -> None:
         """Give a job that never ran its terminal event (after its line entry was removed)."""
+        generation = int(self.client.hget(self._job(job_id), "generation") or 0)
+        self._end(job_id, error, generation)
+
+    def _end(self, job_id: str, error: StyleTransferError, generation: int) -> None:
+        """Give a job that is not running anywhere its terminal event, after the newest one kept,
+        if `generation` still holds it."""
         status = to_status(error)
         raw = self.client.hget(self._job(job_id), "snapshot")
         if raw is None:
@@ -568,20 +748,97 @@ class RedisStore:
         snapshot = pb.Job.FromString(raw)
         principal = self.client.hget(self._job(job_id), "principal").decode()
         cancelled = isinstance(error, Cancelled | ShuttingDown)
+        sequence = self._newest_sequence(job_id) + 1
         snapshot.state = pb.JOB_STATE_CANCELLED if cancelled else pb.JOB_STATE_FAILED
         snapshot.queue_position = 0
         snapshot.end_time.CopyFrom(_now())
-        snapshot.last_sequence = 2
+        snapshot.last_sequence = sequence
         snapshot.error.CopyFrom(pb.JobError(code=status.code, message=status.message, reason=error.reason))
-        pipe = self.client.pipeline()
-        pipe.xadd(self._events(job_id), {"status": status.SerializeToString()}, id="2-0")
-        pipe.hset(self._job(job_id), "snapshot", snapshot.SerializeToString())
-        pipe.execute()
+        written = self._write(
+            keys=[self._job(job_id), self._events(job_id), self._running],
+            args=[
+                generation,
+                sequence,
+                "status",
+                status.SerializeToString(),
+                snapshot.SerializeToString(),
+                self.limits.history,
+                1,
+                job_id,
+            ],
+        )
+        if int(written) != 1:
+            return  # another replica holds it now, and will end it
         self._expire(job_id, principal, snapshot.idempotency_key)
         waited = max(0.0, time.time() - snapshot.create_time.ToNanoseconds() / 1e9)
         state = State.CANCELLED if cancelled else State.FAILED
         self.core.observer.ended_waiting(snapshot.backend, snapshot.device, state, error, waited)
         log.info("job_stopped", job_id=job_id, while_state="queued", reason=error.reason)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def _renew_leases(self) -> None:
+        """Extend the lease of every job running here, a third of a lease apart; a job whose lease
+        another replica has taken over is stopped here (its writes are fenced off already)."""
+        while not self._stopped.is_set():
+            self._renew_now.wait(self.lease_ms / 3000)
+            self._renew_now.clear()
+            with self._held_lock:
+                held = list(self._held.values())
+            for job, generation in held:
+                if job.done:
+                    continue
+                try:
+                    kept = self._renew(
+                        keys=[self._running, self._job(job.id)], args=[job.id, generation, self.lease_ms]
+                    )
+                except redis.RedisError:
+                    break  # the health watcher reports it; the lease may lapse meanwhile
+                if not int(kept):
+                    log.warning("lease_lost", job_id=job.id, generation=generation)
+                    job.cancel(StopReason.LEASE_LOST)
+
+    def _reclaim_expired(self) -> None:
+        """Put jobs whose lease expired back in their line, and end the ones out of runs."""
+        if time.monotonic() < self._reclaim_after:
+            return
+        requeued, spent = self._reclaim(
+            keys=[self._running, self._waiting], args=[self.prefix, self.max_runs, TAKE_SCAN]
+        )
+        for job_id, generation in requeued:
+            log.warning(
+                "job_requeued", job_id=job_id.decode(), generation=int(generation), reason="LEASE_EXPIRED"
+            )
+        for job_id, generation in spent:
+            error = RunsExhausted(
+                f"the job's replica stopped answering during each of its {self.max_runs} runs (killed, "
+                "perhaps for memory); it is not tried again"
+            )
+            log.error("job_runs_exhausted", job_id=job_id.decode(), runs=self.max_runs)
+            self._end(job_id.decode(), error, int(generation))
+
+    def hand_off(self) -> int:
+        """Give every job still running here back to the shared line (a drain that ran out of
+        time); they stop here without an ending, and another replica resumes them."""
+        with self._held_lock:
+            held = list(self._held.values())
+        handed = 0
+        for job, generation in held:
+            if job.done:
+                continue
+            try:
+                if int(
+                    self._handoff(
+                        keys=[self._job(job.id), self._running, self._waiting], args=[generation, job.id]
+                    )
+                ):
+                    handed += 1
+                    log.info("job_handed_off", job_id=job.id)
+            except redis.RedisError as error:
+                log.warning("shared_store_unreachable", job_id=job.id, during="hand-off", error=str(error))
+                continue
+            job.cancel(StopReason.LEASE_LOST)  # fenced now: its ending stays here
+        return handed
 
     def _stop_waiting(self, job_id: str, error: Callable[[], StyleTransferError]) -> bool:
         """End a job that is still waiting (True), if this call is the one that takes it out."""
@@ -591,9 +848,11 @@ class RedisStore:
         return True
 
     def _reap_expired(self) -> None:
-        """End waiting jobs whose deadline passed, without waiting for a worker."""
+        """End waiting jobs whose deadline passed, without waiting for a worker; requeue running
+        jobs whose lease expired."""
         while not self._stopped.wait(POLL_MS / 1000):
             try:
+                self._reclaim_expired()
                 for queue in self.client.scan_iter(match=f"{self.prefix}queue:*", count=100):
                     now = time.time()
                     for _, fields in self.client.xrange(queue, count=TAKE_SCAN):

@@ -266,21 +266,35 @@ class Heartbeat(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class Resumed(_message.Message):
+    __slots__ = ("from_iteration", "attempt", "replica", "reason")
+    FROM_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    from_iteration: int
+    attempt: int
+    replica: str
+    reason: str
+    def __init__(self, from_iteration: _Optional[int] = ..., attempt: _Optional[int] = ..., replica: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class TransferEvent(_message.Message):
-    __slots__ = ("accepted", "progress", "preview", "result", "heartbeat", "sequence")
+    __slots__ = ("accepted", "progress", "preview", "result", "heartbeat", "resumed", "sequence")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     accepted: Accepted
     progress: Progress
     preview: Preview
     result: Result
     heartbeat: Heartbeat
+    resumed: Resumed
     sequence: int
-    def __init__(self, accepted: _Optional[_Union[Accepted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, accepted: _Optional[_Union[Accepted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., resumed: _Optional[_Union[Resumed, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("code", "message", "reason")

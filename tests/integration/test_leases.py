@@ -1,0 +1,234 @@
+"""Jobs outlive the replica running them: leases, fencing, resumes elsewhere, poison jobs.
+
+Replicas are real server processes on one real `redis-server`; "killed" means SIGKILL, as an
+OOM-kill or a node failure would do it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+import serverproc
+from imaging import image_bytes
+from redisserver import RedisProcess
+from styletransfer.v1 import style_transfer_pb2 as pb
+from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
+
+from backends.weights.canonical import random_weights
+from service.server import Server, build
+from service.settings import Settings
+
+LEASE = "1.5"
+TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RedisProcess]:
+    process = RedisProcess(tmp_path / "redis")
+    process.start()
+    yield process
+    process.stop()
+
+
+def _replica(store: RedisProcess, cache: Path, **env: str) -> serverproc.ServerProcess:
+    replica = serverproc.start(
+        "--weights",
+        "random:0",
+        "--log-level",
+        "info",
+        cache=cache,
+        env={
+            "STYLETRANSFER_STORE": store.url,
+            "STYLETRANSFER_LEASE_SECONDS": LEASE,
+            "STYLETRANSFER_WARMUP": "false",
+            **env,
+        },
+    )
+    replica.wait_serving()
+    return replica
+
+
+def _request(iterations: int, size: int = 48) -> pb.CreateJobRequest:
+    return pb.CreateJobRequest(
+        content=pb.Image(data=image_bytes(1, size, size)),
+        styles=[pb.StyleImage(image=pb.Image(data=image_bytes(2, size, size)))],
+        options=pb.TransferOptions(iterations=iterations, max_size=size),
+    )
+
+
+def _progress(stub: pb_grpc.StyleTransferStub, name: str, at_least: int) -> None:
+    """Wait until the job has reported `at_least` iterations."""
+    deadline = time.monotonic() + 60
+    for event in stub.WatchJob(pb.WatchJobRequest(name=name), timeout=60):
+        if event.HasField("progress") and event.progress.iteration >= at_least:
+            return
+        assert time.monotonic() < deadline
+    raise AssertionError(f"{name} ended before iteration {at_least}")
+
+
+def test_a_job_whose_replica_is_killed_finishes_on_another(store: RedisProcess, tmp_path: Path) -> None:
+    """SIGKILL of the replica running a job, with another alive: once the lease runs out the job
+    goes back to the line, the other replica resumes it and it ends SUCCEEDED with its full
+    iteration count; a watcher on the survivor sees every sequence once, in order, and a
+    `resumed` event saying where and why."""
+    first = _replica(store, tmp_path)
+    second: serverproc.ServerProcess | None = None
+    try:
+        with grpc.insecure_channel(first.target) as channel:
+            job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(400), timeout=30)
+            _progress(pb_grpc.StyleTransferStub(channel), job.name, 3)
+        second = _replica(store, tmp_path)  # it starts while the first runs the job
+        with grpc.insecure_channel(second.target) as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            assert stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10).state == pb.JOB_STATE_RUNNING
+            os.kill(first.proc.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            events = list(stub.WatchJob(pb.WatchJobRequest(name=job.name), timeout=120))
+            done = stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10)
+        sequences = [e.sequence for e in events if not e.HasField("heartbeat")]
+        assert sequences == list(range(1, len(sequences) + 1))
+        resumed = [e.resumed for e in events if e.HasField("resumed")]
+        assert len(resumed) == 1
+        assert (resumed[0].attempt, resumed[0].reason, resumed[0].from_iteration) == (2, "LEASE_EXPIRED", 0)
+        assert resumed[0].replica.endswith(f":{second.proc.pid}")
+        after = events[[e.HasField("resumed") for e in events].index(True) :]
+        iterations = [e.progress.iteration for e in after if e.HasField("progress")]
+        assert iterations == list(range(1, 401))
+        assert done.state == pb.JOB_STATE_SUCCEEDED and done.result.image.data
+        assert done.last_sequence == sequences[-1]
+        assert time.monotonic() - killed_at < 90
+        assert '"job_resumed"' in second.output()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_job_that_kills_every_replica_running_it_ends_failed(store: RedisProcess, tmp_path: Path) -> None:
+    """A job whose replica dies during each of its `max_job_runs` runs is not started again: it
+    ends FAILED with reason RUNS_EXHAUSTED, and the replica that ended it counts it."""
+    env = {"STYLETRANSFER_MAX_JOB_RUNS": "2"}
+    victims = []
+    try:
+        victim = _replica(store, tmp_path, **env)
+        victims.append(victim)
+        with grpc.insecure_channel(victim.target) as channel:
+            job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(2000), timeout=30)
+            _progress(pb_grpc.StyleTransferStub(channel), job.name, 2)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        # The next replica takes it (run 2) and is killed too.
+        victim = _replica(store, tmp_path, **env)
+        victims.append(victim)
+        with grpc.insecure_channel(victim.target) as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            deadline = time.monotonic() + 60
+            while _runs(store, job.name) != 2:
+                assert time.monotonic() < deadline, "the job was never run again"
+                time.sleep(0.1)
+            _progress(stub, job.name, 2)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        judge = _replica(store, tmp_path, **env)
+        victims.append(judge)
+        with grpc.insecure_channel(judge.target) as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            deadline = time.monotonic() + 60
+            while (done := stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10)).state not in TERMINAL:
+                assert time.monotonic() < deadline, "the spent job never ended"
+                time.sleep(0.1)
+            assert done.state == pb.JOB_STATE_FAILED and done.error.reason == "RUNS_EXHAUSTED"
+            with pytest.raises(grpc.RpcError) as ended:
+                list(stub.WatchJob(pb.WatchJobRequest(name=job.name), timeout=10))
+            assert ended.value.code() is grpc.StatusCode.INTERNAL
+        assert _runs(store, job.name) == 2
+        assert '"job_runs_exhausted"' in judge.output()
+    finally:
+        for replica in victims:
+            replica.stop()
+
+
+def _runs(store: RedisProcess, name: str) -> int:
+    client = redis.Redis.from_url(store.url)
+    try:
+        return int(client.hget(f"styletransfer:job:{name.removeprefix('jobs/')}", "attempts") or 0)
+    finally:
+        client.close()
+
+
+def test_a_replica_that_hangs_past_its_lease_is_fenced_off(store: RedisProcess, tmp_path: Path) -> None:
+    """SIGSTOP of the replica running a job (a hang, or a partition): another resumes the job once
+    the lease runs out. When the stale replica wakes, its writes are refused and it stops its run:
+    the job's events stay one sequence, with one resume, and it ends SUCCEEDED once."""
+    stale = _replica(store, tmp_path)
+    fresh: serverproc.ServerProcess | None = None
+    try:
+        with grpc.insecure_channel(stale.target) as channel:
+            job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(300), timeout=30)
+            _progress(pb_grpc.StyleTransferStub(channel), job.name, 3)
+        fresh = _replica(store, tmp_path)
+        os.kill(stale.proc.pid, signal.SIGSTOP)
+        with grpc.insecure_channel(fresh.target) as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            watch = stub.WatchJob(pb.WatchJobRequest(name=job.name), timeout=120)
+            events = []
+            for event in watch:
+                events.append(event)
+                if event.HasField("resumed"):
+                    os.kill(stale.proc.pid, signal.SIGCONT)  # wakes up holding a lease it lost
+            done = stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10)
+        sequences = [e.sequence for e in events if not e.HasField("heartbeat")]
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert sum(e.HasField("resumed") for e in events) == 1
+        assert sum(e.HasField("result") for e in events) == 1
+        assert done.state == pb.JOB_STATE_SUCCEEDED
+        deadline = time.monotonic() + 30
+        while '"lease_lost"' not in stale.output() and '"job_fenced"' not in stale.output():
+            assert time.monotonic() < deadline, "the stale replica never learnt it had lost the job"
+            time.sleep(0.1)
+    finally:
+        if stale.proc.poll() is None:
+            os.kill(stale.proc.pid, signal.SIGCONT)
+        stale.stop()
+        if fresh is not None:
+            fresh.stop()
+
+
+def test_a_draining_replica_hands_its_running_job_to_another(server: Server, store: RedisProcess) -> None:
+    """A replica stopped with a short grace while it runs a long job hands the job back to the
+    line instead of ending it UNAVAILABLE: the other replica resumes it (reason HANDED_OFF) and
+    it ends SUCCEEDED; a hand-off does not count as a failed run."""
+    replicas = [
+        build(
+            Settings(port=0, warmup=False, store=store.url, lease_seconds=float(LEASE)),
+            random_weights(0),
+            dict(server.core.backends),
+        )
+        for _ in range(2)
+    ]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{r.port}") for r in replicas]
+    stubs = [pb_grpc.StyleTransferStub(c) for c in channels]
+    try:
+        job = stubs[0].CreateJob(_request(150), timeout=30)
+        _progress(stubs[0], job.name, 2)
+        runner = next(i for i, r in enumerate(replicas) if r.core.jobs() and not r.core.jobs()[0].done)
+        survivor = stubs[1 - runner]
+        replicas[runner].stop(grace=0.2)
+        events = list(survivor.WatchJob(pb.WatchJobRequest(name=job.name), timeout=120))
+        done = survivor.GetJob(pb.GetJobRequest(name=job.name), timeout=10)
+        assert done.state == pb.JOB_STATE_SUCCEEDED
+        resumed = [e.resumed for e in events if e.HasField("resumed")]
+        assert [(r.reason, r.attempt) for r in resumed] == [("HANDED_OFF", 2)]
+        sequences = [e.sequence for e in events if not e.HasField("heartbeat")]
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert _runs(store, job.name) == 1  # the hand-off gave its run back
+    finally:
+        for channel in channels:
+            channel.close()
+        for replica in replicas:
+            replica.stop(grace=2)
