@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -128,20 +128,18 @@ def test_a_job_that_kills_every_replica_running_it_ends_failed(store: RedisProce
         victims.append(victim)
         with grpc.insecure_channel(victim.target) as channel:
             stub = pb_grpc.StyleTransferStub(channel)
-            deadline = time.monotonic() + 60
-            while _runs(store, job.name) != 2:
-                assert time.monotonic() < deadline, "the job was never run again"
-                time.sleep(0.1)
+            _until(lambda: _runs(store, job.name) == 2, "the job was never run again")
             _progress(stub, job.name, 2)
         os.kill(victim.proc.pid, signal.SIGKILL)
         judge = _replica(store, tmp_path, **env)
         victims.append(judge)
         with grpc.insecure_channel(judge.target) as channel:
             stub = pb_grpc.StyleTransferStub(channel)
-            deadline = time.monotonic() + 60
-            while (done := stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10)).state not in TERMINAL:
-                assert time.monotonic() < deadline, "the spent job never ended"
-                time.sleep(0.1)
+            _until(
+                lambda: stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10).state in TERMINAL,
+                "the spent job never ended",
+            )
+            done = stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10)
             assert done.state == pb.JOB_STATE_FAILED and done.error.reason == "RUNS_EXHAUSTED"
             with pytest.raises(grpc.RpcError) as ended:
                 list(stub.WatchJob(pb.WatchJobRequest(name=job.name), timeout=10))
@@ -151,6 +149,13 @@ def test_a_job_that_kills_every_replica_running_it_ends_failed(store: RedisProce
     finally:
         for replica in victims:
             replica.stop()
+
+
+def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
 
 
 def _runs(store: RedisProcess, name: str) -> int:
@@ -187,10 +192,10 @@ def test_a_replica_that_hangs_past_its_lease_is_fenced_off(store: RedisProcess, 
         assert sum(e.HasField("resumed") for e in events) == 1
         assert sum(e.HasField("result") for e in events) == 1
         assert done.state == pb.JOB_STATE_SUCCEEDED
-        deadline = time.monotonic() + 30
-        while '"lease_lost"' not in stale.output() and '"job_fenced"' not in stale.output():
-            assert time.monotonic() < deadline, "the stale replica never learnt it had lost the job"
-            time.sleep(0.1)
+        _until(
+            lambda: '"lease_lost"' in stale.output() or '"job_fenced"' in stale.output(),
+            "the stale replica never learnt it had lost the job",
+        )
     finally:
         if stale.proc.poll() is None:
             os.kill(stale.proc.pid, signal.SIGCONT)
