@@ -6,12 +6,13 @@
 import { readFileSync } from "node:fs";
 import { parseAllDocuments } from "yaml";
 import { PrometheusRule, ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
-import { ScaledObject } from "@kubernetes-models/keda/keda.sh/v1alpha1";
+import { ScaledObject, TriggerAuthentication } from "@kubernetes-models/keda/keda.sh/v1alpha1";
 
 const models = {
   "monitoring.coreos.com/v1 PrometheusRule": PrometheusRule,
   "monitoring.coreos.com/v1 ServiceMonitor": ServiceMonitor,
   "keda.sh/v1alpha1 ScaledObject": ScaledObject,
+  "keda.sh/v1alpha1 TriggerAuthentication": TriggerAuthentication,
 };
 const core = /^(v1|apps\/v1|policy\/v1|networking\.k8s\.io\/v1|autoscaling\/v2|rbac\.authorization\.k8s\.io\/v1)$/;
 
