@@ -13,7 +13,7 @@ BACKENDS ?= pytorch,tensorflow
 METRICS_PORT ?= 9095
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps generate weights run test lint fmt clean bench load manifests image-locks api-baseline
+.PHONY: setup system-deps generate weights run test lint fmt clean bench load cluster manifests image-locks api-baseline
 
 ## Everything the service, the tests and the linters need: the Python environment, the pinned
 ## tools under tools/ (buf, kubectl, schema validators, scanners) and the system packages.
@@ -99,5 +99,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(if $(QUICK),--quick) $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS))
 
 ## A bounded load run on loopback (its own server, random weights); prints outcomes, fails on lost jobs.
+## LOAD_ARGS="--cluster 3": its own Redis and 3 replicas; LOAD_ARGS="--targets H:P,...": running ones.
 load: $(STAMP)
 	$(BIN)/python benchmarks/load.py $(LOAD_ARGS)
+
+## Redis and REPLICAS (default 3) replicas sharing it on loopback, random weights unless WEIGHTS; prints
+## the targets and a round_robin service config, serves until Ctrl-C. CLUSTER_ARGS go to scripts/cluster.py.
+cluster: $(STAMP) $(SYSTEM)
+	$(BIN)/python scripts/cluster.py --replicas $(or $(REPLICAS),3) --backends $(BACKENDS) \
+	  $(if $(WEIGHTS),--weights $(WEIGHTS)) $(CLUSTER_ARGS)

@@ -35,6 +35,34 @@ class StyleInput:
 
 
 @dataclass(frozen=True)
+class Losses:
+    """Weighted loss terms; total = content + style + tv."""
+
+    content: float
+    style: float
+    tv: float
+    total: float
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a run stood after an iteration: enough for another run to go on from there.
+
+    The optimizer's own state is not kept: L-BFGS's history is up to 100 pairs of image-sized
+    vectors (hundreds of MiB at large sizes), so a resumed stage starts a fresh history from the
+    saved image; Adam starts fresh moments the same way.
+    """
+
+    iteration: int  # iterations done in all (the Iterate's number)
+    scale: int  # 1-based
+    tile: int  # 1-based tile of the last scale, 0 when the scale is not tiled
+    stage_iteration: int  # iterations done in this scale (or tile)
+    image: FloatImage  # the scale's (or tile's) pixels after them, unrounded
+    losses: Losses
+    canvas: FloatImage | None = None  # for a tile: the scale's image with the tiles before it
+
+
+@dataclass(frozen=True)
 class BackendJob:
     """Everything a backend needs to run one optimization."""
 
@@ -44,16 +72,9 @@ class BackendJob:
     device: str  # resolved, e.g. "cpu" or "cuda:0"
     preview_every: int = 0  # attach the image to every this-many-th iterate; 0 never
     init_image: RGBImage | None = None  # the start when options.init is IMAGE; any size
-
-
-@dataclass(frozen=True)
-class Losses:
-    """Weighted loss terms; total = content + style + tv."""
-
-    content: float
-    style: float
-    tv: float
-    total: float
+    checkpoint_seconds: float = 0.0  # attach a Checkpoint this often, and at every scale's or tile's end
+    resume: Checkpoint | None = None  # go on from here instead of starting over
+    checkpoint_now: Callable[[], bool] | None = None  # True: attach one to the next iteration
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,7 @@ class Iterate:
     scales: int = 1
     tile: int = 0  # 1-based while the last scale is refined in tiles; 0 otherwise
     tiles: int = 0
+    checkpoint: Checkpoint | None = None  # when one is due (BackendJob.checkpoint_seconds)
 
 
 @dataclass(frozen=True)

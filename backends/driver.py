@@ -29,6 +29,7 @@ from backends import color, tiles
 from backends.base import (
     BackendJob,
     CancelToken,
+    Checkpoint,
     FloatImage,
     Iterate,
     Losses,
@@ -115,8 +116,10 @@ class _Run:
         self.sizes = scale_sizes(height, width, options)
         self.tiles = tile_layout(height, width, options)
         self.total = total_iterations(height, width, options)
-        self.count = 0
-        self.losses: Losses | None = None
+        self.resume = job.resume
+        self.count = job.resume.iteration if job.resume else 0
+        self.losses: Losses | None = job.resume.losses if job.resume else None
+        self.checkpointed = time.monotonic()
 
     def finish(self, pixels: FloatImage) -> FloatImage:
         """An image as the caller sees it: with the content's colours when only luminance moved."""
@@ -139,11 +142,34 @@ class _Run:
             styles.append(StyleInput(np.clip(image, 0, 255), style.weight, mask))
         return np.clip(resize(self.content, height, width), 0, 255), tuple(styles)
 
+    def _checkpoint(
+        self, solver: Solver, scale: int, tile: int, done: int, last: bool, canvas: FloatImage | None
+    ) -> Checkpoint | None:
+        """A checkpoint when one is due: every checkpoint_seconds, at the end of every stage, and
+        whenever the job's `checkpoint_now` says so."""
+        every, asked = self.job.checkpoint_seconds, self.job.checkpoint_now
+        wanted = asked is not None and asked()
+        if not wanted and (not every or (not last and time.monotonic() - self.checkpointed < every)):
+            return None
+        self.checkpointed = time.monotonic()
+        assert self.losses is not None
+        image = np.array(solver.pixels(), dtype=np.float32)
+        return Checkpoint(self.count, scale, tile, done, image, self.losses, canvas)
+
     def iterations(
-        self, solver: Solver, count: int, clock: _Clock, scale: int, tile: int, view: Callable[[], FloatImage]
+        self,
+        solver: Solver,
+        count: int,
+        clock: _Clock,
+        scale: int,
+        tile: int,
+        view: Callable[[], FloatImage],
+        done: int = 0,
+        canvas: FloatImage | None = None,
     ) -> Iterator[Iterate]:
+        """`count` more iterations of a stage that has had `done` already."""
         every = self.job.preview_every
-        for _ in range(count):
+        for step in range(count):
             if self.cancel.is_set():
                 raise Cancelled("the job was cancelled")
             losses = solver.step()
@@ -156,6 +182,7 @@ class _Run:
                 )
             self.losses = losses
             preview = self.finish(view()) if every and self.count % every == 0 else None
+            checkpoint = self._checkpoint(solver, scale, tile, done + step + 1, step == count - 1, canvas)
             yield Iterate(
                 self.count,
                 self.total,
@@ -166,6 +193,7 @@ class _Run:
                 len(self.sizes),
                 tile,
                 len(self.tiles),
+                checkpoint,
             )
 
     def stage(self, clock: _Clock, stage: Stage) -> Solver:
@@ -176,13 +204,26 @@ class _Run:
 
     def records(self) -> Iterator[Iterate | Outcome]:
         clock = _Clock(time.perf_counter())
-        options, device = self.options, self.job.device
+        options = self.options
         per_scale = options.resolved_scale_iterations
         current: FloatImage | None = None
         previous = self.content
+        resume = self.resume
         for index, (size, count) in enumerate(zip(self.sizes, per_scale, strict=True)):
+            if resume is not None and index + 1 < resume.scale:
+                continue  # done by the run this one goes on from
             content, styles = self.stage_inputs(size)
-            if current is None:
+            here = resume if resume is not None and index + 1 == resume.scale else None
+            last = index == len(self.sizes) - 1
+            if here is not None and not (last and self.tiles):
+                previous = content
+                current = yield from self.stage_run(
+                    clock, content, styles, here.image, count, index + 1, here
+                )
+                continue
+            if here is not None:
+                start = here.canvas if here.canvas is not None else here.image
+            elif current is None:
                 init_image = None
                 if self.job.init_image is not None:
                     init_image = np.asarray(self.job.init_image, dtype=np.float32)
@@ -195,17 +236,34 @@ class _Run:
                 detail = content - resize(previous, *size)
                 start = np.clip(resize(current, *size) + detail, 0, 255)
             previous = content
-            last = index == len(self.sizes) - 1
             if last and self.tiles:
-                current = yield from self.tiled(clock, content, styles, start, count, index + 1)
+                current = yield from self.tiled(clock, content, styles, start, count, index + 1, here)
             else:
-                solver = self.stage(clock, Stage(content, styles, start, options, device, count))
-                yield from self.iterations(solver, count, clock, index + 1, 0, solver.pixels)
-                current = solver.pixels()
+                current = yield from self.stage_run(clock, content, styles, start, count, index + 1, None)
         assert current is not None and self.losses is not None, "a job has at least one iteration"
         final = self.finish(current)
         optimize = clock.elapsed() - clock.setup
         yield Outcome(to_rgb8(final), self.losses, self.count, clock.setup, optimize, final)
+
+    def stage_run(
+        self,
+        clock: _Clock,
+        content: FloatImage,
+        styles: tuple[StyleInput, ...],
+        start: FloatImage,
+        count: int,
+        scale: int,
+        resume: Checkpoint | None,
+    ) -> Generator[Iterate, None, FloatImage]:
+        """One untiled scale from `start` (after `resume.stage_iteration` of its iterations, when
+        it goes on from a checkpoint); returns its image."""
+        done = resume.stage_iteration if resume is not None else 0
+        if done >= count:
+            return start
+        stage = Stage(content, styles, start, self.options, self.job.device, count - done)
+        solver = self.stage(clock, stage)
+        yield from self.iterations(solver, count - done, clock, scale, 0, solver.pixels, done)
+        return solver.pixels()
 
     def tiled(
         self,
@@ -215,20 +273,30 @@ class _Run:
         start: FloatImage,
         count: int,
         scale: int,
+        resume: Checkpoint | None = None,
     ) -> Generator[Iterate, None, FloatImage]:
-        """Refine `start` tile by tile; returns the blended image (the generator's value)."""
+        """Refine `start` tile by tile; returns the blended image (the generator's value). From a
+        checkpoint, `start` is its canvas and the tiles before its tile are done."""
         current = start.copy()
         height, width = current.shape[:2]
         overlap = self.options.tile_overlap
         for number, tile in enumerate(self.tiles, start=1):
+            done, tile_start = 0, tile.crop(current)
+            if resume is not None and number < resume.tile:
+                continue
+            if resume is not None and number == resume.tile:
+                done, tile_start = resume.stage_iteration, resume.image
+            feather = tiles.weights(tile, height, width, overlap)[..., None]
+            if done >= count:
+                current = _pasted(current, tile, feather, tile_start)
+                continue
             tile_styles = tuple(
                 replace(s, mask=None if s.mask is None else tile.crop(s.mask)) for s in styles
             )
             stage = Stage(
-                tile.crop(content), tile_styles, tile.crop(current), self.options, self.job.device, count
+                tile.crop(content), tile_styles, tile_start, self.options, self.job.device, count - done
             )
             solver = self.stage(clock, stage)
-            feather = tiles.weights(tile, height, width, overlap)[..., None]
 
             def view(
                 solver: Solver = solver,
@@ -236,14 +304,19 @@ class _Run:
                 feather: Float = feather,
                 base: Float = current,
             ) -> FloatImage:
-                image = base.copy()
-                region = tile.crop(image)
-                region[...] = region * (1 - feather) + solver.pixels() * feather
-                return image
+                return _pasted(base, tile, feather, solver.pixels())
 
-            yield from self.iterations(solver, count, clock, scale, number, view)
+            yield from self.iterations(solver, count - done, clock, scale, number, view, done, current)
             current = view()
         return current
+
+
+def _pasted(base: FloatImage, tile: tiles.Tile, feather: Float, pixels: FloatImage) -> FloatImage:
+    """`base` with a tile's pixels blended in over its feathered edges."""
+    image = base.copy()
+    region = tile.crop(image)
+    region[...] = region * (1 - feather) + pixels * feather
+    return image
 
 
 def drive(

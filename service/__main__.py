@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"styletransfer-server listening on {settings.host}:{server.port}", flush=True)
+    # One write, newline included: another thread's log line must not land after the digits.
+    sys.stdout.write(f"styletransfer-server listening on {settings.host}:{server.port}\n")
+    sys.stdout.flush()
     # A signal delivered to another thread does not wake a main thread blocked on a lock; a short
     # sleep returns to the interpreter often, which then runs the handler.
     while not received:

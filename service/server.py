@@ -284,6 +284,7 @@ def build(
             heartbeat=settings.heartbeat_seconds,
             lease_seconds=settings.lease_seconds,
             max_runs=settings.max_job_runs,
+            checkpoint_seconds=settings.checkpoint_seconds,
             on_health=lambda answering: holder[0].store_answering(answering) if holder else None,
         )
         try:

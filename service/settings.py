@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     """With the Redis store: how many times a job may be started before its replica's death ends
     it FAILED with reason RUNS_EXHAUSTED instead of another resume (a job that kills whatever
     runs it must not take down replica after replica). Hand-offs by draining replicas do not count."""
+    checkpoint_seconds: float = Field(default=30.0, ge=0)
+    """With the Redis store: how often a running job's state (its image as float32, where it is
+    in its scales and tiles, its losses) goes to Redis, besides the end of every scale and tile;
+    a resumed job starts from its last checkpoint, so at most this long of work is redone.
+    0: no checkpoints (a resumed job starts over)."""
     job_history: int = Field(default=4096, ge=16)
     """Events kept per job, so that WatchJob can resume after a disconnect."""
     job_history_bytes: int = Field(default=16 * 1024 * 1024, ge=0)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from backends.base import (
+    Checkpoint,
     Iterate,
 )
 from backends.errors import (
@@ -128,6 +129,10 @@ class Job:
     request_id: str = ""  # of the call that created it, for the logs
     resumed: Resumed | None = None  # set when this run continues a run on another replica
     first_sequence: int = 1  # the sequence of this run's first event
+    resume_from: Checkpoint | None = None  # where the run it continues had got to
+    checkpoint_seconds: float = 0.0  # how often the backend offers a checkpoint; 0: never
+    on_checkpoint: Callable[[Checkpoint], None] | None = None  # takes each one offered
+    checkpoint_wanted: threading.Event = field(default_factory=threading.Event)  # one now, please
     stop: StopSignal = field(init=False)
     log: EventLog = field(init=False)
 

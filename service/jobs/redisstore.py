@@ -34,6 +34,7 @@ needs a single Redis (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 import threading
@@ -42,13 +43,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import redis
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 from styletransfer.v1 import style_transfer_pb2 as pb
 
-from backends.base import Backend
+from backends.base import Backend, Checkpoint, FloatImage, Losses
 from backends.errors import (
     BackendFailure,
     Cancelled,
@@ -76,6 +78,7 @@ POLL_MS = 1000  # blocking reads wake up this often to notice a caller that went
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 TAKE_SCAN = 64  # queue entries a take looks through for jobs that can join the head's batch
 HEALTH_SECONDS = 2.0  # how often the store is pinged for the health status
+HANDOFF_CHECKPOINT_SECONDS = 10.0  # how long a drain waits for its jobs' last checkpoints
 MIRROR_FLUSH_SECONDS = 10.0  # at shutdown, how long the last events get to reach Redis
 
 # KEYS: queue, job hash, events, owned set, waiting counts. ARGV: capacity, job id, created,
@@ -161,6 +164,12 @@ if not entry then return -1 end
 return #redis.call('XRANGE', redis.call('HGET', KEYS[1], 'queue'), '-', '(' .. entry)
 """
 
+# KEYS: job hash. ARGV: why. Marks a job to stop, unless it is already gone.
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'stop', ARGV[1]) end
+return 0
+"""
+
 # Delete a key only while it still names the job that claimed it.
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
@@ -178,7 +187,7 @@ redis.call('ZADD', KEYS[1], 'XX', clock[1] * 1000 + math.floor(clock[2] / 1000) 
 return 1
 """
 
-# KEYS: job hash, events, running. ARGV: generation, sequence (0: the snapshot alone), field,
+# KEYS: job hash, events, running, checkpoint. ARGV: generation, sequence (0: the snapshot alone), field,
 # value, snapshot, events kept, 1 when the event is the job's last, job id. Writes a running
 # job's event and snapshot only for the generation that holds the job (-1 otherwise: the writer
 # has been fenced off); an event at or below the newest sequence is already there (a retry).
@@ -196,11 +205,22 @@ end
 redis.call('HSET', KEYS[1], 'snapshot', ARGV[5])
 if ARGV[7] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[8])
+  redis.call('DEL', KEYS[4])
   redis.call('HDEL', KEYS[1], 'owner')
   for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
     if string.sub(name, 1, 2) == 'f:' then redis.call('HDEL', KEYS[1], name) end
   end
 end
+return 1
+"""
+
+# KEYS: job hash, checkpoint. ARGV: generation, then the checkpoint's field/value pairs. Replaces
+# the job's checkpoint, for the generation that holds a job still running (1), else -1.
+_SAVE = """
+if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[1]) then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'f:request') == 0 then return -1 end
+redis.call('DEL', KEYS[2])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -211,8 +231,9 @@ local function requeue(key, waiting, why)
   local generation = redis.call('HINCRBY', key, 'generation', 1)
   redis.call('HDEL', key, 'owner')
   local fields = {}
-  for _, name in ipairs({'job', 'batch', 'kind', 'request', 'principal', 'key', 'fingerprint',
-                         'deadline', 'created', 'request_id'}) do
+  -- No batch key: a resumed job is out of step with any other, so it runs alone.
+  for _, name in ipairs({'job', 'kind', 'request', 'principal', 'key', 'fingerprint', 'deadline',
+                         'created', 'request_id'}) do
     local value = redis.call('HGET', key, 'f:' .. name)
     if value then
       fields[#fields + 1] = name
@@ -327,6 +348,7 @@ class RedisStore:
         prefix: str = "styletransfer:",
         lease_seconds: float = 10.0,
         max_runs: int = 3,
+        checkpoint_seconds: float = 30.0,
         replica: str = "",
     ) -> None:
         # Any: redis-py types each reply as the union of its sync and async forms.
@@ -346,6 +368,10 @@ class RedisStore:
         self._held: dict[str, tuple[Job, int]] = {}  # jobs leased here, with their generation
         self._held_lock = threading.Lock()
         self._renew_now = threading.Event()
+        self.checkpoint_seconds = checkpoint_seconds
+        self._checkpoints: dict[str, tuple[Job, int, Checkpoint]] = {}  # the newest, not yet saved
+        self._checkpoints_ready = threading.Condition()
+        self._saved: dict[str, int] = {}  # job id -> the iteration of its newest saved checkpoint
         self._reclaim_after = 0.0  # time.monotonic() before which no expired lease is taken over
         self.healthy = True
         self._stopped = threading.Event()  # everything stops
@@ -363,6 +389,8 @@ class RedisStore:
         self._write = self.client.register_script(_WRITE)
         self._reclaim = self.client.register_script(_RECLAIM)
         self._handoff = self.client.register_script(_HANDOFF)
+        self._save = self.client.register_script(_SAVE)
+        self._mark = self.client.register_script(_MARK)
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -371,6 +399,9 @@ class RedisStore:
 
     def _events(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:events"
+
+    def _checkpoint(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:checkpoint"
 
     def _owned(self, principal: str) -> str:
         return f"{self.prefix}jobs:{principal}"
@@ -394,6 +425,7 @@ class RedisStore:
         self._spawn(self._watch_health, "shared-health")
         self._spawn(self._reap_expired, "shared-reaper")
         self._spawn(self._renew_leases, "shared-leases")
+        self._spawn(self._save_checkpoints, "shared-checkpoints")
         classes = sorted({device_class(d) for b in backends.values() for d in b.devices()})
         for name in classes:
             workers = Workers(name, backends, self.core.on_fatal, self.core.observer)
@@ -426,6 +458,8 @@ class RedisStore:
             thread.join(max(0.0, flush_by - time.monotonic()))
         self._stopped.set()
         self._renew_now.set()
+        with self._checkpoints_ready:
+            self._checkpoints_ready.notify_all()
         for thread in self._threads:
             thread.join(timeout=2 * POLL_MS / 1000)
         self.client.close()
@@ -457,12 +491,12 @@ class RedisStore:
                     message = pubsub.get_message(timeout=POLL_MS / 1000)
                     if message is None:
                         continue
-                    job_id = message["data"].decode()
+                    job_id, _, reason = message["data"].decode().partition(" ")
                     try:
-                        self.core.cancel(job_id)
+                        self.core.get(job_id).cancel(StopReason(reason or StopReason.CALLER.value))
                         log.info("job_cancel_relayed", job_id=job_id)
                     except NotFound:
-                        pass  # not running here
+                        pass  # not running here (a replica about to run it reads the mark)
                 pubsub.close()
             except redis.RedisError as error:
                 pubsub.close()
@@ -630,12 +664,14 @@ class RedisStore:
         deadline = None
         if wall_deadline:
             deadline = time.monotonic() + float(wall_deadline) - time.time()
-        resumed, first = None, 1
+        resumed, first, checkpoint = None, 1, None
         if "resumed" in fields:
-            # Another replica ran it before: this run's events go on after the ones Redis kept.
+            # Another replica ran it before: this run's events go on after the ones Redis kept,
+            # and its work from the last checkpoint that run saved.
             first = self._newest_sequence(job_id) + 1
+            checkpoint = _loaded(self.client.hgetall(self._checkpoint(job_id)))
             why = fields.get("resumed", b"LEASE_EXPIRED").decode()
-            resumed = Resumed(0, run, self.replica, why)
+            resumed = Resumed(checkpoint.iteration if checkpoint else 0, run, self.replica, why)
         job = Job(
             id=job_id,
             spec=spec,
@@ -651,13 +687,19 @@ class RedisStore:
             accepted_at=time.monotonic() - max(0.0, time.time() - created),
             resumed=resumed,
             first_sequence=first,
+            resume_from=checkpoint,
+            checkpoint_seconds=self.checkpoint_seconds,
         )
+        job.on_checkpoint = lambda taken: self._offer_checkpoint(job, generation, taken)
         if resumed is not None:
             log.info("job_resumed", job_id=job_id, run=run, reason=resumed.reason, first_sequence=first)
             self.core.observer.resumed(job, resumed.reason)
         self.core.adopt(job)
         with self._held_lock:
             self._held[job_id] = (job, generation)
+        stop = self.client.hget(self._job(job_id), "stop")  # asked while it was being taken
+        if stop is not None:
+            job.cancel(StopReason(stop.decode()))
         thread = threading.Thread(
             target=self._mirror, args=(job, generation), name=f"mirror-{job_id[:8]}", daemon=True
         )
@@ -693,6 +735,8 @@ class RedisStore:
         finally:
             with self._held_lock:
                 self._held.pop(job.id, None)
+            with self._checkpoints_ready:
+                self._saved.pop(job.id, None)
             with self._mirrors_lock:
                 self._mirrors.discard(threading.current_thread())
 
@@ -703,7 +747,7 @@ class RedisStore:
         ((name, value),) = fields.items()
         snapshot = convert.job(job, -1).SerializeToString()
         written = self._write(
-            keys=[self._job(job.id), self._events(job.id), self._running],
+            keys=[self._job(job.id), self._events(job.id), self._running, self._checkpoint(job.id)],
             args=[generation, sequence, name, value, snapshot, self.limits.history, int(last), job.id],
         )
         return int(written) == 1
@@ -755,7 +799,7 @@ class RedisStore:
         snapshot.last_sequence = sequence
         snapshot.error.CopyFrom(pb.JobError(code=status.code, message=status.message, reason=error.reason))
         written = self._write(
-            keys=[self._job(job_id), self._events(job_id), self._running],
+            keys=[self._job(job_id), self._events(job_id), self._running, self._checkpoint(job_id)],
             args=[
                 generation,
                 sequence,
@@ -817,11 +861,68 @@ class RedisStore:
             log.error("job_runs_exhausted", job_id=job_id.decode(), runs=self.max_runs)
             self._end(job_id.decode(), error, int(generation))
 
+    def _checkpoint_now(self, jobs: list[Job]) -> None:
+        """Ask each running job for a checkpoint at its next iteration and wait (a bounded time)
+        until each is saved."""
+        wanted = {}
+        for job in jobs:
+            wanted[job.id] = job.last_progress.iteration if job.last_progress else 0
+            job.checkpoint_wanted.set()
+        deadline = time.monotonic() + HANDOFF_CHECKPOINT_SECONDS
+        with self._checkpoints_ready:
+            while pending := [j.id for j in jobs if not j.done and self._saved.get(j.id, -1) < wanted[j.id]]:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("checkpoint_late", job_ids=pending)
+                    return
+                self._checkpoints_ready.wait(min(left, 0.1))
+
+    def _offer_checkpoint(self, job: Job, generation: int, checkpoint: Checkpoint) -> None:
+        """Keep a job's newest checkpoint for the writer (an older unsaved one is dropped)."""
+        with self._checkpoints_ready:
+            self._checkpoints[job.id] = (job, generation, checkpoint)
+            self._checkpoints_ready.notify()
+
+    def _save_checkpoints(self) -> None:
+        """Write checkpoints to Redis off the worker's thread, the newest of each job first come."""
+        while not self._stopped.is_set():
+            with self._checkpoints_ready:
+                while not self._checkpoints and not self._stopped.is_set():
+                    self._checkpoints_ready.wait()
+                if not self._checkpoints:
+                    return
+                job_id = next(iter(self._checkpoints))
+                job, generation, checkpoint = self._checkpoints.pop(job_id)
+            if job.done:
+                continue
+            started = time.perf_counter()
+            try:
+                saved = self._save(
+                    keys=[self._job(job_id), self._checkpoint(job_id)],
+                    args=[generation, *_flat(_saved(checkpoint))],
+                )
+            except redis.RedisError as error:  # the next one may get through
+                log.warning("shared_store_unreachable", job_id=job_id, during="checkpoint", error=str(error))
+                continue
+            if int(saved) == 1:
+                with self._checkpoints_ready:
+                    self._saved[job_id] = checkpoint.iteration
+                    self._checkpoints_ready.notify_all()
+                log.debug(
+                    "checkpoint_saved",
+                    job_id=job_id,
+                    iteration=checkpoint.iteration,
+                    seconds=round(time.perf_counter() - started, 4),
+                )
+
     def hand_off(self) -> int:
         """Give every job still running here back to the shared line (a drain that ran out of
-        time); they stop here without an ending, and another replica resumes them."""
+        time), each after a checkpoint of where it is; they stop here without an ending, and
+        another replica resumes them."""
         with self._held_lock:
-            held = list(self._held.values())
+            held = [(job, generation) for job, generation in self._held.values() if not job.done]
+        if self.checkpoint_seconds:
+            self._checkpoint_now([job for job, _ in held])
         handed = 0
         for job, generation in held:
             if job.done:
@@ -913,7 +1014,7 @@ class RedisStore:
         self._snapshot(job_id, principal)  # NotFound unless theirs
         with _answering():
             if not self._stop_waiting(job_id, lambda: Cancelled("the job was cancelled")):
-                self.client.publish(self.prefix + CANCEL_CHANNEL, job_id)
+                self._stop_running(job_id, StopReason.CALLER)
         return self._snapshot(job_id, principal)
 
     def abandon(self, job_id: str) -> None:
@@ -929,9 +1030,15 @@ class RedisStore:
                 ),
             )
             if not stopped:
-                self.client.publish(self.prefix + CANCEL_CHANNEL, job_id)
+                self._stop_running(job_id, StopReason.DEADLINE if late else StopReason.CALLER)
         except redis.RedisError as error:
             log.warning("shared_store_unreachable", job_id=job_id, during="abandon", error=str(error))
+
+    def _stop_running(self, job_id: str, reason: StopReason) -> None:
+        """Stop a job that has left the line: marked in its hash (a replica taking it this very
+        moment reads the mark once it holds the job) and told to whichever replica runs it."""
+        self._mark(keys=[self._job(job_id)], args=[reason.value])
+        self.client.publish(self.prefix + CANCEL_CHANNEL, f"{job_id} {reason.value}")
 
     def watch(
         self, job_id: str, principal: str, after: int, alive: Callable[[], bool]
@@ -996,3 +1103,46 @@ def _terminal(fields: Mapping[bytes, bytes]) -> bool:
 
 def _ended(snapshot: pb.Job) -> bool:
     return snapshot.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+
+
+def _array(data: bytes) -> FloatImage:
+    return np.asarray(np.load(io.BytesIO(data), allow_pickle=False), dtype=np.float32)
+
+
+def _bytes(array: FloatImage) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _saved(checkpoint: Checkpoint) -> dict[str, str | bytes]:
+    """A checkpoint as the fields of its Redis hash (images as .npy float32)."""
+    losses = checkpoint.losses
+    fields: dict[str, str | bytes] = {
+        "iteration": str(checkpoint.iteration),
+        "scale": str(checkpoint.scale),
+        "tile": str(checkpoint.tile),
+        "stage_iteration": str(checkpoint.stage_iteration),
+        "losses": ",".join(repr(v) for v in (losses.content, losses.style, losses.tv, losses.total)),
+        "image": _bytes(checkpoint.image),
+    }
+    if checkpoint.canvas is not None:
+        fields["canvas"] = _bytes(checkpoint.canvas)
+    return fields
+
+
+def _loaded(fields: Mapping[bytes, bytes]) -> Checkpoint | None:
+    """The checkpoint a hash holds; None when there is none."""
+    if not fields:
+        return None
+    content, style, tv, total = (float(v) for v in fields[b"losses"].decode().split(","))
+    canvas = fields.get(b"canvas")
+    return Checkpoint(
+        iteration=int(fields[b"iteration"]),
+        scale=int(fields[b"scale"]),
+        tile=int(fields[b"tile"]),
+        stage_iteration=int(fields[b"stage_iteration"]),
+        image=_array(fields[b"image"]),
+        losses=Losses(content, style, tv, total),
+        canvas=None if canvas is None else _array(canvas),
+    )

@@ -110,6 +110,9 @@ def backend_job(job: Job) -> BackendJob:
         options.device,
         options.preview_every,
         job.spec.init_image,
+        job.checkpoint_seconds,
+        job.resume_from,
+        job.checkpoint_wanted.is_set,
     )
 
 
@@ -152,6 +155,9 @@ def run_job(
                     )
                 if record.image is not None:
                     previews.offer(record.iteration, record.image)
+                if record.checkpoint is not None and job.on_checkpoint is not None:
+                    job.checkpoint_wanted.clear()
+                    job.on_checkpoint(record.checkpoint)
             elif isinstance(record, Outcome):
                 encode_start = time.monotonic()
                 final = record.pixels if record.pixels is not None else record.image

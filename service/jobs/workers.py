@@ -143,10 +143,9 @@ class DeviceWorkers(Workers):
     def position(self, job: Job) -> int:
         """0-based place of a waiting job in the line; -1 when it is not waiting."""
         with self._changed:
-            try:
-                return self._waiting.index(job)
-            except ValueError:
-                return -1
+            # By identity: deque.index compares with == and, missing, builds a message with the
+            # job's repr, images and all.
+            return next((i for i, waiting in enumerate(self._waiting) if waiting is job), -1)
 
     def depth(self) -> int:
         with self._changed:

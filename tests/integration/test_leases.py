@@ -26,6 +26,7 @@ from service.server import Server, build
 from service.settings import Settings
 
 LEASE = "1.5"
+CHECKPOINT = 0.5  # seconds between checkpoints
 TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 
 
@@ -47,6 +48,7 @@ def _replica(store: RedisProcess, cache: Path, **env: str) -> serverproc.ServerP
         env={
             "STYLETRANSFER_STORE": store.url,
             "STYLETRANSFER_LEASE_SECONDS": LEASE,
+            "STYLETRANSFER_CHECKPOINT_SECONDS": str(CHECKPOINT),
             "STYLETRANSFER_WARMUP": "false",
             **env,
         },
@@ -75,9 +77,10 @@ def _progress(stub: pb_grpc.StyleTransferStub, name: str, at_least: int) -> None
 
 def test_a_job_whose_replica_is_killed_finishes_on_another(store: RedisProcess, tmp_path: Path) -> None:
     """SIGKILL of the replica running a job, with another alive: once the lease runs out the job
-    goes back to the line, the other replica resumes it and it ends SUCCEEDED with its full
-    iteration count; a watcher on the survivor sees every sequence once, in order, and a
-    `resumed` event saying where and why."""
+    goes back to the line, the other replica resumes it from its last checkpoint and it ends
+    SUCCEEDED with its full iteration count; a watcher on the survivor sees every sequence once,
+    in order, and a `resumed` event saying from where and why; the iterations done again are no
+    more than one checkpoint interval holds."""
     first = _replica(store, tmp_path)
     second: serverproc.ServerProcess | None = None
     try:
@@ -96,11 +99,18 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(store: RedisProcess, 
         assert sequences == list(range(1, len(sequences) + 1))
         resumed = [e.resumed for e in events if e.HasField("resumed")]
         assert len(resumed) == 1
-        assert (resumed[0].attempt, resumed[0].reason, resumed[0].from_iteration) == (2, "LEASE_EXPIRED", 0)
+        assert (resumed[0].attempt, resumed[0].reason) == (2, "LEASE_EXPIRED")
         assert resumed[0].replica.endswith(f":{second.proc.pid}")
-        after = events[[e.HasField("resumed") for e in events].index(True) :]
-        iterations = [e.progress.iteration for e in after if e.HasField("progress")]
-        assert iterations == list(range(1, 401))
+        cut = [e.HasField("resumed") for e in events].index(True)
+        before = [e.progress for e in events[:cut] if e.HasField("progress")]
+        start = resumed[0].from_iteration
+        assert 3 <= start <= before[-1].iteration  # from a checkpoint, not from the start
+        iterations = [e.progress.iteration for e in events[cut:] if e.HasField("progress")]
+        assert iterations == list(range(start + 1, 401))
+        # Redone: what the dead run had reported past its last checkpoint, at most an interval's
+        # worth of iterations (at the rate it ran) plus the one being written.
+        rate = before[-1].iteration / before[-1].elapsed_seconds
+        assert before[-1].iteration - start <= rate * CHECKPOINT + 2
         assert done.state == pb.JOB_STATE_SUCCEEDED and done.result.image.data
         assert done.last_sequence == sequences[-1]
         assert time.monotonic() - killed_at < 90
@@ -205,12 +215,14 @@ def test_a_replica_that_hangs_past_its_lease_is_fenced_off(store: RedisProcess, 
 
 
 def test_a_draining_replica_hands_its_running_job_to_another(server: Server, store: RedisProcess) -> None:
-    """A replica stopped with a short grace while it runs a long job hands the job back to the
-    line instead of ending it UNAVAILABLE: the other replica resumes it (reason HANDED_OFF) and
-    it ends SUCCEEDED; a hand-off does not count as a failed run."""
+    """A replica stopped with a short grace while it runs a long job checkpoints it and hands it
+    back to the line instead of ending it UNAVAILABLE: the other replica resumes it from there
+    (reason HANDED_OFF) and it ends SUCCEEDED; a hand-off does not count as a failed run."""
     replicas = [
         build(
-            Settings(port=0, warmup=False, store=store.url, lease_seconds=float(LEASE)),
+            Settings(
+                port=0, warmup=False, store=store.url, lease_seconds=float(LEASE), checkpoint_seconds=60
+            ),
             random_weights(0),
             dict(server.core.backends),
         )
@@ -223,12 +235,16 @@ def test_a_draining_replica_hands_its_running_job_to_another(server: Server, sto
         _progress(stubs[0], job.name, 2)
         runner = next(i for i, r in enumerate(replicas) if r.core.jobs() and not r.core.jobs()[0].done)
         survivor = stubs[1 - runner]
+        reached = replicas[runner].core.jobs()[0].last_progress
+        assert reached is not None
         replicas[runner].stop(grace=0.2)
         events = list(survivor.WatchJob(pb.WatchJobRequest(name=job.name), timeout=120))
         done = survivor.GetJob(pb.GetJobRequest(name=job.name), timeout=10)
         assert done.state == pb.JOB_STATE_SUCCEEDED
         resumed = [e.resumed for e in events if e.HasField("resumed")]
         assert [(r.reason, r.attempt) for r in resumed] == [("HANDED_OFF", 2)]
+        # It checkpointed where it stood on the way out (the interval alone would not have come).
+        assert resumed[0].from_iteration >= reached.iteration
         sequences = [e.sequence for e in events if not e.HasField("heartbeat")]
         assert sequences == list(range(1, len(sequences) + 1))
         assert _runs(store, job.name) == 1  # the hand-off gave its run back

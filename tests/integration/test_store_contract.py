@@ -285,3 +285,14 @@ def test_a_quiet_stream_gets_heartbeats(api: pb_grpc.StyleTransferStub) -> None:
         assert beat.HasField("heartbeat") and beat.sequence == 1
         stream.cancel()
         api.CancelJob(pb.CancelJobRequest(name=waiting.name), metadata=ALICE, timeout=10)
+
+
+def test_a_cancel_right_after_creation_always_stops_the_job(api: pb_grpc.StyleTransferStub) -> None:
+    """Cancelled at once, a job is stopped whether it still waits, is being taken from the line
+    at that very moment, or has started: every one of them ends CANCELLED."""
+    names = []
+    for seed in range(20):
+        job = api.CreateJob(_request(LONG, seed=20 + seed), metadata=ALICE, timeout=10)
+        api.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE, timeout=10)
+        names.append(job.name)
+    assert {_wait(api, name, *TERMINAL).state for name in names} == {pb.JOB_STATE_CANCELLED}
