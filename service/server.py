@@ -265,11 +265,10 @@ def build(
         ("grpc.http2.max_pings_without_data", 0),
     ]
     if settings.max_connection_age_seconds is not None:
-        options += [
-            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
-            # A job stream in flight gets as long as the drain to finish on the old connection.
-            ("grpc.max_connection_age_grace_ms", int(max(settings.shutdown_grace, 1) * 1000)),
-        ]
+        # No grace limit after it: a stream in flight on an old connection lasts as long as its
+        # job (calls that start later go to a new connection); a limit would cut long jobs'
+        # streams for no caller's reason.
+        options += [("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000))]
     prepare = Preparer(core, defaults, settings, holds=settings.store == "memory")
     store: JobStore
     shared: RedisStore | None = None
@@ -329,7 +328,14 @@ def build(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     pb_grpc.add_StyleTransferServicer_to_server(  # type: ignore[no-untyped-call]
-        StyleTransferServicer(store, info, principals), grpc_server
+        StyleTransferServicer(
+            store,
+            info,
+            principals,
+            stopping=lambda: bool(holder) and holder[0].stopping,
+            reattach_seconds=settings.reattach_seconds,
+        ),
+        grpc_server,
     )
     # Blocking Watch: each holds a thread, counted and bounded by the interceptor (service.limits).
     health_servicer = health.HealthServicer(experimental_non_blocking=False)

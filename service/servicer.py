@@ -32,10 +32,15 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         store: JobStore,
         info: Callable[[], pb.ServerInfo],
         principals: Principals | None = None,
+        *,
+        stopping: Callable[[], bool] = lambda: False,
+        reattach_seconds: float = 0.0,
     ) -> None:
         self._store = store
         self._info = info
         self._principals = principals or Principals(())
+        self._stopping = stopping
+        self._reattach_seconds = reattach_seconds
 
     def _submission(
         self,
@@ -51,9 +56,18 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     ) -> Iterator[pb.TransferEvent]:
         submission = self._submission(request, context, context.time_remaining())
         job_id = _job_id(self._store.create(submission).name)
-        store = self._store
-        context.add_callback(lambda: store.abandon(job_id))  # stop computing for nobody
+        store, ended = self._store, False
+
+        def gone() -> None:
+            # The stream ended before the job did. Stop computing for nobody, unless this server
+            # ended it (a drain: the job is handed over or ends by itself) or the caller comes
+            # back with WatchJob within reattach_seconds (a proxy or the network cut the stream).
+            if not ended and not self._stopping():
+                store.abandon(job_id, self._reattach_seconds)
+
+        context.add_callback(gone)
         yield from store.watch(job_id, submission.principal, 0, context.is_active)
+        ended = True
 
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
         return self._info()

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     """How long a finished job (and its result) stays readable; then GetJob says NOT_FOUND."""
     job_retention_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     """Encoded result bytes finished jobs may hold in all; the oldest are forgotten first."""
+    reattach_seconds: float = Field(default=10.0, ge=0)
+    """How long a job whose Transfer stream broke off waits for its caller to come back with
+    WatchJob (a proxy's timeout or the network cut the stream) before it is cancelled as nobody's.
+    A caller's deadline still ends the job at once, and a stream the server ends (a drain) never
+    cancels its job. 0: cancel as soon as the stream ends."""
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     """Seconds of quiet after which a stream gets a heartbeat event."""
     rpc_threads: int = Field(default=32, ge=4)

@@ -133,6 +133,7 @@ class Job:
     checkpoint_seconds: float = 0.0  # how often the backend offers a checkpoint; 0: never
     on_checkpoint: Callable[[Checkpoint], None] | None = None  # takes each one offered
     checkpoint_wanted: threading.Event = field(default_factory=threading.Event)  # one now, please
+    attached_at: float | None = None  # time.monotonic() of the latest watch that began
     stop: StopSignal = field(init=False)
     log: EventLog = field(init=False)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 
 from styletransfer.v1 import style_transfer_pb2 as pb
 
@@ -56,14 +57,31 @@ class MemoryStore:
         self, job_id: str, principal: str, after: int, alive: Callable[[], bool]
     ) -> Iterator[pb.TransferEvent]:
         job = self.core.get(job_id, principal)
+        job.attached_at = time.monotonic()  # a Transfer caller that lost its stream is back
         for sequence, item in job.stream(after, self.heartbeat):
             if isinstance(item, Failed):
                 raise item.error
             yield convert.event(job, sequence, item)
 
-    def abandon(self, job_id: str) -> None:
-        with suppress(NotFound):  # already forgotten: nothing left to stop
-            self.core.get(job_id).caller_gone()
+    def abandon(self, job_id: str, grace: float = 0.0) -> None:
+        try:
+            job = self.core.get(job_id)
+        except NotFound:
+            return  # already forgotten: nothing left to stop
+        if job.done:
+            return
+        if not grace:
+            job.caller_gone()
+            return
+        left = time.monotonic()
+
+        def unless_back() -> None:
+            if job.attached_at is None or job.attached_at < left:
+                job.caller_gone()
+
+        timer = threading.Timer(grace, unless_back)
+        timer.daemon = True
+        timer.start()
 
     def queue_depths(self) -> dict[str, int]:
         return self.core.queue_depths()

@@ -164,9 +164,9 @@ if not entry then return -1 end
 return #redis.call('XRANGE', redis.call('HGET', KEYS[1], 'queue'), '-', '(' .. entry)
 """
 
-# KEYS: job hash. ARGV: why. Marks a job to stop, unless it is already gone.
+# KEYS: job hash. ARGV: field, value. Sets a field of a job's hash, unless the job is gone.
 _MARK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'stop', ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return 0
 """
 
@@ -1017,7 +1017,25 @@ class RedisStore:
                 self._stop_running(job_id, StopReason.CALLER)
         return self._snapshot(job_id, principal)
 
-    def abandon(self, job_id: str) -> None:
+    def abandon(self, job_id: str, grace: float = 0.0) -> None:
+        if not grace:
+            self._abandon(job_id)
+            return
+        left = time.time()
+
+        def unless_back() -> None:
+            try:
+                back = self.client.hget(self._job(job_id), "attached")
+            except redis.RedisError:
+                back = None
+            if back is None or float(back) < left:
+                self._abandon(job_id)
+
+        timer = threading.Timer(grace, unless_back)
+        timer.daemon = True
+        timer.start()
+
+    def _abandon(self, job_id: str) -> None:
         try:
             raw = self.client.hget(self._job(job_id), "deadline")
             late = bool(raw) and float(raw) <= time.time() + 0.25
@@ -1037,7 +1055,7 @@ class RedisStore:
     def _stop_running(self, job_id: str, reason: StopReason) -> None:
         """Stop a job that has left the line: marked in its hash (a replica taking it this very
         moment reads the mark once it holds the job) and told to whichever replica runs it."""
-        self._mark(keys=[self._job(job_id)], args=[reason.value])
+        self._mark(keys=[self._job(job_id)], args=["stop", reason.value])
         self.client.publish(self.prefix + CANCEL_CHANNEL, f"{job_id} {reason.value}")
 
     def watch(
@@ -1046,6 +1064,8 @@ class RedisStore:
         snapshot = self._snapshot(job_id, principal)
         if _ended(snapshot) and after >= snapshot.last_sequence:
             return  # nothing after the terminal event
+        with _answering():  # a Transfer caller that lost its stream is back, wherever it left
+            self._mark(keys=[self._job(job_id)], args=["attached", repr(time.time())])
         cursor = f"{after}-0"
         stream = self._events(job_id)
         quiet_since = time.monotonic()

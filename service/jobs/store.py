@@ -139,8 +139,9 @@ class JobStore(Protocol):
         raises its error. Heartbeats while it is quiet; ends soon after `alive()` turns False."""
         ...
 
-    def abandon(self, job_id: str) -> None:
-        """The caller that runs this job through Transfer went away: stop it, quietly."""
+    def abandon(self, job_id: str, grace: float = 0.0) -> None:
+        """The Transfer stream of this job ended before the job: stop it, quietly, unless within
+        `grace` seconds a WatchJob of it begins (its caller came back)."""
         ...
 
     def queue_depths(self) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,6 +56,18 @@ def _replica(store: RedisProcess, cache: Path, **env: str) -> serverproc.ServerP
     )
     replica.wait_serving()
     return replica
+
+
+def _in_process_pair(server: Server, store: RedisProcess, **settings: float) -> list[Server]:
+    """Two replicas in this process on the store, sharing the session's backends."""
+    return [
+        build(
+            Settings(port=0, warmup=False, store=store.url, lease_seconds=float(LEASE), **settings),  # type: ignore[arg-type]
+            random_weights(0),
+            dict(server.core.backends),
+        )
+        for _ in range(2)
+    ]
 
 
 def _request(iterations: int, size: int = 48) -> pb.CreateJobRequest:
@@ -218,16 +231,7 @@ def test_a_draining_replica_hands_its_running_job_to_another(server: Server, sto
     """A replica stopped with a short grace while it runs a long job checkpoints it and hands it
     back to the line instead of ending it UNAVAILABLE: the other replica resumes it from there
     (reason HANDED_OFF) and it ends SUCCEEDED; a hand-off does not count as a failed run."""
-    replicas = [
-        build(
-            Settings(
-                port=0, warmup=False, store=store.url, lease_seconds=float(LEASE), checkpoint_seconds=60
-            ),
-            random_weights(0),
-            dict(server.core.backends),
-        )
-        for _ in range(2)
-    ]
+    replicas = _in_process_pair(server, store, checkpoint_seconds=60)
     channels = [grpc.insecure_channel(f"127.0.0.1:{r.port}") for r in replicas]
     stubs = [pb_grpc.StyleTransferStub(c) for c in channels]
     try:
@@ -253,3 +257,81 @@ def test_a_draining_replica_hands_its_running_job_to_another(server: Server, sto
             channel.close()
         for replica in replicas:
             replica.stop(grace=2)
+
+
+def test_a_transfer_stream_cut_by_a_drain_costs_its_job_nothing(server: Server, store: RedisProcess) -> None:
+    """The replica holding a Transfer stream drains: the stream ends UNAVAILABLE, but the job is
+    not cancelled (only a caller that leaves for good is): its caller re-attaches on the other
+    replica with WatchJob from the last sequence it saw and gets the result."""
+    replicas = _in_process_pair(server, store, reattach_seconds=0)
+    channels = [grpc.insecure_channel(f"127.0.0.1:{r.port}") for r in replicas]
+    stubs = [pb_grpc.StyleTransferStub(c) for c in channels]
+    try:
+        request = pb.TransferRequest(
+            content=pb.Image(data=image_bytes(1, 48, 48)),
+            styles=[pb.StyleImage(image=pb.Image(data=image_bytes(2, 48, 48)))],
+            options=pb.TransferOptions(iterations=150, max_size=48),
+        )
+        stream = stubs[0].Transfer(request, timeout=120)
+        seen = [next(stream)]
+        name = f"jobs/{seen[0].accepted.job_id}"
+        while not seen[-1].HasField("progress"):
+            seen.append(next(stream))
+        replicas[0].stop(grace=0.2)
+        with pytest.raises(grpc.RpcError) as cut:
+            seen.extend(stream)
+        assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
+        rest = list(
+            stubs[1].WatchJob(pb.WatchJobRequest(name=name, after_sequence=seen[-1].sequence), timeout=120)
+        )
+        sequences = [e.sequence for e in seen + rest if not e.HasField("heartbeat")]
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert rest[-1].HasField("result")
+        assert stubs[1].GetJob(pb.GetJobRequest(name=name), timeout=10).state == pb.JOB_STATE_SUCCEEDED
+    finally:
+        for channel in channels:
+            channel.close()
+        for replica in replicas:
+            replica.stop(grace=2)
+
+
+def test_the_python_client_reattaches_a_cut_transfer_by_itself(server: Server, store: RedisProcess) -> None:
+    """`stylize` through a round_robin channel over two replicas: the replica holding its stream
+    drains mid-job; the client watches the job from the last sequence it saw on the other one,
+    hands each event to on_event once, in order, and returns the result."""
+    from styletransfer.client import StyleTransferClient
+
+    replicas = _in_process_pair(server, store)
+    target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
+    config = '{"loadBalancingConfig": [{"round_robin": {}}]}'
+    seen: list[pb.TransferEvent] = []
+    stopped: list[int] = []
+
+    def on_event(event: pb.TransferEvent) -> None:
+        seen.append(event)
+        if event.HasField("progress") and event.progress.iteration == 3 and not stopped:
+            holder = next(i for i, r in enumerate(replicas) if r.metrics is None or _streams(r))
+            stopped.append(holder)
+            threading.Thread(target=replicas[holder].stop, kwargs={"grace": 0.2}).start()
+
+    try:
+        with StyleTransferClient(
+            target, timeout=120, channel_options=[("grpc.service_config", config)]
+        ) as client:
+            result = client.stylize(
+                image_bytes(1, 48, 48), [image_bytes(2, 48, 48)], iterations=150, size=48, on_event=on_event
+            )
+        assert result.image.data and stopped
+        sequences = [e.sequence for e in seen if not e.HasField("heartbeat")]
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert seen[-1].HasField("result")
+    finally:
+        for replica in replicas:
+            replica.stop(grace=2)
+
+
+def _streams(replica: Server) -> bool:
+    """Whether this replica holds an open stream now."""
+    assert replica.metrics is not None
+    value = replica.metrics.registry.get_sample_value("styletransfer_streams_open", {"kind": "streaming"})
+    return bool(value)

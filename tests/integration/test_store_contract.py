@@ -46,6 +46,7 @@ def api(
             store=store,
             queue_size=3,
             max_queued_per_principal=2,
+            reattach_seconds=1.0,
             job_history=16,
             heartbeat_seconds=0.5,
             auth_tokens=SecretStr("alice:alice-secret,bob:bob-secret"),
@@ -296,3 +297,37 @@ def test_a_cancel_right_after_creation_always_stops_the_job(api: pb_grpc.StyleTr
         api.CancelJob(pb.CancelJobRequest(name=job.name), metadata=ALICE, timeout=10)
         names.append(job.name)
     assert {_wait(api, name, *TERMINAL).state for name in names} == {pb.JOB_STATE_CANCELLED}
+
+
+def test_a_transfer_caller_that_comes_back_keeps_its_job_and_one_that_does_not_loses_it(
+    api: pb_grpc.StyleTransferStub,
+) -> None:
+    """A Transfer stream that breaks off (here the caller cancels it, as a proxy's timeout would
+    look) leaves its job running for reattach_seconds: a WatchJob from the last sequence seen
+    within them picks the job up where the stream left it; without one the job is cancelled."""
+    request = pb.TransferRequest(
+        content=pb.Image(data=image_bytes(30, 40, 40)),
+        styles=[pb.StyleImage(image=pb.Image(data=image_bytes(2, 40, 40)))],
+        options=pb.TransferOptions(iterations=LONG, max_size=40),
+    )
+    kept = api.Transfer(request, metadata=ALICE, timeout=60)
+    accepted = next(kept)
+    name, last = f"jobs/{accepted.accepted.job_id}", accepted.sequence
+    while not next(kept).HasField("progress"):
+        pass
+    kept.cancel()
+    watch = api.WatchJob(pb.WatchJobRequest(name=name, after_sequence=last), metadata=ALICE, timeout=30)
+    assert next(watch).sequence == last + 1  # the events go on from where the stream left them
+    time.sleep(2.0)  # past the window: the job has its caller back
+    assert _get(api, name).state == pb.JOB_STATE_RUNNING
+    watch.cancel()  # a watcher leaving never stops a job
+    time.sleep(1.5)
+    assert _get(api, name).state == pb.JOB_STATE_RUNNING
+    api.CancelJob(pb.CancelJobRequest(name=name), metadata=ALICE, timeout=10)
+    assert _wait(api, name, *TERMINAL).state == pb.JOB_STATE_CANCELLED
+
+    lost = api.Transfer(request, metadata=ALICE, timeout=60)
+    name = f"jobs/{next(lost).accepted.job_id}"
+    lost.cancel()
+    assert _get(api, name).state != pb.JOB_STATE_CANCELLED  # not at once: it may come back
+    assert _wait(api, name, *TERMINAL).state == pb.JOB_STATE_CANCELLED

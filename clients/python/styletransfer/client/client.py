@@ -15,6 +15,7 @@ waits for the result. Failed calls raise `StyleTransferError`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -59,14 +60,40 @@ class TransferStream:
     Use it as a context manager (or call `cancel`) so that leaving early, by ``break``, an
     exception or Ctrl-C, ends the call. Ending a Transfer call cancels its job on the server;
     ending a WatchJob call only stops the watching, and the job goes on.
+
+    A Transfer stream that breaks off with ``UNAVAILABLE`` after its job was accepted (the
+    server drained, a proxy or the network cut it) re-attaches by itself: it watches the job
+    from the last sequence it saw, on whichever replica answers, so the events go on once each.
     """
 
-    def __init__(self, call: grpc.CallIterator[pb.TransferEvent], after_sequence: int = 0) -> None:
-        """Wrap a started call; ``after_sequence`` is where a WatchJob call resumes."""
+    def __init__(
+        self,
+        call: grpc.CallIterator[pb.TransferEvent],
+        after_sequence: int = 0,
+        *,
+        reattach: Callable[[str, int], grpc.CallIterator[pb.TransferEvent]] | None = None,
+        cancel_job: Callable[[str], object] | None = None,
+        max_reconnects: int = 5,
+    ) -> None:
+        """Wrap a started call; ``after_sequence`` is where a WatchJob call resumes.
+
+        ``reattach(name, after)`` opens a WatchJob call of the job, for a Transfer stream that
+        breaks off; ``cancel_job(name)`` cancels the job once the stream is a re-attached one
+        (a watch ending does not); ``max_reconnects`` bounds the re-attachments in a row that
+        bring nothing new.
+        """
         self._call = call
         self._events = iter(call)
         self.last_sequence = after_sequence
         """The largest event sequence number seen; pass it to `StyleTransferClient.watch_job` to resume."""
+        self.job_name = ""
+        """The job's name, ``jobs/{id}``, once its ``accepted`` event has arrived."""
+        self._reattach = reattach
+        self._cancel_job = cancel_job
+        self._max_reconnects = max_reconnects
+        self._reattached = False
+        self._ended = False
+        self._cancelled = False
 
     def __iter__(self) -> Self:
         """Return the stream itself: it can be iterated once."""
@@ -74,16 +101,47 @@ class TransferStream:
 
     def __next__(self) -> pb.TransferEvent:
         """Return the next event; raise `StyleTransferError` if the call failed."""
-        try:
-            event = next(self._events)
-        except grpc.RpcError as error:
-            raise StyleTransferError.from_rpc_error(error) from None
-        self.last_sequence = max(self.last_sequence, event.sequence)
-        return event
+        failures = 0
+        while True:
+            try:
+                event = next(self._events)
+            except StopIteration:
+                self._ended = True
+                raise
+            except grpc.RpcError as rpc_error:
+                error = StyleTransferError.from_rpc_error(rpc_error)
+                failures += 1
+                delay = self._reattach_delay(error, failures)
+                if delay is None:
+                    self._ended = True
+                    raise error from None
+                _sleep(delay)
+                assert self._reattach is not None
+                self._call = self._reattach(self.job_name, self.last_sequence)
+                self._events = iter(self._call)
+                self._reattached = True
+                continue
+            if not event.HasField("heartbeat") and 0 < event.sequence <= self.last_sequence:
+                continue  # already seen before the stream was re-attached
+            if event.HasField("accepted"):
+                self.job_name = f"jobs/{event.accepted.job_id}"
+            self.last_sequence = max(self.last_sequence, event.sequence)
+            return event
+
+    def _reattach_delay(self, error: StyleTransferError, failures: int) -> float | None:
+        """How long to wait before re-attaching after ``error``; None to raise it instead."""
+        if self._reattach is None or not self.job_name or self._cancelled:
+            return None
+        return _reconnect_delay(error, failures, self._max_reconnects, None)
 
     def cancel(self) -> None:
         """End the call (and, for Transfer, the job). Harmless once the call has ended."""
+        self._cancelled = True
         self._call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it unannotated
+        if self._reattached and not self._ended and self._cancel_job is not None and self.job_name:
+            # A re-attached stream is a watch: leaving it would not stop the job.
+            with contextlib.suppress(StyleTransferError):
+                self._cancel_job(self.job_name)
 
     def __enter__(self) -> Self:
         """Return the stream."""
@@ -281,7 +339,18 @@ class StyleTransferClient:
         request = build_request(
             content, styles, merged, idempotency_key=idempotency_key, init_image=init_image
         )
-        return TransferStream(self._transfer(request, timeout=self._deadline(timeout)))
+        budget = self._deadline(timeout)
+        deadline = None if budget is None else time.monotonic() + budget
+
+        def reattach(name: str, after: int) -> grpc.CallIterator[pb.TransferEvent]:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self._watch_job(pb.WatchJobRequest(name=name, after_sequence=after), timeout=left)
+
+        return TransferStream(
+            self._transfer(request, timeout=budget),
+            reattach=reattach,
+            cancel_job=lambda name: self.cancel_job(name, timeout=10),
+        )
 
     def stylize(
         self,
