@@ -186,6 +186,12 @@ std::optional<v1::Result> Show(const v1::TransferEvent& event, const std::string
           t.setup_seconds(), t.iteration_mean_ms());
       return r;
     }
+    case v1::TransferEvent::kResumed: {
+      const v1::Resumed& r = event.resumed();
+      std::printf("resumed: from_iteration=%u attempt=%u replica=%s reason=%s\n", r.from_iteration(),
+                  r.attempt(), r.replica().c_str(), r.reason().c_str());
+      break;
+    }
     case v1::TransferEvent::kHeartbeat:    // the job is waiting (queued); nothing to show
     case v1::TransferEvent::EVENT_NOT_SET:  // an event newer than this client
       break;

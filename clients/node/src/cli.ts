@@ -274,6 +274,12 @@ async function run(argv: readonly string[]): Promise<number> {
         case "heartbeat":
           console.log("waiting (heartbeat)");
           break;
+        case "resumed":
+          console.log(
+            `resumed: from_iteration=${event.value.fromIteration} attempt=${event.value.attempt} ` +
+              `replica=${event.value.replica} reason=${event.value.reason}`,
+          );
+          break;
         case "result":
           await writeFile(out, event.value.image?.data ?? Buffer.alloc(0));
           console.log(describeResult(event.value, out));

@@ -100,6 +100,10 @@ func follow(stream pb.StyleTransfer_TransferClient, previewDir string, w io.Writ
 				result.GetIterations(), formatLosses(result.GetLosses()), img.GetWidth(), img.GetHeight(),
 				formatName(img.GetFormat()), len(img.GetData()), t.GetTotalSeconds(), t.GetQueuedSeconds(),
 				t.GetSetupSeconds(), t.GetIterationMeanMs())
+		case *pb.TransferEvent_Resumed:
+			r := e.Resumed
+			fmt.Fprintf(w, "resumed: from_iteration=%d attempt=%d replica=%s reason=%s\n",
+				r.GetFromIteration(), r.GetAttempt(), r.GetReplica(), r.GetReason())
 		case *pb.TransferEvent_Heartbeat:
 			// The server is alive and the job is waiting (queued); nothing to show.
 		}

@@ -121,6 +121,7 @@ class ProgressReporter:
         self._handlers: Mapping[str, Callable[[pb.TransferEvent], None]] = {
             "accepted": self._accepted,
             "progress": self._progress,
+            "resumed": self._resumed,
             "result": self._result,
         }
 
@@ -156,6 +157,17 @@ class ProgressReporter:
             postfix += f" tv={losses.tv:.4g}"
         bar.set_postfix_str(postfix, refresh=False)
         bar.update(progress.iteration - bar.n)
+
+    def _resumed(self, event: pb.TransferEvent) -> None:
+        resumed = event.resumed
+        message = (
+            f"resumed on {resumed.replica} from iteration {resumed.from_iteration} "
+            f"(run {resumed.attempt}, {resumed.reason})"
+        )
+        if self._bar is not None:
+            self._bar.write(message, file=self._stream)
+        else:
+            print(message, file=self._stream)
 
     def _result(self, event: pb.TransferEvent) -> None:
         self.close()
