@@ -39,7 +39,32 @@ def store(tmp_path: Path) -> Iterator[RedisProcess]:
     process.stop()
 
 
-def _replica(store: RedisProcess, cache: Path, **env: str) -> serverproc.ServerProcess:
+def _replicas(store: RedisProcess, cache: Path, count: int, **env: str) -> list[serverproc.ServerProcess]:
+    """`count` replica processes on the store, started side by side; each serving on return."""
+    replicas = [_replica(store, cache, wait=False, **env) for _ in range(count)]
+    for replica in replicas:
+        replica.wait_serving()
+    return replicas
+
+
+def _owner(
+    store: RedisProcess, name: str, replicas: list[serverproc.ServerProcess]
+) -> serverproc.ServerProcess:
+    """The replica that holds the job's lease now (its hash names it as host:pid)."""
+    client = redis.Redis.from_url(store.url)
+    try:
+        _until(lambda: client.hget(_hash(name), "owner") is not None, f"nobody took {name}")
+        pid = int(client.hget(_hash(name), "owner").decode().rsplit(":", 1)[1])
+    finally:
+        client.close()
+    return next(r for r in replicas if r.proc.pid == pid)
+
+
+def _hash(name: str) -> str:
+    return f"styletransfer:job:{name.removeprefix('jobs/')}"
+
+
+def _replica(store: RedisProcess, cache: Path, wait: bool = True, **env: str) -> serverproc.ServerProcess:
     replica = serverproc.start(
         "--weights",
         "random:0",
@@ -54,7 +79,8 @@ def _replica(store: RedisProcess, cache: Path, **env: str) -> serverproc.ServerP
             **env,
         },
     )
-    replica.wait_serving()
+    if wait:
+        replica.wait_serving()
     return replica
 
 
@@ -94,13 +120,13 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(store: RedisProcess, 
     SUCCEEDED with its full iteration count; a watcher on the survivor sees every sequence once,
     in order, and a `resumed` event saying from where and why; the iterations done again are no
     more than one checkpoint interval holds."""
-    first = _replica(store, tmp_path)
-    second: serverproc.ServerProcess | None = None
+    replicas = _replicas(store, tmp_path, 2)
     try:
-        with grpc.insecure_channel(first.target) as channel:
-            job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(400), timeout=30)
+        with grpc.insecure_channel(replicas[0].target) as channel:
+            job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(250), timeout=30)
             _progress(pb_grpc.StyleTransferStub(channel), job.name, 3)
-        second = _replica(store, tmp_path)  # it starts while the first runs the job
+        first = _owner(store, job.name, replicas)
+        second = next(r for r in replicas if r is not first)
         with grpc.insecure_channel(second.target) as channel:
             stub = pb_grpc.StyleTransferStub(channel)
             assert stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10).state == pb.JOB_STATE_RUNNING
@@ -119,7 +145,7 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(store: RedisProcess, 
         start = resumed[0].from_iteration
         assert 3 <= start <= before[-1].iteration  # from a checkpoint, not from the start
         iterations = [e.progress.iteration for e in events[cut:] if e.HasField("progress")]
-        assert iterations == list(range(start + 1, 401))
+        assert iterations == list(range(start + 1, 251))
         # Redone: what the dead run had reported past its last checkpoint, at most an interval's
         # worth of iterations (at the rate it ran) plus the one being written.
         rate = before[-1].iteration / before[-1].elapsed_seconds
@@ -129,33 +155,26 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(store: RedisProcess, 
         assert time.monotonic() - killed_at < 90
         assert '"job_resumed"' in second.output()
     finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+        for replica in replicas:
+            replica.stop()
 
 
 def test_a_job_that_kills_every_replica_running_it_ends_failed(store: RedisProcess, tmp_path: Path) -> None:
     """A job whose replica dies during each of its `max_job_runs` runs is not started again: it
     ends FAILED with reason RUNS_EXHAUSTED, and the replica that ended it counts it."""
-    env = {"STYLETRANSFER_MAX_JOB_RUNS": "2"}
-    victims = []
+    replicas = _replicas(store, tmp_path, 3, STYLETRANSFER_MAX_JOB_RUNS="2")
     try:
-        victim = _replica(store, tmp_path, **env)
-        victims.append(victim)
-        with grpc.insecure_channel(victim.target) as channel:
+        with grpc.insecure_channel(replicas[0].target) as channel:
             job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(2000), timeout=30)
             _progress(pb_grpc.StyleTransferStub(channel), job.name, 2)
-        os.kill(victim.proc.pid, signal.SIGKILL)
-        # The next replica takes it (run 2) and is killed too.
-        victim = _replica(store, tmp_path, **env)
-        victims.append(victim)
-        with grpc.insecure_channel(victim.target) as channel:
-            stub = pb_grpc.StyleTransferStub(channel)
-            _until(lambda: _runs(store, job.name) == 2, "the job was never run again")
-            _progress(stub, job.name, 2)
-        os.kill(victim.proc.pid, signal.SIGKILL)
-        judge = _replica(store, tmp_path, **env)
-        victims.append(judge)
+        first = _owner(store, job.name, replicas)
+        os.kill(first.proc.pid, signal.SIGKILL)
+        # Another replica takes it (run 2) and is killed too.
+        _until(lambda: _runs(store, job.name) == 2, "the job was never run again")
+        second = _owner(store, job.name, replicas)
+        assert second is not first
+        os.kill(second.proc.pid, signal.SIGKILL)
+        judge = next(r for r in replicas if r is not first and r is not second)
         with grpc.insecure_channel(judge.target) as channel:
             stub = pb_grpc.StyleTransferStub(channel)
             _until(
@@ -170,7 +189,7 @@ def test_a_job_that_kills_every_replica_running_it_ends_failed(store: RedisProce
         assert _runs(store, job.name) == 2
         assert '"job_runs_exhausted"' in judge.output()
     finally:
-        for replica in victims:
+        for replica in replicas:
             replica.stop()
 
 
@@ -184,7 +203,7 @@ def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> Non
 def _runs(store: RedisProcess, name: str) -> int:
     client = redis.Redis.from_url(store.url)
     try:
-        return int(client.hget(f"styletransfer:job:{name.removeprefix('jobs/')}", "attempts") or 0)
+        return int(client.hget(_hash(name), "attempts") or 0)
     finally:
         client.close()
 
@@ -193,13 +212,13 @@ def test_a_replica_that_hangs_past_its_lease_is_fenced_off(store: RedisProcess, 
     """SIGSTOP of the replica running a job (a hang, or a partition): another resumes the job once
     the lease runs out. When the stale replica wakes, its writes are refused and it stops its run:
     the job's events stay one sequence, with one resume, and it ends SUCCEEDED once."""
-    stale = _replica(store, tmp_path)
-    fresh: serverproc.ServerProcess | None = None
+    replicas = _replicas(store, tmp_path, 2)
     try:
-        with grpc.insecure_channel(stale.target) as channel:
-            job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(300), timeout=30)
+        with grpc.insecure_channel(replicas[0].target) as channel:
+            job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(200), timeout=30)
             _progress(pb_grpc.StyleTransferStub(channel), job.name, 3)
-        fresh = _replica(store, tmp_path)
+        stale = _owner(store, job.name, replicas)
+        fresh = next(r for r in replicas if r is not stale)
         os.kill(stale.proc.pid, signal.SIGSTOP)
         with grpc.insecure_channel(fresh.target) as channel:
             stub = pb_grpc.StyleTransferStub(channel)
@@ -220,11 +239,10 @@ def test_a_replica_that_hangs_past_its_lease_is_fenced_off(store: RedisProcess, 
             "the stale replica never learnt it had lost the job",
         )
     finally:
-        if stale.proc.poll() is None:
-            os.kill(stale.proc.pid, signal.SIGCONT)
-        stale.stop()
-        if fresh is not None:
-            fresh.stop()
+        for replica in replicas:
+            if replica.proc.poll() is None:
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            replica.stop()
 
 
 def test_a_draining_replica_hands_its_running_job_to_another(server: Server, store: RedisProcess) -> None:
