@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import time
+import typing
 from types import FrameType
 
 import structlog
@@ -14,48 +15,43 @@ from service import logging as service_logging
 from service import memory
 from service.settings import Settings
 
+# A secret given as a flag would show in `ps`: these take files or environment variables only.
+_ENVIRONMENT_ONLY = frozenset({"auth_tokens"})
 
-def parse_args(argv: list[str] | None) -> dict[str, object]:
-    """Flags that override settings; unset flags leave the settings (and env vars) alone."""
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per setting, derived from `Settings`: its name, its docstring as help, its
+    default; the values are checked by the settings themselves."""
     parser = argparse.ArgumentParser(
         prog="styletransfer-server",
         description="Serve neural style transfer over gRPC. Every flag can also be set as an "
-        "environment variable STYLETRANSFER_<NAME> (e.g. STYLETRANSFER_PORT).",
+        "environment variable STYLETRANSFER_<NAME> (e.g. STYLETRANSFER_PORT); a flag wins.",
     )
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (default 50051; 0 picks one)")
-    parser.add_argument("--backend", help="default backend (default pytorch)")
-    parser.add_argument(
-        "--backends", help="backends to enable, comma-separated: pytorch,tensorflow (default pytorch)"
-    )
-    parser.add_argument("--device", help="default device: auto, cpu, cuda, cuda:N (default auto)")
-    parser.add_argument(
-        "--weights",
-        help="canonical weights file, or random:SEED for smoke tests "
-        "(default: the file `styletransfer-weights download` caches)",
-    )
-    parser.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key the port speaks TLS")
-    parser.add_argument("--tls-key", help="PEM private key")
-    parser.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates (mutual TLS)")
-    parser.add_argument(
-        "--auth-tokens-file", help="bearer tokens, one per line; every RPC but health then needs one"
-    )
-    parser.add_argument(
-        "--store",
-        help="where jobs live: memory (default) or redis://[user:password@]host:port/db shared by replicas",
-    )
-    parser.add_argument("--metrics-port", type=int, help="HTTP port for Prometheus /metrics (default: none)")
-    parser.add_argument("--health-port", type=int, help="extra plaintext port serving only health")
-    parser.add_argument("--log-format", choices=["json", "console"], help="default json")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument(
-        "--no-warmup",
-        dest="warmup",
-        action="store_false",
-        default=None,
-        help="report SERVING without running a warm-up job first",
-    )
-    args = parser.parse_args(argv)
+    for name, field in Settings.model_fields.items():
+        if name in _ENVIRONMENT_ONLY:
+            continue
+        flag = "--" + name.replace("_", "-")
+        text = " ".join((field.description or "").split()).replace("%", "%%")
+        default = field.default
+        if default is not None and not isinstance(default, bool):
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            text += f" (default: {shown})"
+        annotation = field.annotation
+        if annotation is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+            continue
+        if typing.get_origin(annotation) is typing.Literal:
+            parser.add_argument(flag, dest=name, choices=typing.get_args(annotation), help=text)
+            continue
+        parser.add_argument(flag, dest=name, metavar=name.upper(), help=text)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> dict[str, object]:
+    """Flags that override settings; unset flags leave the settings (and env vars) alone."""
+    args = build_parser().parse_args(argv)
     return {k: v for k, v in vars(args).items() if v is not None}
 
 

@@ -19,7 +19,8 @@ def _names(value: object) -> object:
 class Settings(BaseSettings):
     """Everything the server can be configured with."""
 
-    model_config = SettingsConfigDict(env_prefix="STYLETRANSFER_", frozen=True)
+    # Each field's docstring is its description: the help of its flag (service/__main__.py).
+    model_config = SettingsConfigDict(env_prefix="STYLETRANSFER_", frozen=True, use_attribute_docstrings=True)
 
     host: str = "127.0.0.1"
     """Address to listen on; 0.0.0.0 or [::] to accept connections from other hosts."""
