@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,10 @@ PROGRESS_LOG_EVERY = 50  # iterations between job_progress log lines
 
 # Previews are encoded here, off the workers that run the optimizers. Two threads serve every job:
 # encoding releases the GIL in zlib, libjpeg and libwebp, so it overlaps the optimizer's work.
-_PREVIEW_ENCODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preview-encoder")
+@functools.cache
+def _preview_encoders() -> ThreadPoolExecutor:
+    """The encoder threads every job's previews share, made when the first preview is."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="preview-encoder")
 
 
 class PreviewStream:
@@ -56,7 +60,7 @@ class PreviewStream:
         """Queue a snapshot for encoding; returns at once."""
         with self._lock:
             if self._running is None:
-                self._running = _PREVIEW_ENCODERS.submit(self._encode, iteration, image)
+                self._running = _preview_encoders().submit(self._encode, iteration, image)
                 return
             if self._waiting is not None:
                 self.skipped += 1
