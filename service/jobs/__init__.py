@@ -9,7 +9,10 @@
 * `store`: the interface the servicer speaks to (create, get, list, cancel, watch).
 * `memorystore`: that interface over the in-process core (the default; needs nothing else).
 * `redisstore`: that interface over Redis, shared by every replica: one queue per device
-  class, events and snapshots any replica can read, idempotency keys across the deployment.
+  class, events and snapshots any replica can read, idempotency keys across the deployment;
+  its atomic steps are the Lua scripts of `redis_lua`.
+* `leases`: the jobs a replica runs from the shared line: leases, taking over dead replicas'
+  jobs, fencing, checkpoints (encoded by `checkpoints`), hand-off at a drain.
 
 The names most callers need are re-exported here; the stores are imported from their modules
 (they depend on the protobuf conversions, which depend on this package).

@@ -34,7 +34,6 @@ needs a single Redis (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import socket
 import threading
@@ -43,16 +42,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import redis
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 from styletransfer.v1 import style_transfer_pb2 as pb
 
-from backends.base import Backend, Checkpoint, FloatImage, Losses
+from backends.base import Backend
 from backends.errors import (
-    BackendFailure,
     Cancelled,
     DeadlineExceeded,
     IdempotencyKeyReused,
@@ -64,9 +61,12 @@ from backends.errors import (
 )
 from service import convert
 from service.errors import Relayed, to_status
+from service.jobs import checkpoints
+from service.jobs import redis_lua as lua
 from service.jobs.core import JobCore, Limits, too_many_queued
 from service.jobs.events import Accepted, Failed, Finished, Resumed, State
 from service.jobs.job import Job, StopReason, new_job_id, not_found
+from service.jobs.leases import Leases
 from service.jobs.store import Preparer, Submission
 from service.jobs.workers import Workers, batch_key
 from service.principals import ANONYMOUS
@@ -78,216 +78,7 @@ POLL_MS = 1000  # blocking reads wake up this often to notice a caller that went
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 TAKE_SCAN = 64  # queue entries a take looks through for jobs that can join the head's batch
 HEALTH_SECONDS = 2.0  # how often the store is pinged for the health status
-HANDOFF_CHECKPOINT_SECONDS = 10.0  # how long a drain waits for its jobs' last checkpoints
 MIRROR_FLUSH_SECONDS = 10.0  # at shutdown, how long the last events get to reach Redis
-
-# KEYS: queue, job hash, events, owned set, waiting counts. ARGV: capacity, job id, created,
-# principal, snapshot, accepted event, deadline, the principal's cap on waiting jobs (0: none),
-# then the entry's field/value pairs. Returns the place in line, nil when the line is full, -1
-# when the principal has its cap of jobs waiting.
-_ENQUEUE = """
-local waiting = redis.call('XLEN', KEYS[1])
-if waiting >= tonumber(ARGV[1]) then return false end
-local cap = tonumber(ARGV[8])
-if cap > 0 and tonumber(redis.call('HGET', KEYS[5], ARGV[4]) or '0') >= cap then return -1 end
-redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
-local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
-local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
-redis.call('HSET', KEYS[2], 'principal', ARGV[4], 'snapshot', ARGV[5], 'entry', entry,
-           'queue', KEYS[1], 'deadline', ARGV[7])
-redis.call('XADD', KEYS[3], '1-0', 'event', ARGV[6])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
-return waiting
-"""
-
-# KEYS: queue, waiting counts, running. ARGV: most jobs, entries to scan, key prefix, replica,
-# lease ms. Takes the head of the line and the jobs behind it with the same non-empty batch key,
-# deletes them from the line, and leases them to the replica: each job's generation goes up (the
-# fence its writes carry), its request is kept in its hash (for a resume) and it joins `running`
-# with its lease's expiry (Redis's clock). Returns {entry id, fields, generation, run} each;
-# `attempts` counts the runs that count against max_job_runs (a hand-off gives one back).
-_TAKE = """
-local clock = redis.call('TIME')
-local expiry = clock[1] * 1000 + math.floor(clock[2] / 1000) + tonumber(ARGV[5])
-local function left(principal)
-  if redis.call('HINCRBY', KEYS[2], principal, -1) <= 0 then redis.call('HDEL', KEYS[2], principal) end
-end
-local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[2]))
-local most = tonumber(ARGV[1])
-local taken, want = {}, nil
-for _, entry in ipairs(entries) do
-  local fields, batch, job, principal = entry[2], '', '', ''
-  for i = 1, #fields, 2 do
-    if fields[i] == 'batch' then batch = fields[i + 1] end
-    if fields[i] == 'job' then job = fields[i + 1] end
-    if fields[i] == 'principal' then principal = fields[i + 1] end
-  end
-  if want == nil or (batch ~= '' and batch == want) then
-    want = want or batch
-    taken[#taken + 1] = entry
-    redis.call('XDEL', KEYS[1], entry[1])
-    local key = ARGV[3] .. 'job:' .. job
-    redis.call('HDEL', key, 'entry')
-    left(principal)
-    local generation = redis.call('HINCRBY', key, 'generation', 1)
-    redis.call('HINCRBY', key, 'attempts', 1)
-    local run = redis.call('HINCRBY', key, 'runs', 1)
-    redis.call('HSET', key, 'owner', ARGV[4])
-    for i = 1, #fields, 2 do redis.call('HSET', key, 'f:' .. fields[i], fields[i + 1]) end
-    redis.call('ZADD', KEYS[3], expiry, job)
-    taken[#taken] = {entry[1], entry[2], generation, run}
-  end
-  if #taken >= most then break end
-end
-return taken
-"""
-
-# KEYS: job hash, waiting counts. Takes a waiting job out of its line; 1 when this call did (and
-# so ends it).
-_UNQUEUE = """
-local entry = redis.call('HGET', KEYS[1], 'entry')
-if not entry then return 0 end
-redis.call('HDEL', KEYS[1], 'entry')
-local removed = redis.call('XDEL', redis.call('HGET', KEYS[1], 'queue'), entry)
-if removed == 1 then
-  local principal = redis.call('HGET', KEYS[1], 'principal')
-  if redis.call('HINCRBY', KEYS[2], principal, -1) <= 0 then redis.call('HDEL', KEYS[2], principal) end
-end
-return removed
-"""
-
-# KEYS: job hash. The number of jobs ahead of a waiting one; -1 when it is not waiting.
-_POSITION = """
-local entry = redis.call('HGET', KEYS[1], 'entry')
-if not entry then return -1 end
-return #redis.call('XRANGE', redis.call('HGET', KEYS[1], 'queue'), '-', '(' .. entry)
-"""
-
-# KEYS: job hash. ARGV: field, value. Sets a field of a job's hash, unless the job is gone.
-_MARK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-return 0
-"""
-
-# Delete a key only while it still names the job that claimed it.
-_RELEASE = """
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, -string.len(ARGV[1])) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-# KEYS: running, job hash. ARGV: job id, generation, lease ms. Extends the lease of a job this
-# generation still holds: 1, or 0 when another replica has taken it over since.
-_RENEW = """
-if tonumber(redis.call('HGET', KEYS[2], 'generation') or '0') ~= tonumber(ARGV[2]) then return 0 end
-local clock = redis.call('TIME')
-redis.call('ZADD', KEYS[1], 'XX', clock[1] * 1000 + math.floor(clock[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
-return 1
-"""
-
-# KEYS: job hash, events, running, checkpoint. ARGV: generation, sequence (0: the snapshot alone), field,
-# value, snapshot, events kept, 1 when the event is the job's last, job id. Writes a running
-# job's event and snapshot only for the generation that holds the job (-1 otherwise: the writer
-# has been fenced off); an event at or below the newest sequence is already there (a retry).
-_WRITE = """
-if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[1]) then return -1 end
-local sequence = tonumber(ARGV[2])
-if sequence > 0 then
-  local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  local last = 0
-  if #newest > 0 then last = tonumber(string.match(newest[1][1], '^(%d+)')) end
-  if sequence > last then
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], sequence .. '-0', ARGV[3], ARGV[4])
-  end
-end
-redis.call('HSET', KEYS[1], 'snapshot', ARGV[5])
-if ARGV[7] == '1' then
-  redis.call('ZREM', KEYS[3], ARGV[8])
-  redis.call('DEL', KEYS[4])
-  redis.call('HDEL', KEYS[1], 'owner')
-  for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if string.sub(name, 1, 2) == 'f:' then redis.call('HDEL', KEYS[1], name) end
-  end
-end
-return 1
-"""
-
-# KEYS: job hash, checkpoint. ARGV: generation, then the checkpoint's field/value pairs. Replaces
-# the job's checkpoint, for the generation that holds a job still running (1), else -1.
-_SAVE = """
-if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[1]) then return -1 end
-if redis.call('HEXISTS', KEYS[1], 'f:request') == 0 then return -1 end
-redis.call('DEL', KEYS[2])
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-
-# Puts a leased job back in its line from the request its hash kept, marked with why, fenced off
-# from its previous run (generation up); counted in its principal's waiting jobs.
-_REQUEUE = """
-local function requeue(key, waiting, why)
-  local generation = redis.call('HINCRBY', key, 'generation', 1)
-  redis.call('HDEL', key, 'owner')
-  local fields = {}
-  -- No batch key: a resumed job is out of step with any other, so it runs alone.
-  for _, name in ipairs({'job', 'kind', 'request', 'principal', 'key', 'fingerprint', 'deadline',
-                         'created', 'request_id'}) do
-    local value = redis.call('HGET', key, 'f:' .. name)
-    if value then
-      fields[#fields + 1] = name
-      fields[#fields + 1] = value
-    end
-  end
-  fields[#fields + 1] = 'resumed'
-  fields[#fields + 1] = why
-  local entry = redis.call('XADD', redis.call('HGET', key, 'queue'), '*', unpack(fields))
-  redis.call('HSET', key, 'entry', entry)
-  redis.call('HINCRBY', waiting, redis.call('HGET', key, 'principal'), 1)
-  return generation
-end
-"""
-
-# KEYS: running, waiting counts. ARGV: key prefix, most runs a job gets, most jobs. Jobs whose
-# lease has expired (their replica died, hung, or lost Redis for a whole lease) go back to their
-# line; a job that has had its last run does not: it is fenced off and returned to be ended.
-# Returns {{job, generation}...} twice: the requeued and the spent.
-_RECLAIM = (
-    _REQUEUE
-    + """
-local clock = redis.call('TIME')
-local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-local requeued, spent = {}, {}
-for _, job in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], job)
-  local key = ARGV[1] .. 'job:' .. job
-  if redis.call('HEXISTS', key, 'f:request') == 1 then
-    if tonumber(redis.call('HGET', key, 'attempts') or '0') >= tonumber(ARGV[2]) then
-      spent[#spent + 1] = {job, redis.call('HINCRBY', key, 'generation', 1)}
-    else
-      requeued[#requeued + 1] = {job, requeue(key, KEYS[2], 'LEASE_EXPIRED')}
-    end
-  end
-end
-return {requeued, spent}
-"""
-)
-
-# KEYS: job hash, running, waiting counts. ARGV: generation, job id. A draining replica hands a
-# job it still holds back to the line (a hand-off is not a failed run: its attempt is given back).
-# 1 when it did, 0 when the job was no longer this generation's.
-_HANDOFF = (
-    _REQUEUE
-    + """
-if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[1]) then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-requeue(KEYS[1], KEYS[3], 'HANDED_OFF')
-return 1
-"""
-)
 
 
 def redact(url: str) -> str:
@@ -303,12 +94,6 @@ def redact(url: str) -> str:
 def device_class(device: str) -> str:
     """`cuda:1` -> `cuda`: the line a job waits in."""
     return device.split(":", 1)[0]
-
-
-class RunsExhausted(BackendFailure):
-    """A job whose replica died (or stopped answering) in each of its runs: a poison job."""
-
-    reason = "RUNS_EXHAUSTED"
 
 
 class StoreUnavailable(ShuttingDown):
@@ -360,37 +145,34 @@ class RedisStore:
         self.on_health = on_health
         self.retention = max(1, int(limits.retention_seconds))
         self.prefix = prefix
-        self._waiting = f"{prefix}waiting"  # hash: principal -> jobs of theirs in the shared line
-        self._running = f"{prefix}running"  # sorted set: job id -> its lease's expiry, ms
-        self.lease_ms = max(1, int(lease_seconds * 1000))
-        self.max_runs = max_runs
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
-        self._held: dict[str, tuple[Job, int]] = {}  # jobs leased here, with their generation
-        self._held_lock = threading.Lock()
-        self._renew_now = threading.Event()
-        self.checkpoint_seconds = checkpoint_seconds
-        self._checkpoints: dict[str, tuple[Job, int, Checkpoint]] = {}  # the newest, not yet saved
-        self._checkpoints_ready = threading.Condition()
-        self._saved: dict[str, int] = {}  # job id -> the iteration of its newest saved checkpoint
-        self._reclaim_after = 0.0  # time.monotonic() before which no expired lease is taken over
         self.healthy = True
         self._stopped = threading.Event()  # everything stops
+        self.leases = Leases(
+            self.client,
+            prefix,
+            job_key=self._job,
+            checkpoint_key=self._checkpoint,
+            end=self._end,
+            stopped=self._stopped,
+            lease_seconds=lease_seconds,
+            max_runs=max_runs,
+            checkpoint_seconds=checkpoint_seconds,
+        )
+        self._waiting = self.leases.waiting
+        self._running = self.leases.running
         self._draining = threading.Event()  # no more jobs are taken from the shared line
         self._threads: list[threading.Thread] = []
         self._pullers: list[threading.Thread] = []
         self._mirrors: set[threading.Thread] = set()
         self._mirrors_lock = threading.Lock()
-        self._enqueue = self.client.register_script(_ENQUEUE)
-        self._take = self.client.register_script(_TAKE)
-        self._unqueue = self.client.register_script(_UNQUEUE)
-        self._position = self.client.register_script(_POSITION)
-        self._release = self.client.register_script(_RELEASE)
-        self._renew = self.client.register_script(_RENEW)
-        self._write = self.client.register_script(_WRITE)
-        self._reclaim = self.client.register_script(_RECLAIM)
-        self._handoff = self.client.register_script(_HANDOFF)
-        self._save = self.client.register_script(_SAVE)
-        self._mark = self.client.register_script(_MARK)
+        self._enqueue = self.client.register_script(lua.ENQUEUE)
+        self._take = self.client.register_script(lua.TAKE)
+        self._unqueue = self.client.register_script(lua.UNQUEUE)
+        self._position = self.client.register_script(lua.POSITION)
+        self._release = self.client.register_script(lua.RELEASE)
+        self._write = self.client.register_script(lua.WRITE)
+        self._mark = self.client.register_script(lua.MARK)
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -424,8 +206,8 @@ class RedisStore:
         self._spawn(self._follow_cancels, "shared-cancels")
         self._spawn(self._watch_health, "shared-health")
         self._spawn(self._reap_expired, "shared-reaper")
-        self._spawn(self._renew_leases, "shared-leases")
-        self._spawn(self._save_checkpoints, "shared-checkpoints")
+        self._spawn(self.leases.renew_loop, "shared-leases")
+        self._spawn(self.leases.save_loop, "shared-checkpoints")
         classes = sorted({device_class(d) for b in backends.values() for d in b.devices()})
         for name in classes:
             workers = Workers(name, backends, self.core.on_fatal, self.core.observer)
@@ -447,7 +229,7 @@ class RedisStore:
         deadline = None if grace is None else time.monotonic() + grace
         for thread in self._pullers:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self.hand_off()
+        self.leases.hand_off()
         self.core.close(grace=0)  # stops what still runs here, each with a terminal event
         for thread in self._pullers:
             thread.join()
@@ -457,9 +239,7 @@ class RedisStore:
         for thread in mirrors:
             thread.join(max(0.0, flush_by - time.monotonic()))
         self._stopped.set()
-        self._renew_now.set()
-        with self._checkpoints_ready:
-            self._checkpoints_ready.notify_all()
+        self.leases.wake()
         for thread in self._threads:
             thread.join(timeout=2 * POLL_MS / 1000)
         self.client.close()
@@ -475,10 +255,7 @@ class RedisStore:
                 self.healthy = healthy
                 log.warning("shared_store_health", answering=healthy)
                 if healthy:
-                    # Leases could not be renewed while Redis was away: renew ours now, and give
-                    # every other replica a lease's time to renew theirs before taking any over.
-                    self._reclaim_after = time.monotonic() + self.lease_ms / 1000
-                    self._renew_now.set()
+                    self.leases.after_outage()
                 if self.on_health is not None:
                     self.on_health(healthy)
 
@@ -570,7 +347,7 @@ class RedisStore:
                     convert.event(job, 1, Accepted()).SerializeToString(),
                     wall_deadline,
                     0 if job.principal == ANONYMOUS else self.limits.queued_per_principal,
-                    *_flat(fields),
+                    *lua.flat(fields),
                 ],
             )
         if place == -1:
@@ -627,7 +404,7 @@ class RedisStore:
             try:
                 entries = self._take(
                     keys=[queue, self._waiting, self._running],
-                    args=[most, TAKE_SCAN, self.prefix, self.replica, self.lease_ms],
+                    args=[most, TAKE_SCAN, self.prefix, self.replica, self.leases.lease_ms],
                 )
                 if not entries:
                     # The line was empty: wait for an entry (any id above 0 is new).
@@ -669,7 +446,7 @@ class RedisStore:
             # Another replica ran it before: this run's events go on after the ones Redis kept,
             # and its work from the last checkpoint that run saved.
             first = self._newest_sequence(job_id) + 1
-            checkpoint = _loaded(self.client.hgetall(self._checkpoint(job_id)))
+            checkpoint = checkpoints.decode(self.client.hgetall(self._checkpoint(job_id)))
             why = fields.get("resumed", b"LEASE_EXPIRED").decode()
             resumed = Resumed(checkpoint.iteration if checkpoint else 0, run, self.replica, why)
         job = Job(
@@ -688,15 +465,14 @@ class RedisStore:
             resumed=resumed,
             first_sequence=first,
             resume_from=checkpoint,
-            checkpoint_seconds=self.checkpoint_seconds,
+            checkpoint_seconds=self.leases.checkpoint_seconds,
         )
-        job.on_checkpoint = lambda taken: self._offer_checkpoint(job, generation, taken)
+        job.on_checkpoint = lambda taken: self.leases.offer(job, generation, taken)
         if resumed is not None:
             log.info("job_resumed", job_id=job_id, run=run, reason=resumed.reason, first_sequence=first)
             self.core.observer.resumed(job, resumed.reason)
         self.core.adopt(job)
-        with self._held_lock:
-            self._held[job_id] = (job, generation)
+        self.leases.hold(job, generation)
         stop = self.client.hget(self._job(job_id), "stop")  # asked while it was being taken
         if stop is not None:
             job.cancel(StopReason(stop.decode()))
@@ -733,10 +509,7 @@ class RedisStore:
                     return
             self._retrying(job.id, lambda: self._expire(job.id, job.principal, job.idempotency_key))
         finally:
-            with self._held_lock:
-                self._held.pop(job.id, None)
-            with self._checkpoints_ready:
-                self._saved.pop(job.id, None)
+            self.leases.release(job.id)
             with self._mirrors_lock:
                 self._mirrors.discard(threading.current_thread())
 
@@ -819,128 +592,6 @@ class RedisStore:
         self.core.observer.ended_waiting(snapshot.backend, snapshot.device, state, error, waited)
         log.info("job_stopped", job_id=job_id, while_state="queued", reason=error.reason)
 
-    # -- leases ---------------------------------------------------------------------------------
-
-    def _renew_leases(self) -> None:
-        """Extend the lease of every job running here, a third of a lease apart; a job whose lease
-        another replica has taken over is stopped here (its writes are fenced off already)."""
-        while not self._stopped.is_set():
-            self._renew_now.wait(self.lease_ms / 3000)
-            self._renew_now.clear()
-            with self._held_lock:
-                held = list(self._held.values())
-            for job, generation in held:
-                if job.done:
-                    continue
-                try:
-                    kept = self._renew(
-                        keys=[self._running, self._job(job.id)], args=[job.id, generation, self.lease_ms]
-                    )
-                except redis.RedisError:
-                    break  # the health watcher reports it; the lease may lapse meanwhile
-                if not int(kept):
-                    log.warning("lease_lost", job_id=job.id, generation=generation)
-                    job.cancel(StopReason.LEASE_LOST)
-
-    def _reclaim_expired(self) -> None:
-        """Put jobs whose lease expired back in their line, and end the ones out of runs."""
-        if time.monotonic() < self._reclaim_after:
-            return
-        requeued, spent = self._reclaim(
-            keys=[self._running, self._waiting], args=[self.prefix, self.max_runs, TAKE_SCAN]
-        )
-        for job_id, generation in requeued:
-            log.warning(
-                "job_requeued", job_id=job_id.decode(), generation=int(generation), reason="LEASE_EXPIRED"
-            )
-        for job_id, generation in spent:
-            error = RunsExhausted(
-                f"the job's replica stopped answering during each of its {self.max_runs} runs (killed, "
-                "perhaps for memory); it is not tried again"
-            )
-            log.error("job_runs_exhausted", job_id=job_id.decode(), runs=self.max_runs)
-            self._end(job_id.decode(), error, int(generation))
-
-    def _checkpoint_now(self, jobs: list[Job]) -> None:
-        """Ask each running job for a checkpoint at its next iteration and wait (a bounded time)
-        until each is saved."""
-        wanted = {}
-        for job in jobs:
-            wanted[job.id] = job.last_progress.iteration if job.last_progress else 0
-            job.checkpoint_wanted.set()
-        deadline = time.monotonic() + HANDOFF_CHECKPOINT_SECONDS
-        with self._checkpoints_ready:
-            while pending := [j.id for j in jobs if not j.done and self._saved.get(j.id, -1) < wanted[j.id]]:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.warning("checkpoint_late", job_ids=pending)
-                    return
-                self._checkpoints_ready.wait(min(left, 0.1))
-
-    def _offer_checkpoint(self, job: Job, generation: int, checkpoint: Checkpoint) -> None:
-        """Keep a job's newest checkpoint for the writer (an older unsaved one is dropped)."""
-        with self._checkpoints_ready:
-            self._checkpoints[job.id] = (job, generation, checkpoint)
-            self._checkpoints_ready.notify()
-
-    def _save_checkpoints(self) -> None:
-        """Write checkpoints to Redis off the worker's thread, the newest of each job first come."""
-        while not self._stopped.is_set():
-            with self._checkpoints_ready:
-                while not self._checkpoints and not self._stopped.is_set():
-                    self._checkpoints_ready.wait()
-                if not self._checkpoints:
-                    return
-                job_id = next(iter(self._checkpoints))
-                job, generation, checkpoint = self._checkpoints.pop(job_id)
-            if job.done:
-                continue
-            started = time.perf_counter()
-            try:
-                saved = self._save(
-                    keys=[self._job(job_id), self._checkpoint(job_id)],
-                    args=[generation, *_flat(_saved(checkpoint))],
-                )
-            except redis.RedisError as error:  # the next one may get through
-                log.warning("shared_store_unreachable", job_id=job_id, during="checkpoint", error=str(error))
-                continue
-            if int(saved) == 1:
-                with self._checkpoints_ready:
-                    self._saved[job_id] = checkpoint.iteration
-                    self._checkpoints_ready.notify_all()
-                log.debug(
-                    "checkpoint_saved",
-                    job_id=job_id,
-                    iteration=checkpoint.iteration,
-                    seconds=round(time.perf_counter() - started, 4),
-                )
-
-    def hand_off(self) -> int:
-        """Give every job still running here back to the shared line (a drain that ran out of
-        time), each after a checkpoint of where it is; they stop here without an ending, and
-        another replica resumes them."""
-        with self._held_lock:
-            held = [(job, generation) for job, generation in self._held.values() if not job.done]
-        if self.checkpoint_seconds:
-            self._checkpoint_now([job for job, _ in held])
-        handed = 0
-        for job, generation in held:
-            if job.done:
-                continue
-            try:
-                if int(
-                    self._handoff(
-                        keys=[self._job(job.id), self._running, self._waiting], args=[generation, job.id]
-                    )
-                ):
-                    handed += 1
-                    log.info("job_handed_off", job_id=job.id)
-            except redis.RedisError as error:
-                log.warning("shared_store_unreachable", job_id=job.id, during="hand-off", error=str(error))
-                continue
-            job.cancel(StopReason.LEASE_LOST)  # fenced now: its ending stays here
-        return handed
-
     def _stop_waiting(self, job_id: str, error: Callable[[], StyleTransferError]) -> bool:
         """End a job that is still waiting (True), if this call is the one that takes it out."""
         if not self._unqueue(keys=[self._job(job_id), self._waiting]):
@@ -953,7 +604,7 @@ class RedisStore:
         jobs whose lease expired."""
         while not self._stopped.wait(POLL_MS / 1000):
             try:
-                self._reclaim_expired()
+                self.leases.reclaim()
                 for queue in self.client.scan_iter(match=f"{self.prefix}queue:*", count=100):
                     now = time.time()
                     for _, fields in self.client.xrange(queue, count=TAKE_SCAN):
@@ -1112,10 +763,6 @@ class RedisStore:
             return {}
 
 
-def _flat(fields: Mapping[str, str | bytes]) -> list[str | bytes]:
-    return [item for pair in fields.items() for item in pair]
-
-
 def _terminal(fields: Mapping[bytes, bytes]) -> bool:
     """Whether a stored event is a job's last: a failure, or an event with the result."""
     return b"status" in fields or pb.TransferEvent.FromString(fields[b"event"]).HasField("result")
@@ -1123,46 +770,3 @@ def _terminal(fields: Mapping[bytes, bytes]) -> bool:
 
 def _ended(snapshot: pb.Job) -> bool:
     return snapshot.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
-
-
-def _array(data: bytes) -> FloatImage:
-    return np.asarray(np.load(io.BytesIO(data), allow_pickle=False), dtype=np.float32)
-
-
-def _bytes(array: FloatImage) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _saved(checkpoint: Checkpoint) -> dict[str, str | bytes]:
-    """A checkpoint as the fields of its Redis hash (images as .npy float32)."""
-    losses = checkpoint.losses
-    fields: dict[str, str | bytes] = {
-        "iteration": str(checkpoint.iteration),
-        "scale": str(checkpoint.scale),
-        "tile": str(checkpoint.tile),
-        "stage_iteration": str(checkpoint.stage_iteration),
-        "losses": ",".join(repr(v) for v in (losses.content, losses.style, losses.tv, losses.total)),
-        "image": _bytes(checkpoint.image),
-    }
-    if checkpoint.canvas is not None:
-        fields["canvas"] = _bytes(checkpoint.canvas)
-    return fields
-
-
-def _loaded(fields: Mapping[bytes, bytes]) -> Checkpoint | None:
-    """The checkpoint a hash holds; None when there is none."""
-    if not fields:
-        return None
-    content, style, tv, total = (float(v) for v in fields[b"losses"].decode().split(","))
-    canvas = fields.get(b"canvas")
-    return Checkpoint(
-        iteration=int(fields[b"iteration"]),
-        scale=int(fields[b"scale"]),
-        tile=int(fields[b"tile"]),
-        stage_iteration=int(fields[b"stage_iteration"]),
-        image=_array(fields[b"image"]),
-        losses=Losses(content, style, tv, total),
-        canvas=None if canvas is None else _array(canvas),
-    )

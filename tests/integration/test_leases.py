@@ -127,6 +127,10 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(store: RedisProcess, 
             _progress(pb_grpc.StyleTransferStub(channel), job.name, 3)
         first = _owner(store, job.name, replicas)
         second = next(r for r in replicas if r is not first)
+        checkpoints = redis.Redis.from_url(store.url)
+        saved = _hash(job.name) + ":checkpoint"
+        _until(lambda: int(checkpoints.hget(saved, "iteration") or 0) >= 3, "no checkpoint was saved")
+        checkpoints.close()
         with grpc.insecure_channel(second.target) as channel:
             stub = pb_grpc.StyleTransferStub(channel)
             assert stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10).state == pb.JOB_STATE_RUNNING
