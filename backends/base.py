@@ -105,6 +105,12 @@ class Outcome:
     pixels: FloatImage | None = None  # the image before rounding, for 16-bit outputs
 
 
+class CancelToken(Protocol):
+    """Anything with `is_set()`, such as threading.Event."""
+
+    def is_set(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Stage:
     """One optimization pass: the whole image at one scale, or one tile of the last scale.
@@ -118,6 +124,7 @@ class Stage:
     options: StyleOptions
     device: str
     iterations: int  # how many steps the driver will run on it
+    cancel: CancelToken | None = None  # checked between the style images' passes of its set-up
 
 
 @dataclass(frozen=True)
@@ -141,12 +148,6 @@ class Solver(Protocol):
     def pixels(self) -> FloatImage:
         """The current image, clamped to [0, 255]."""
         ...
-
-
-class CancelToken(Protocol):
-    """Anything with `is_set()`, such as threading.Event."""
-
-    def is_set(self) -> bool: ...
 
 
 class Backend(Protocol):

@@ -197,8 +197,10 @@ class _Run:
             )
 
     def stage(self, clock: _Clock, stage: Stage) -> Solver:
+        if self.cancel.is_set():
+            raise Cancelled("the job was cancelled")
         started = time.perf_counter()
-        solver = self.solve(stage)
+        solver = self.solve(replace(stage, cancel=self.cancel))
         clock.setup += time.perf_counter() - started
         return solver
 

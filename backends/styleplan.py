@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from backends.base import Stage, StyleInput
+from backends.errors import Cancelled
 from backends.resize import layer_masks
 from backends.vgg import LAYERS, feature_size, position
 
@@ -107,7 +108,12 @@ class Term:
 def stage_terms(stage: Stage, grams_of: Callable[[Float], Mapping[str, Float]]) -> dict[str, list[Term]]:
     """Every style layer's terms for a stage; `grams_of` gives one style image's Gram matrices."""
     styles = stage.styles
-    grams = [grams_of(np.asarray(s.image, dtype=np.float32)) for s in styles]
+    grams = []
+    for style in styles:
+        # A style pass at a large size takes long: a cancel or a deadline is honoured between them.
+        if stage.cancel is not None and stage.cancel.is_set():
+            raise Cancelled("the job was cancelled")
+        grams.append(grams_of(np.asarray(style.image, dtype=np.float32)))
     return style_terms(stage.options.style_layers, stage.content.shape[:2], styles, grams)
 
 

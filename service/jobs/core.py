@@ -179,6 +179,7 @@ class JobCore:
                 )
                 self._devices[spec.options.device] = workers
             try:
+                self._never_fits(job.estimate)
                 self._cap(principal)
                 self._admit(job.estimate)
                 workers.put(job)
@@ -241,24 +242,31 @@ class JobCore:
         its own peak within the memory budget, and, when this core will hold it while it waits
         (`holds`), room in its device's line and in the budget beside the jobs here now."""
         with self._lock:
+            estimate = estimate_shape(options.style, shape)
             try:
+                self._never_fits(estimate)  # first: no retry helps it, whatever else holds
                 if holds:
                     self._cap(principal)
                     workers = self._devices.get(options.device)
                     if workers is not None and workers.full():
                         raise workers.full_error()
-                self._admit(estimate_shape(options.style, shape), holds=holds)
+                self._admit(estimate, holds=holds)
             except ResourceExhausted:
                 self.observer.rejected(options)
                 raise
+
+    def _never_fits(self, job: Estimate) -> None:
+        """Refuse a job whose own peak is over the whole memory budget (see service.admission)."""
+        budget = self.limits.memory_budget
+        if budget and job.peak > budget:
+            raise too_big(job, budget)
 
     def _admit(self, job: Estimate, holds: bool = True) -> None:
         """Refuse a job that would not fit in the memory budget (see service.admission)."""
         budget = self.limits.memory_budget
         if not budget:
             return
-        if job.peak > budget:
-            raise too_big(job, budget)
+        self._never_fits(job)
         committed = self._committed(job)
         if holds and committed > budget:
             raise ResourceExhausted(

@@ -113,3 +113,25 @@ def test_noise_is_drawn_at_the_first_scale_from_the_seed() -> None:
     *_, again = _run(options)
     assert first[0].init.shape == (32, 24, 3)
     np.testing.assert_array_equal(first[0].init, again[0].init)
+
+
+def test_a_cancel_is_honoured_between_the_style_images_of_a_stage_set_up() -> None:
+    """Computing style targets can take long (many large styles): a cancel set during the first
+    style's pass stops the set-up before the next one, not after the last."""
+    from backends import styleplan
+
+    cancel = threading.Event()
+    image = np.zeros((32, 32, 3), np.float32)
+    stage = Stage(
+        image, tuple(StyleInput(image, 1 / 3) for _ in range(3)), image, StyleOptions(), "cpu", 1, cancel
+    )
+    passes = []
+
+    def grams_of(style: FloatImage) -> dict[str, FloatImage]:
+        passes.append(style)
+        cancel.set()  # the caller leaves while the first style's targets are computed
+        return {}
+
+    with pytest.raises(Cancelled):
+        styleplan.stage_terms(stage, grams_of)
+    assert len(passes) == 1

@@ -571,3 +571,29 @@ def test_an_event_history_keeps_at_most_its_bytes_of_previews_oldest_first() -> 
         next(log.follow(1))
     log.append(Preview(6, EncodedImage(b"y" * 4000, 8, 8)))  # alone over the bound: kept alone
     assert log.held_bytes == 4000 and log.last_sequence == 7
+
+
+def test_a_job_that_can_never_fit_is_told_so_before_any_retryable_refusal() -> None:
+    """Whatever else is full (here the caller's share of the line), a job over the whole memory
+    budget gets MEMORY_BUDGET without RetryInfo, never a refusal that invites a retry."""
+    from service.admission import Shape
+
+    backend = ScriptedBackend()
+    core = _core(backend, queue_size=8, memory_budget=512 * 1024 * 1024, queued_per_principal=1)
+    backend.gate.clear()
+    options = core.place(JobOptions(style=StyleOptions(iterations=2)))
+    running = core.submit(_spec(core, iterations=1), principal="mallory")
+    assert backend.started.wait(10)
+    waiting = core.submit(JobSpec(IMAGE, (StyleInput(IMAGE, 1.0),), options), principal="mallory")
+    small = Shape((32, 32), ((32, 32),), 3 * 32 * 32 * 2)
+    with pytest.raises(ResourceExhausted) as capped:
+        core.check_room(options, small, principal="mallory")
+    assert capped.value.reason == "TOO_MANY_QUEUED"
+    huge = Shape((2048, 2048), ((2048, 2048),), 3 * 2048 * 2048 * 2)
+    with pytest.raises(ResourceExhausted) as never:
+        core.check_room(options, huge, principal="mallory")
+    assert never.value.reason == "MEMORY_BUDGET"
+    backend.gate.set()
+    for job in (running, waiting):
+        _events(job)
+    core.close(grace=5)
