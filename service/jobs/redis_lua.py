@@ -30,43 +30,55 @@ return waiting
 """
 
 # KEYS: queue, waiting counts, running. ARGV: most jobs, entries to scan, key prefix, replica,
-# lease ms. Takes the head of the line and the jobs behind it with the same non-empty batch key,
-# deletes them from the line, and leases them to the replica: each job's generation goes up (the
-# fence its writes carry), its request is kept in its hash (for a resume) and it joins `running`
-# with its lease's expiry (Redis's clock). Returns {entry id, fields, generation, run} each;
-# `attempts` counts the runs that count against max_job_runs (a hand-off gives one back).
+# lease ms. Takes the head of the line (the oldest job of the principal whose last job was taken
+# longest ago: callers take turns) and the jobs with the same non-empty batch key, deletes them
+# from the line, and leases them to the replica: each job's generation goes up (the fence its
+# writes carry), its request is kept in its hash (for a resume) and it joins `running` with its
+# lease's expiry (Redis's clock). Returns {entry id, fields, generation, run} each; `attempts`
+# counts the runs that count against max_job_runs (a hand-off gives one back).
 TAKE = """
 local clock = redis.call('TIME')
 local expiry = clock[1] * 1000 + math.floor(clock[2] / 1000) + tonumber(ARGV[5])
-local function left(principal)
-  if redis.call('HINCRBY', KEYS[2], principal, -1) <= 0 then redis.call('HDEL', KEYS[2], principal) end
+local function field(entry, name)
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return ''
 end
 local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[2]))
-local most = tonumber(ARGV[1])
-local taken, want = {}, nil
-for _, entry in ipairs(entries) do
-  local fields, batch, job, principal = entry[2], '', '', ''
-  for i = 1, #fields, 2 do
-    if fields[i] == 'batch' then batch = fields[i + 1] end
-    if fields[i] == 'job' then job = fields[i + 1] end
-    if fields[i] == 'principal' then principal = fields[i + 1] end
+if #entries == 0 then return {} end
+-- Fair between callers: the head is the oldest job of the principal served longest ago.
+local served = ARGV[3] .. 'served'
+local head, oldest = 1, nil
+for i, entry in ipairs(entries) do
+  local last = tonumber(redis.call('HGET', served, field(entry, 'principal')) or '-1')
+  if oldest == nil or last < oldest then head, oldest = i, last end
+end
+redis.call('HSET', served, field(entries[head], 'principal'), expiry)
+local want = field(entries[head], 'batch')
+local order = {entries[head]}
+if want ~= '' then
+  for i, entry in ipairs(entries) do
+    if i ~= head and field(entry, 'batch') == want then order[#order + 1] = entry end
   end
-  if want == nil or (batch ~= '' and batch == want) then
-    want = want or batch
-    taken[#taken + 1] = entry
-    redis.call('XDEL', KEYS[1], entry[1])
-    local key = ARGV[3] .. 'job:' .. job
-    redis.call('HDEL', key, 'entry')
-    left(principal)
-    local generation = redis.call('HINCRBY', key, 'generation', 1)
-    redis.call('HINCRBY', key, 'attempts', 1)
-    local run = redis.call('HINCRBY', key, 'runs', 1)
-    redis.call('HSET', key, 'owner', ARGV[4])
-    for i = 1, #fields, 2 do redis.call('HSET', key, 'f:' .. fields[i], fields[i + 1]) end
-    redis.call('ZADD', KEYS[3], expiry, job)
-    taken[#taken] = {entry[1], entry[2], generation, run}
-  end
+end
+local most, taken = tonumber(ARGV[1]), {}
+for _, entry in ipairs(order) do
   if #taken >= most then break end
+  local job, principal = field(entry, 'job'), field(entry, 'principal')
+  redis.call('XDEL', KEYS[1], entry[1])
+  local key = ARGV[3] .. 'job:' .. job
+  redis.call('HDEL', key, 'entry')
+  if redis.call('HINCRBY', KEYS[2], principal, -1) <= 0 then redis.call('HDEL', KEYS[2], principal) end
+  local generation = redis.call('HINCRBY', key, 'generation', 1)
+  redis.call('HINCRBY', key, 'attempts', 1)
+  local run = redis.call('HINCRBY', key, 'runs', 1)
+  redis.call('HSET', key, 'owner', ARGV[4])
+  local fields = entry[2]
+  for i = 1, #fields, 2 do redis.call('HSET', key, 'f:' .. fields[i], fields[i + 1]) end
+  redis.call('ZADD', KEYS[3], expiry, job)
+  taken[#taken + 1] = {entry[1], entry[2], generation, run}
 end
 return taken
 """

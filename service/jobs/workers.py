@@ -115,6 +115,7 @@ class DeviceWorkers(Workers):
         self.batch_max = batch_max
         self._capacity = capacity
         self._waiting: deque[Job] = deque()
+        self._served: dict[str, float] = {}  # principal -> when its last job was taken
         self._changed = threading.Condition()
         self._stopping = False
         self._threads = [
@@ -178,7 +179,10 @@ class DeviceWorkers(Workers):
                 self._changed.wait()
             if not self._waiting:
                 return []
-            head = self._waiting.popleft()
+            # Fair between callers: the oldest job of the principal served longest ago goes first.
+            head = min(self._waiting, key=lambda j: self._served.get(j.principal, -1.0))
+            self._served[head.principal] = time.monotonic()
+            self._waiting.remove(head)
             jobs = [head]
             if self.batch_max > 1 and not head.stop.is_set() and self.batches(head):
                 key = batch_key(head)

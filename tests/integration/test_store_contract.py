@@ -331,3 +331,22 @@ def test_a_transfer_caller_that_comes_back_keeps_its_job_and_one_that_does_not_l
     lost.cancel()
     assert _get(api, name).state != pb.JOB_STATE_CANCELLED  # not at once: it may come back
     assert _wait(api, name, *TERMINAL).state == pb.JOB_STATE_CANCELLED
+
+
+def test_callers_take_turns_in_the_line(api: pb_grpc.StyleTransferStub) -> None:
+    """With Alice's job running and two more of hers waiting, Bob's job, queued after them, is the
+    next to start: the line serves the caller served longest ago first, then takes turns."""
+    with _Busy(api):
+        alices = [api.CreateJob(_request(2, seed=40 + i), metadata=ALICE, timeout=10) for i in range(2)]
+        bobs = api.CreateJob(_request(2, seed=42), metadata=BOB, timeout=10)
+    started = {}
+    for job, who in ((alices[0], ALICE), (alices[1], ALICE), (bobs, BOB)):
+        deadline = time.monotonic() + 60
+        done = api.GetJob(pb.GetJobRequest(name=job.name), metadata=who, timeout=10)
+        while done.state not in TERMINAL:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+            done = api.GetJob(pb.GetJobRequest(name=job.name), metadata=who, timeout=10)
+        assert done.state == pb.JOB_STATE_SUCCEEDED
+        started[job.name] = done.start_time.ToNanoseconds()
+    assert started[bobs.name] < started[alices[0].name] < started[alices[1].name]
