@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from backends.cache import TargetCache
 from backends.options import StyleOptions
 
 RGBImage = npt.NDArray[np.uint8]
@@ -151,9 +152,24 @@ class Solver(Protocol):
 
 
 class Backend(Protocol):
-    """A framework that can run style transfer on some devices."""
+    """A framework that can run style transfer on some devices: everything the service uses.
+
+    Optional abilities are declared, not probed: `batches` says whether it is a BatchingBackend
+    (has `run_batch`); `style_cache` is None when it keeps no style targets across jobs.
+    """
 
     name: str
+    batches: bool
+    style_cache: TargetCache[Any] | None
+
+    def framework_version(self) -> str:
+        """The version of the framework underneath, as it reports it."""
+        ...
+
+    def device_memory(self, device: str) -> int:
+        """Bytes the framework holds on an accelerator device now; 0 for the CPU (the process's
+        own memory says that) or where the framework cannot tell."""
+        ...
 
     def devices(self) -> list[str]:
         """Devices this backend can run on here, e.g. ["cpu", "cuda:0"]."""

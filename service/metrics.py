@@ -9,7 +9,6 @@ are prefixed `styletransfer_`.
 from __future__ import annotations
 
 import resource
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -68,26 +67,24 @@ def split_method(full: str) -> tuple[str, str]:
 
 
 class _DeviceMemory(Collector):
-    """Device memory in use, read when scraped: the process RSS for the CPU, CUDA allocations else."""
+    """Device memory in use, read when scraped: the process RSS for the CPU, what the backends
+    hold on an accelerator else."""
 
-    def __init__(self, devices: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, devices: Callable[[], Iterable[str]], accelerator: Callable[[str], int]) -> None:
         self._devices = devices
+        self._accelerator = accelerator
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
             "styletransfer_device_memory_bytes", "Memory in use on each device, in bytes.", labels=["device"]
         )
         for device in self._devices():
-            family.add_metric([device], float(_memory_in_use(device)))
+            used = self._accelerator(device) if device != "cpu" else _resident()
+            family.add_metric([device], float(used))
         yield family
 
 
-def _memory_in_use(device: str) -> int:
-    if device.startswith("cuda"):
-        torch = sys.modules.get("torch")  # only when the PyTorch backend is loaded
-        if torch is not None:
-            return int(torch.cuda.memory_allocated(device))
-        return 0
+def _resident() -> int:
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])
     return pages * resource.getpagesize()
@@ -97,7 +94,10 @@ class Metrics:
     """Every metric of the service, registered in `registry`."""
 
     def __init__(
-        self, registry: CollectorRegistry, devices: Callable[[], Iterable[str]] = lambda: ["cpu"]
+        self,
+        registry: CollectorRegistry,
+        devices: Callable[[], Iterable[str]] = lambda: ["cpu"],
+        device_memory: Callable[[str], int] = lambda device: 0,
     ) -> None:
         rpc = ["grpc_type", "grpc_service", "grpc_method"]
         self.registry = registry
@@ -226,7 +226,7 @@ class Metrics:
             ["backend", "precision", "requested"],
             registry=registry,
         )
-        registry.register(_DeviceMemory(devices))
+        registry.register(_DeviceMemory(devices, device_memory))
         self._lock = threading.Lock()
 
     def set_info(

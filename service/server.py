@@ -209,6 +209,7 @@ def build(
     metrics = Metrics(
         registry if registry is not None else CollectorRegistry(),
         devices=lambda: sorted({d for b in enabled.values() for d in b.devices()}),
+        device_memory=lambda device: sum(b.device_memory(device) for b in enabled.values()),
     )
     core = JobCore(
         backends,
@@ -219,11 +220,11 @@ def build(
         observer=JobMetrics(metrics),
     )
     metrics.registry.register(
-        StyleCache(lambda: {n: b.style_cache for n, b in enabled.items() if hasattr(b, "style_cache")})
+        StyleCache(lambda: {n: b.style_cache for n, b in enabled.items() if b.style_cache is not None})
     )
     metrics.set_info(
         server_version(),
-        {name: b.framework_version() for name, b in backends.items()},  # type: ignore[attr-defined]
+        {name: b.framework_version() for name, b in backends.items()},
         weights.meta.source,
         weights.sha256,
         weights.meta.random,

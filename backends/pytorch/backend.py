@@ -282,6 +282,7 @@ class PyTorchBackend:
     """Runs jobs with PyTorch on CPU or CUDA; keeps one frozen trunk per device."""
 
     name = "pytorch"
+    batches = True  # run_batch: jobs alike share each network pass
 
     def __init__(
         self, weights: VGGWeights, precision: str = "float32", style_cache_bytes: int = DEFAULT_BYTES
@@ -310,6 +311,11 @@ class PyTorchBackend:
     def framework_version() -> str:
         """The torch version string."""
         return str(torch.__version__)
+
+    @staticmethod
+    def device_memory(device: str) -> int:
+        """Bytes torch's allocator has handed out on a CUDA device; 0 for the CPU."""
+        return int(torch.cuda.memory_allocated(device)) if device.startswith("cuda") else 0
 
     def devices(self) -> list[str]:
         return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -193,6 +193,7 @@ class TensorFlowBackend:
     """Runs jobs with TensorFlow on CPU or GPU; keeps one Keras VGG19 for all jobs."""
 
     name = "tensorflow"
+    batches = False  # each job runs alone
 
     def __init__(self, weights: VGGWeights, style_cache_bytes: int = DEFAULT_BYTES) -> None:
         for gpu in _gpus():
@@ -209,6 +210,14 @@ class TensorFlowBackend:
     def framework_version() -> str:
         """The TensorFlow version string."""
         return str(tf.__version__)
+
+    @staticmethod
+    def device_memory(device: str) -> int:
+        """Bytes TensorFlow holds on a GPU (`cuda:N` is its `GPU:N`); 0 for the CPU."""
+        if not device.startswith("cuda"):
+            return 0
+        index = device.partition(":")[2] or "0"
+        return int(tf.config.experimental.get_memory_info(f"GPU:{index}")["current"])
 
     @staticmethod
     def precision_info() -> PrecisionInfo:

@@ -45,7 +45,7 @@ class Workers:
 
     def batches(self, job: Job) -> bool:
         """Whether the job's backend can run it in a batch."""
-        return callable(getattr(self._backends[job.options.backend], "run_batch", None))
+        return self._backends[job.options.backend].batches
 
     def run(self, jobs: list[Job]) -> None:
         """Run the jobs (a batch when more than one) to their terminal events."""

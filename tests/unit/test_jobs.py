@@ -61,6 +61,16 @@ class ScriptedBackend:
     """Yields iterations; can block on a gate, raise at an iteration, and honours cancellation."""
 
     name = "scripted"
+    batches = False
+    style_cache = None
+
+    @staticmethod
+    def framework_version() -> str:
+        return "scripted"
+
+    @staticmethod
+    def device_memory(device: str) -> int:
+        return 0
 
     def __init__(
         self, raise_at: int | None = None, error: Exception | None = None, delay: float = 0.001
@@ -387,6 +397,8 @@ def test_previews_encode_in_order_off_the_caller_and_skip_only_when_busy(
 class BatchingScript(ScriptedBackend):
     """A scripted backend whose batches meet in a real Rendezvous, recording every round."""
 
+    batches = True  # type: ignore[assignment]
+
     def __init__(
         self,
         before_run: Callable[[list[BackendJob]], None] = lambda jobs: None,
@@ -394,12 +406,12 @@ class BatchingScript(ScriptedBackend):
     ) -> None:
         super().__init__()
         self.on_iteration = on_iteration
-        self.batches: list[list[int]] = []  # the iterations asked for by each batch's jobs
+        self.batched: list[list[int]] = []  # the iterations asked for by each batch's jobs
         self.rounds: list[int] = []  # members per evaluation round, over every batch
         self.before_run = before_run
 
     def run_batch(self, jobs: Sequence[BackendJob], cancels: Sequence[CancelToken]) -> list[BatchMember]:
-        self.batches.append([job.options.iterations for job in jobs])
+        self.batched.append([job.options.iterations for job in jobs])
 
         def compute(requests: Mapping[int, int]) -> dict[int, int | BaseException]:
             self.rounds.append(len(requests))
@@ -444,7 +456,7 @@ def test_queued_jobs_of_one_size_and_options_run_as_one_batch() -> None:
     backend.gate.set()
     for job in jobs:
         assert isinstance(_events(job)[-1], Finished)
-    assert backend.batches == [[3, 3, 3]]  # the 5-iteration job ran alone afterwards
+    assert backend.batched == [[3, 3, 3]]  # the 5-iteration job ran alone afterwards
     assert backend.rounds == [3, 3, 3]
     assert backend.runs == 2  # the holder and the 5-iteration job
     core.close(grace=5)
@@ -457,7 +469,7 @@ def test_a_batch_takes_at_most_batch_max_jobs() -> None:
     backend.gate.set()
     for job in jobs:
         assert isinstance(_events(job)[-1], Finished)
-    assert backend.batches == [[3, 3], [3, 3]] and backend.runs == 2
+    assert backend.batched == [[3, 3], [3, 3]] and backend.runs == 2
     core.close(grace=5)
 
 
@@ -495,7 +507,7 @@ def test_a_member_stopped_before_it_starts_does_not_hold_its_batch() -> None:
     assert isinstance(_events(jobs[1])[-1], Finished)
     last = _events(jobs[2])[-1]
     assert isinstance(last, Failed) and isinstance(last.error, Cancelled)
-    assert backend.batches == [[3, 3]] and backend.rounds == [1, 1, 1]
+    assert backend.batched == [[3, 3]] and backend.rounds == [1, 1, 1]
     core.close(grace=5)
 
 
