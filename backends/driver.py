@@ -40,9 +40,9 @@ from backends.base import (
     StyleInput,
 )
 from backends.errors import Cancelled, Diverged
-from backends.init import start_image
 from backends.options import ColorPreservation, StyleOptions
 from backends.resize import Float, resize
+from backends.start import start_image
 from backends.vgg import LAYERS, Kind, deepest
 
 

@@ -319,11 +319,11 @@ def service_overhead(weights: VGGWeights, size: int, iterations: int) -> tuple[f
     from styletransfer.v1 import style_transfer_pb2 as pb
     from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
-    from service import logging as service_logging
+    from service import logs
     from service.server import build
     from service.settings import Settings
 
-    service_logging.configure("console", "warning")
+    logs.configure("console", "warning")
     content, style = images(size)
     backend = registry.create("pytorch", weights)
     server = build(Settings(port=0, warmup=False), weights, {"pytorch": backend})

@@ -11,8 +11,7 @@ from types import FrameType
 
 import structlog
 
-from service import logging as service_logging
-from service import memory
+from service import logs, memory
 from service.settings import Settings
 
 # A secret given as a flag would show in `ps`: these take files or environment variables only.
@@ -58,7 +57,7 @@ def parse_args(argv: list[str] | None) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGTERM or SIGINT; return the exit code."""
     settings = Settings(**parse_args(argv))  # type: ignore[arg-type]
-    service_logging.configure(settings.log_format, settings.log_level)
+    logs.configure(settings.log_format, settings.log_level)
     log = structlog.get_logger("service")
     memory.tune()  # before any thread that runs jobs exists
 

@@ -33,7 +33,7 @@ from backends.errors import ResourceExhausted
 from backends.options import Optimizer, StyleOptions
 
 if TYPE_CHECKING:
-    from service.requests import JobSpec
+    from service.jobspec import JobSpec
 
 MiB = 1024 * 1024
 FLOAT = 4

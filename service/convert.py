@@ -26,8 +26,8 @@ from service.jobs import (
     Resumed,
     State,
 )
+from service.jobspec import JobRequest, StyleSource
 from service.options import ImageFormat, JobOptions
-from service.requests import JobRequest, StyleSource
 from service.settings import Settings
 
 _ENUMS: dict[str, dict[int, Any]] = {

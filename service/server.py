@@ -30,11 +30,11 @@ from service.jobs import Failed, JobCore, Limits
 from service.jobs.memorystore import MemoryStore
 from service.jobs.redisstore import RedisStore, redact
 from service.jobs.store import JobStore, Preparer
+from service.jobspec import JobSpec
 from service.limits import Rates, Slots
 from service.metrics import HeldBytes, JobMetrics, Metrics, OpenStreams, QueueDepth, StyleCache
 from service.options import JobOptions
 from service.principals import Principals
-from service.requests import JobSpec
 from service.servicer import StyleTransferServicer
 from service.settings import Settings, load_tokens
 

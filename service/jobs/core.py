@@ -27,9 +27,9 @@ from service.jobs.events import Failed, Finished, State
 from service.jobs.job import Job, JobObserver, StopReason, new_job_id, not_found
 from service.jobs.runner import terminal_state
 from service.jobs.workers import DeviceWorkers
+from service.jobspec import JobSpec
 from service.options import JobOptions
 from service.principals import ANONYMOUS
-from service.requests import JobSpec
 
 log = structlog.get_logger(__name__)
 

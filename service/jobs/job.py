@@ -22,9 +22,9 @@ from backends.errors import (
 )
 from service import admission
 from service.jobs.events import Accepted, Event, EventLog, Failed, Finished, Heartbeat, Resumed, State
+from service.jobspec import JobSpec
 from service.options import JobOptions
 from service.principals import ANONYMOUS
-from service.requests import JobSpec
 
 DEADLINE_SLACK = 0.25  # seconds; see Job.caller_gone
 

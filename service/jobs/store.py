@@ -20,9 +20,9 @@ from styletransfer.v1 import style_transfer_pb2 as pb
 from backends.errors import InvalidArgument
 from service import convert
 from service.jobs.core import JobCore
+from service.jobspec import JobSpec, build_spec, resolve_options
 from service.options import JobOptions
 from service.principals import ANONYMOUS
-from service.requests import JobSpec, build_spec, resolve_options
 from service.settings import Settings
 
 JobRequest = pb.TransferRequest | pb.CreateJobRequest

@@ -23,8 +23,8 @@ sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 from imaging import image_array  # noqa: E402
 
 from backends.base import BackendJob, StyleInput  # noqa: E402
-from backends.init import initial_pixels  # noqa: E402
 from backends.options import Init, StyleOptions  # noqa: E402
+from backends.start import initial_pixels  # noqa: E402
 from backends.vgg import CONV_LAYERS, position  # noqa: E402
 from backends.weights.canonical import VGGWeights, random_weights, tensors_sha256  # noqa: E402
 

@@ -15,8 +15,8 @@ from backends.options import Optimizer, StyleOptions
 from backends.weights.canonical import random_weights
 from service import memory
 from service.admission import estimate
+from service.jobspec import JobSpec
 from service.options import JobOptions
-from service.requests import JobSpec
 
 CASES = (  # output side, iterations, optimizer, style side
     (256, 3, Optimizer.LBFGS, 256),

@@ -19,8 +19,8 @@ from imaging import image_array
 
 from backends import registry
 from backends.base import Backend, BackendJob, StyleInput
-from backends.init import initial_pixels
 from backends.options import Init, Optimizer, StyleOptions
+from backends.start import initial_pixels
 from backends.vgg import LOSS_LAYER_NAMES, position
 from backends.weights.canonical import random_weights
 

@@ -24,8 +24,8 @@ from realweights import real_weights
 
 from backends import registry
 from backends.base import Backend, BackendJob, StyleInput
-from backends.init import initial_pixels
 from backends.options import StyleOptions
+from backends.start import initial_pixels
 from backends.vgg import LOSS_LAYER_NAMES, position
 from backends.weights.canonical import VGGWeights, tensors_sha256
 

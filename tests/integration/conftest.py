@@ -9,7 +9,7 @@ import pytest
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from backends.weights.canonical import random_weights
-from service import logging as service_logging
+from service import logs
 from service.server import Server, build
 from service.settings import Settings
 
@@ -19,7 +19,7 @@ WEIGHTS_SEED = 0
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    service_logging.configure("console", "warning")
+    logs.configure("console", "warning")
     settings = Settings(host="127.0.0.1", port=0, queue_size=4, backends=("pytorch", "tensorflow"))
     srv = build(settings, random_weights(WEIGHTS_SEED))
     assert srv.ready.wait(120), "the server did not finish its warm-up"

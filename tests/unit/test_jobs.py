@@ -50,8 +50,8 @@ from service.jobs import (
     State,
     StopReason,
 )
+from service.jobspec import JobSpec
 from service.options import JobOptions
-from service.requests import JobSpec
 
 LOSSES = Losses(1.0, 2.0, 0.0, 3.0)
 IMAGE = np.zeros((16, 16, 3), dtype=np.uint8)

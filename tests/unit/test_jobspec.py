@@ -10,8 +10,8 @@ from imaging import encode, image_bytes
 
 from backends.errors import InvalidArgument
 from backends.options import Init, Optimizer, StyleOptions
+from service.jobspec import JobRequest, StyleSource, build_spec, resolve_options
 from service.options import ImageFormat, JobOptions
-from service.requests import JobRequest, StyleSource, build_spec, resolve_options
 from service.settings import Settings
 
 SETTINGS = Settings(max_size=1024, max_iterations=2000, max_styles=2)
