@@ -13,7 +13,7 @@ BACKENDS ?= pytorch,tensorflow
 METRICS_PORT ?= 9095
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps generate weights run test lint fmt clean bench load cluster manifests image-locks api-baseline
+.PHONY: setup system-deps generate weights run test lint fmt clean bench load cluster manifests image-locks api-baseline chaos abuse
 
 ## Everything the service, the tests and the linters need: the Python environment, the pinned
 ## tools under tools/ (buf, kubectl, schema validators, scanners) and the system packages.
@@ -108,3 +108,15 @@ load: $(STAMP)
 cluster: $(STAMP) $(SYSTEM)
 	$(BIN)/python scripts/cluster.py --replicas $(or $(REPLICAS),3) --backends $(BACKENDS) \
 	  $(if $(WEIGHTS),--weights $(WEIGHTS)) $(CLUSTER_ARGS)
+
+## The chaos run of issue 20 (bounded; its own Redis and 3 replicas on loopback, random weights):
+## callers stream, watch and cancel 240 jobs while replicas get kill -9 and SIGTERM and Redis restarts;
+## fails on a lost job or a broken check. QUICK=1: 36 jobs, about a minute; CHAOS_ARGS: more flags.
+chaos: $(STAMP) $(SYSTEM)
+	$(BIN)/python benchmarks/chaos.py $(if $(QUICK),--quick) $(CHAOS_ARGS)
+
+## Normal callers' latency without, then with, abusers on one loopback server with auth (idle streams,
+## wrong tokens, floods, amplifying and oversized jobs); fails on a normal caller's error, a p95 unary
+## latency over 2 s or RSS past the memory budget. 20 s per phase; QUICK=1: 5 s; ABUSE_ARGS: more flags.
+abuse: $(STAMP)
+	$(BIN)/python benchmarks/abuse.py $(if $(QUICK),--quick) $(ABUSE_ARGS)
