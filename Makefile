@@ -13,7 +13,7 @@ BACKENDS ?= pytorch,tensorflow
 METRICS_PORT ?= 9095
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps generate weights run test lint fmt clean bench load cluster manifests image-locks api-baseline chaos abuse
+.PHONY: setup system-deps generate weights run test test-fast lint fmt clean bench load cluster manifests image-locks api-baseline chaos abuse
 
 ## Everything the service, the tests and the linters need: the Python environment, the pinned
 ## tools under tools/ (buf, kubectl, schema validators, scanners) and the system packages.
@@ -58,6 +58,10 @@ endif
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The unit tier only (no server process, no Redis, no real optimization): under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit -m "not slow and not redis" $(PYTEST_ARGS)
 
 lint: setup
 	$(BUF) lint

@@ -22,6 +22,8 @@ from backends.weights.canonical import random_weights
 from service.server import Server, build
 from service.settings import Settings
 
+pytestmark = [pytest.mark.redis]
+
 PLACED = {"backend": "pytorch", "device": "cpu"}
 
 

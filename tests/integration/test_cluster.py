@@ -18,11 +18,14 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 import redis
 from imaging import image_bytes
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 from toolchain import require
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 NEEDS = "install Debian's redis-server (make setup does, as root)"

@@ -26,6 +26,8 @@ from backends.weights.canonical import random_weights
 from service.server import Server, build
 from service.settings import Settings
 
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
 LEASE = "1.5"
 CHECKPOINT = 0.5  # seconds between checkpoints
 TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)

@@ -26,6 +26,8 @@ from backends.weights.canonical import random_weights
 from service.server import Server, build
 from service.settings import Settings
 
+pytestmark = [pytest.mark.redis]
+
 ALICE = (("authorization", "Bearer alice-secret"),)
 BOB = (("authorization", "Bearer bob-secret"),)
 LONG = 10_000
