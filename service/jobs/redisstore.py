@@ -48,7 +48,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 from styletransfer.v1 import style_transfer_pb2 as pb
 
-from backends.base import Backend
+from backends.base import Backend, Iterate
+from backends.driver import total_iterations
 from backends.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -468,6 +469,10 @@ class RedisStore:
             checkpoint_seconds=self.leases.checkpoint_seconds,
         )
         job.on_checkpoint = lambda taken: self.leases.offer(job, generation, taken)
+        if checkpoint is not None:
+            # Where the job stands is where its checkpoint left it, until this run reports more.
+            total = total_iterations(job.height, job.width, spec.options.style)
+            job.last_progress = Iterate(checkpoint.iteration, total, checkpoint.losses, 0.0)
         if resumed is not None:
             log.info("job_resumed", job_id=job_id, run=run, reason=resumed.reason, first_sequence=first)
             self.core.observer.resumed(job, resumed.reason)
@@ -721,8 +726,19 @@ class RedisStore:
         stream = self._events(job_id)
         quiet_since = time.monotonic()
         while alive():
-            with _answering():
-                batch = self.client.xread({stream: cursor}, block=POLL_MS, count=64)
+            if self._draining.is_set():
+                # This replica is leaving: the caller goes on from the last sequence it saw on
+                # another one (the job itself goes on wherever it runs).
+                raise ShuttingDown(
+                    "this replica is shutting down; watch the job on another one from the last sequence seen"
+                )
+            try:
+                with _answering():
+                    batch = self.client.xread({stream: cursor}, block=POLL_MS, count=64)
+            except (ValueError, OSError):  # the client was closed under this read: stopping
+                if not self._draining.is_set():
+                    raise
+                continue
             for _, entries in batch or ():
                 for entry_id, fields in entries:
                     sequence = int(entry_id.decode().split("-")[0])

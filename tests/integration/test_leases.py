@@ -359,3 +359,49 @@ def _streams(replica: Server) -> bool:
     assert replica.metrics is not None
     value = replica.metrics.registry.get_sample_value("styletransfer_streams_open", {"kind": "streaming"})
     return bool(value)
+
+
+def test_a_job_handed_off_after_its_last_iteration_reports_every_iteration(
+    server: Server, store: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drained after its last iteration but before its result is written (encoding is held up
+    here), a job is resumed elsewhere from its final checkpoint: it runs no iteration again and
+    ends SUCCEEDED reporting all of them, with its losses."""
+    import service.jobs.runner as runner
+
+    real_encode = runner.images.encode
+    encoding = threading.Event()
+
+    def slow_first_encode(*args: object, **kwargs: object) -> object:
+        if not encoding.is_set():
+            encoding.set()
+            time.sleep(3.0)
+        return real_encode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner.images, "encode", slow_first_encode)
+    first, second = _in_process_pair(server, store, checkpoint_seconds=60)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+            job = pb_grpc.StyleTransferStub(channel).CreateJob(_request(20, size=32), timeout=30)
+        _until(lambda: encoding.is_set(), "the job never reached its result")
+        saved = redis.Redis.from_url(store.url)
+        _until(
+            lambda: int(saved.hget(_hash(job.name) + ":checkpoint", "iteration") or 0) == 20,
+            "the last checkpoint was not saved",
+        )
+        saved.close()
+        owner = first if first.core.jobs() and not first.core.jobs()[0].done else second
+        other = second if owner is first else first
+        owner.stop(grace=0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            events = list(stub.WatchJob(pb.WatchJobRequest(name=job.name), timeout=60))
+            done = stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10)
+        assert [(e.resumed.reason, e.resumed.from_iteration) for e in events if e.HasField("resumed")] == [
+            ("HANDED_OFF", 20)
+        ]
+        assert done.state == pb.JOB_STATE_SUCCEEDED
+        assert (done.iteration, done.result.iterations) == (20, 20) and done.losses.total > 0
+    finally:
+        first.stop(grace=2)
+        second.stop(grace=2)
