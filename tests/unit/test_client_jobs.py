@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from styletransfer.client import ProtocolError, StyleTransferClient, StyleTransferError, TransferOptions
-from styletransfer.client import client as client_module
+from styletransfer.client import streams as streams_module
 from styletransfer.client.testing import (
     ScriptedStyleTransfer,
     heartbeat,
@@ -42,7 +42,7 @@ def client(scripted: ScriptedStyleTransfer) -> Iterator[StyleTransferClient]:
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The reconnection waits of follow_job, recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(client_module, "_sleep", recorded.append)
+    monkeypatch.setattr(streams_module, "_sleep", recorded.append)
     return recorded
 
 
@@ -223,7 +223,7 @@ def test_follow_job_backs_off_between_reconnections(
     """Each failed reconnection in a row waits about twice as long as the one before."""
     scripted.watch_drops = [0] * 4
     client.follow_job(NAME, max_reconnects=4)
-    first, _ = client_module.RECONNECT_BACKOFF_SECONDS
+    first, _ = streams_module.RECONNECT_BACKOFF_SECONDS
     for attempt, wait in enumerate(waits):
         assert first * 2**attempt / 2 <= wait <= first * 2**attempt
     assert len(waits) == 4

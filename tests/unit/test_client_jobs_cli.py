@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from styletransfer.client import TransferOptions, _console, cli
-from styletransfer.client import client as client_module
+from styletransfer.client import streams as streams_module
 from styletransfer.client.testing import (
     FAKE_IMAGE,
     ScriptedStyleTransfer,
@@ -52,7 +52,7 @@ def images(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture(autouse=True)
 def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reconnect at once instead of backing off."""
-    monkeypatch.setattr(client_module, "_sleep", lambda seconds: None)
+    monkeypatch.setattr(streams_module, "_sleep", lambda seconds: None)
 
 
 def _jobs(target: str, *args: str) -> int:
