@@ -38,14 +38,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import status_pb2
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 from backends.base import Backend, Iterate
@@ -54,20 +52,20 @@ from backends.errors import (
     Cancelled,
     DeadlineExceeded,
     IdempotencyKeyReused,
-    InvalidArgument,
     NotFound,
     ResourceExhausted,
     ShuttingDown,
     StyleTransferError,
 )
 from service import convert
-from service.errors import Relayed, to_status
+from service.errors import to_status
 from service.jobs import checkpoints
 from service.jobs import redis_lua as lua
 from service.jobs.core import JobCore, Limits, too_many_queued
 from service.jobs.events import Accepted, Failed, Finished, Resumed, State
-from service.jobs.job import Job, StopReason, new_job_id, not_found
+from service.jobs.job import Job, StopReason, new_job_id
 from service.jobs.leases import Leases
+from service.jobs.redisreads import POLL_MS, RedisReads, answering, device_class
 from service.jobs.store import Preparer, Submission
 from service.jobs.workers import Workers, batch_key
 from service.principals import ANONYMOUS
@@ -75,7 +73,6 @@ from service.principals import ANONYMOUS
 log = structlog.get_logger(__name__)
 
 CANCEL_CHANNEL = "cancel"
-POLL_MS = 1000  # blocking reads wake up this often to notice a caller that went away or a stop
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 TAKE_SCAN = 64  # queue entries a take looks through for jobs that can join the head's batch
 HEALTH_SECONDS = 2.0  # how often the store is pinged for the health status
@@ -92,34 +89,13 @@ def redact(url: str) -> str:
     return f"{scheme}://{user + ':***' if user else '***'}@{host}"
 
 
-def device_class(device: str) -> str:
-    """`cuda:1` -> `cuda`: the line a job waits in."""
-    return device.split(":", 1)[0]
-
-
-class StoreUnavailable(ShuttingDown):
-    """The shared job store does not answer: UNAVAILABLE with RetryInfo, like a draining replica."""
-
-    reason = "STORE_UNAVAILABLE"
-
-
-@contextmanager
-def _answering() -> Iterator[None]:
-    """Turn the store's connection errors into StoreUnavailable for the caller."""
-    try:
-        yield
-    except redis.RedisError as error:
-        log.warning("shared_store_unreachable", error=str(error))
-        raise StoreUnavailable("the shared job store does not answer; retry shortly") from None
-
-
 def _now() -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
     return stamp
 
 
-class RedisStore:
+class RedisStore(RedisReads):
     """The job store of a replica that shares its jobs and its queue with others through Redis."""
 
     def __init__(
@@ -174,27 +150,6 @@ class RedisStore:
         self._release = self.client.register_script(lua.RELEASE)
         self._write = self.client.register_script(lua.WRITE)
         self._mark = self.client.register_script(lua.MARK)
-
-    # -- keys -----------------------------------------------------------------------------------
-
-    def _job(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}"
-
-    def _events(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}:events"
-
-    def _checkpoint(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}:checkpoint"
-
-    def _owned(self, principal: str) -> str:
-        return f"{self.prefix}jobs:{principal}"
-
-    def _key(self, principal: str, key: str) -> str:
-        return f"{self.prefix}key:{principal}:{key}"
-
-    def queue(self, device: str) -> str:
-        """The stream that is the line for this device's class."""
-        return f"{self.prefix}queue:{device_class(device)}"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -330,7 +285,7 @@ class RedisStore:
             "request_id": job.request_id,
         }
         snapshot = convert.job(job, 0)
-        with _answering():
+        with answering():
             place = self._enqueue(
                 keys=[
                     self.queue(options.device),
@@ -376,7 +331,7 @@ class RedisStore:
         """Take `key` for a new job (None), or return the id of the job it already names; NX
         makes one job per key. IdempotencyKeyReused when that job came from another request."""
         name = self._key(principal, key)
-        with _answering():
+        with answering():
             # The key lives as long as its job might: a day to run, then retention (set at the end).
             if self.client.set(name, f"{fingerprint} {job_id}", nx=True, ex=self.retention + 86_400):
                 return None
@@ -622,53 +577,11 @@ class RedisStore:
             except redis.RedisError:
                 continue  # the health watcher reports it
 
-    # -- any replica answers --------------------------------------------------------------------
-
-    def _snapshot(self, job_id: str, principal: str) -> pb.Job:
-        try:
-            owner, raw, entry = self.client.hmget(self._job(job_id), ["principal", "snapshot", "entry"])
-            if owner is None or owner.decode() != principal or raw is None:
-                raise not_found(job_id)
-            snapshot = pb.Job.FromString(raw)
-            if entry is not None:
-                snapshot.queue_position = max(0, int(self._position(keys=[self._job(job_id)])))
-            return snapshot
-        except redis.RedisError as error:
-            # A job that runs here is still known here while the store is away.
-            try:
-                return convert.job(self.core.get(job_id, principal), -1)
-            except NotFound:
-                pass
-            log.warning("shared_store_unreachable", error=str(error))
-            raise StoreUnavailable("the shared job store does not answer; retry shortly") from None
-
-    def get(self, job_id: str, principal: str) -> pb.Job:
-        return self._snapshot(job_id, principal)
-
-    def jobs(self, principal: str) -> list[pb.Job]:
-        with _answering():
-            ids = [i.decode() for i in self.client.zrange(self._owned(principal), 0, -1)]
-            pipe = self.client.pipeline()
-            for job_id in ids:
-                pipe.hmget(self._job(job_id), ["snapshot", "entry"])
-            found: list[pb.Job] = []
-            stale: list[str] = []
-            for job_id, (raw, entry) in zip(ids, pipe.execute(), strict=True):
-                if raw is None:
-                    stale.append(job_id)
-                    continue
-                job = pb.Job.FromString(raw)
-                job.result.ClearField("image")
-                if entry is not None:
-                    job.queue_position = max(0, int(self._position(keys=[self._job(job_id)])))
-                found.append(job)
-            if stale:
-                self.client.zrem(self._owned(principal), *stale)
-        return found
+    # -- stopping jobs anywhere ----------------------------------------------------------------
 
     def cancel(self, job_id: str, principal: str) -> pb.Job:
         self._snapshot(job_id, principal)  # NotFound unless theirs
-        with _answering():
+        with answering():
             if not self._stop_waiting(job_id, lambda: Cancelled("the job was cancelled")):
                 self._stop_running(job_id, StopReason.CALLER)
         return self._snapshot(job_id, principal)
@@ -713,76 +626,3 @@ class RedisStore:
         moment reads the mark once it holds the job) and told to whichever replica runs it."""
         self._mark(keys=[self._job(job_id)], args=["stop", reason.value])
         self.client.publish(self.prefix + CANCEL_CHANNEL, f"{job_id} {reason.value}")
-
-    def watch(
-        self, job_id: str, principal: str, after: int, alive: Callable[[], bool]
-    ) -> Iterator[pb.TransferEvent]:
-        snapshot = self._snapshot(job_id, principal)
-        if _ended(snapshot) and after >= snapshot.last_sequence:
-            return  # nothing after the terminal event
-        with _answering():  # a Transfer caller that lost its stream is back, wherever it left
-            self._mark(keys=[self._job(job_id)], args=["attached", repr(time.time())])
-        cursor = f"{after}-0"
-        stream = self._events(job_id)
-        quiet_since = time.monotonic()
-        while alive():
-            if self._draining.is_set():
-                # This replica is leaving: the caller goes on from the last sequence it saw on
-                # another one (the job itself goes on wherever it runs).
-                raise ShuttingDown(
-                    "this replica is shutting down; watch the job on another one from the last sequence seen"
-                )
-            try:
-                with _answering():
-                    batch = self.client.xread({stream: cursor}, block=POLL_MS, count=64)
-            except (ValueError, OSError):  # the client was closed under this read: stopping
-                if not self._draining.is_set():
-                    raise
-                continue
-            for _, entries in batch or ():
-                for entry_id, fields in entries:
-                    sequence = int(entry_id.decode().split("-")[0])
-                    if sequence > int(cursor.split("-")[0]) + 1 and not _terminal(fields):
-                        # Older events are trimmed. The ending is all a late watcher of a job that
-                        # ended can get; a job still running says where to resume.
-                        ending = self.client.xrevrange(stream, count=1)
-                        if not ending or not _terminal(ending[0][1]):
-                            raise InvalidArgument(
-                                "after_sequence",
-                                f"events after {cursor.split('-')[0]} are no longer kept (the oldest "
-                                f"kept is {sequence}); resume from {sequence - 1} or later",
-                            )
-                        entry_id, fields = ending[0]
-                    cursor = entry_id.decode()
-                    if b"status" in fields:
-                        raise Relayed(status_pb2.Status.FromString(fields[b"status"]))
-                    event = pb.TransferEvent.FromString(fields[b"event"])
-                    yield event
-                    if event.HasField("result"):
-                        return
-                quiet_since = time.monotonic()
-            if batch:
-                continue
-            snapshot = self._snapshot(job_id, principal)  # NotFound once forgotten
-            sequence = int(cursor.split("-")[0])
-            if _ended(snapshot) and sequence >= snapshot.last_sequence:
-                return
-            if self.heartbeat is not None and time.monotonic() - quiet_since >= self.heartbeat:
-                yield pb.TransferEvent(sequence=sequence, heartbeat=pb.Heartbeat())
-                quiet_since = time.monotonic()
-
-    def queue_depths(self) -> dict[str, int]:
-        try:
-            names = list(self.client.scan_iter(match=f"{self.prefix}queue:*", count=100))
-            return {name.decode().rsplit(":", 1)[1]: int(self.client.xlen(name)) for name in names}
-        except redis.RedisError:
-            return {}
-
-
-def _terminal(fields: Mapping[bytes, bytes]) -> bool:
-    """Whether a stored event is a job's last: a failure, or an event with the result."""
-    return b"status" in fields or pb.TransferEvent.FromString(fields[b"event"]).HasField("result")
-
-
-def _ended(snapshot: pb.Job) -> bool:
-    return snapshot.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
