@@ -10,8 +10,9 @@
 * `memorystore`: that interface over the in-process core (the default; needs nothing else).
 * `redisstore`: that interface over Redis, shared by every replica: one queue per device
   class, events and snapshots any replica can read, idempotency keys across the deployment;
-  its atomic steps are the Lua scripts of `redis_lua`, and what any replica reads from it
-  (a job, a caller's jobs, a job's events) is `redisreads`.
+  its atomic steps are the Lua scripts of `redis_lua`; what any replica reads from it (a job, a
+  caller's jobs, a job's events) is `redisreads`, how a replica runs jobs from the shared line
+  (take, run, mirror, end) is `redisrun`.
 * `leases`: the jobs a replica runs from the shared line: leases, taking over dead replicas'
   jobs, fencing, checkpoints (encoded by `checkpoints`), hand-off at a drain.
 
