@@ -128,10 +128,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self.health_watches = health_watches
         self.rates = rates
 
-    def _count(self, method: str, context: grpc.ServicerContext) -> None:
+    def _count(self, method: str, context: grpc.ServicerContext, caller: str | None = None) -> None:
         """Count the call against its caller's rate (health is bounded by its own means)."""
         if self.rates is not None and not method.startswith(HEALTH):
-            self.rates.hit(self._caller(context))
+            self.rates.hit(caller or self._caller(context))
 
     def _caller(self, context: grpc.ServicerContext) -> str:
         """Whom a stream counts against: the principal with auth, else the peer's address."""
@@ -146,7 +146,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return peer_host(context.peer())
         return f"principal:{principal}"
 
-    def _stream_slot(self, method: str, context: grpc.ServicerContext) -> Callable[[], None]:
+    def _stream_slot(self, method: str, context: grpc.ServicerContext, caller: str) -> Callable[[], None]:
         """A place for one more open stream of this kind, or ResourceExhausted."""
         if method.startswith(HEALTH_WATCH):
             if self.health_watches is None:
@@ -154,7 +154,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return self.health_watches.acquire(peer_host(context.peer()))  # no token needed: by peer
         if self.streams is None:
             return lambda: None
-        return self.streams.acquire(self._caller(context))
+        return self.streams.acquire(caller)
 
     def _streaming(self, method: str, kind: str, inner: Callable[[Any, Any], Iterator[Any]]) -> Any:
         """A streaming handler that holds a counted place while it is open (its request is one
@@ -162,8 +162,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with _observed(method, kind, context, self.metrics) as call:
-                self._count(method, context)
-                release = self._stream_slot(method, context)
+                caller = self._caller(context)  # once: a token lookup per call is enough
+                self._count(method, context, caller)
+                release = self._stream_slot(method, context, caller)
                 try:
                     for response in inner(request, context):
                         call.sent()

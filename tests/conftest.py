@@ -1,4 +1,4 @@
-"""Test-wide set-up: the repository root and tests/ on sys.path for the helpers."""
+"""Test-wide set-up: tests/ and scripts/ on sys.path for the helpers (and scripts/cluster.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch._dynamo  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -181,7 +181,7 @@ class JobCore:
             try:
                 self._never_fits(job.estimate)
                 self._cap(principal)
-                self._admit(job.estimate)
+                self._fits_now(job.estimate)
                 workers.put(job)
             except ResourceExhausted:
                 self.observer.rejected(spec.options)
@@ -250,7 +250,7 @@ class JobCore:
                     workers = self._devices.get(options.device)
                     if workers is not None and workers.full():
                         raise workers.full_error()
-                self._admit(estimate, holds=holds)
+                    self._fits_now(estimate)
             except ResourceExhausted:
                 self.observer.rejected(options)
                 raise
@@ -261,14 +261,14 @@ class JobCore:
         if budget and job.peak > budget:
             raise too_big(job, budget)
 
-    def _admit(self, job: Estimate, holds: bool = True) -> None:
-        """Refuse a job that would not fit in the memory budget (see service.admission)."""
+    def _fits_now(self, job: Estimate) -> None:
+        """Refuse, for now, a job that does not fit in the memory budget beside the jobs held here
+        (its own peak is checked first, by `_never_fits`; see service.admission)."""
         budget = self.limits.memory_budget
         if not budget:
             return
-        self._never_fits(job)
         committed = self._committed(job)
-        if holds and committed > budget:
+        if committed > budget:
             raise ResourceExhausted(
                 f"the jobs running and waiting here hold about {committed // MiB} MiB with this "
                 f"one, over the memory budget of {budget // MiB} MiB; retry later"

@@ -7,7 +7,6 @@ one replica mid-run loses no job submitted through the client.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -15,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import cluster
 import grpc
 import pytest
 import serverproc
@@ -27,23 +27,6 @@ from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 JOBS = 36
 CALLERS = 6
-SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [
-        {
-            "name": [{"service": "styletransfer.v1.StyleTransfer"}],
-            # Transparent retries cover a replica that refuses connections; a stream that already
-            # started is retried by the caller below.
-            "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ],
-}
 
 
 @pytest.fixture
@@ -86,7 +69,9 @@ def test_jobs_spread_over_replicas_and_survive_one_being_stopped(replicas: list[
     """36 jobs through one round_robin channel: every replica serves some, one is SIGTERMed, none is lost."""
     baseline = [_submitted(r) or 0.0 for r in replicas]  # the warm-up job counts
     target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
-    options = [("grpc.service_config", json.dumps(SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
+    # The README's config (scripts/cluster.py prints the same): round_robin, and transparent
+    # retries of UNAVAILABLE for a replica that refuses; a started stream is retried below.
+    options = cluster.channel_options()
     results: dict[int, str] = {}
     retries = {"unavailable": 0, "exhausted": 0}
     lock = threading.Lock()
