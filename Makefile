@@ -72,9 +72,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
-	git diff --exit-code -- clients/python/styletransfer/v1 \
+	git diff --exit-code -- clients/python/styletransfer/v1 clients/python/styletransfer/client/_option_fields.py \
 	  || (echo "generated code is stale: run 'make generate' and commit" >&2; exit 1)
-	test -z "$$(git status --porcelain -- clients/python/styletransfer/v1)" \
+	test -z "$$(git status --porcelain -- clients/python/styletransfer/v1 clients/python/styletransfer/client/_option_fields.py)" \
 	  || (echo "generated code is not committed: run 'make generate' and commit" >&2; exit 1)
 
 ## Rewrite the Kubernetes manifests made from the alert rules and the dashboard.

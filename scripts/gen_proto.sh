@@ -12,3 +12,6 @@ mkdir -p "$out/styletransfer/v1"
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
   proto/styletransfer/v1/*.proto
 touch "$out/styletransfer/v1/__init__.py"
+# What the Python code derives from the .proto beyond the stubs: field comments and the client's
+# typed TransferOptions fields.
+"$PY" scripts/gen_options.py

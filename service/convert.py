@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from styletransfer.client.options import names_of
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 from backends import registry
 from backends.base import Losses
 from backends.errors import InvalidArgument
-from backends.options import ColorPreservation, Init, Optimizer, Pooling
 from backends.vgg import LOSS_LAYER_NAMES
 from backends.weights.canonical import VGGWeights
 from service.errors import to_status
@@ -26,38 +26,26 @@ from service.jobs import (
     Resumed,
     State,
 )
-from service.jobspec import JobRequest, StyleSource
-from service.options import ImageFormat, JobOptions
+from service.jobspec import STYLE_FIELDS, JobRequest, StyleSource
+from service.options import JobOptions
 from service.settings import Settings
 
-_ENUMS: dict[str, dict[int, Any]] = {
-    "optimizer": {pb.OPTIMIZER_LBFGS: Optimizer.LBFGS, pb.OPTIMIZER_ADAM: Optimizer.ADAM},
-    "init": {
-        pb.INIT_CONTENT: Init.CONTENT,
-        pb.INIT_NOISE: Init.NOISE,
-        pb.INIT_STYLE: Init.STYLE,
-        pb.INIT_IMAGE: Init.IMAGE,
-    },
-    "output_format": {
-        pb.IMAGE_FORMAT_PNG: ImageFormat.PNG,
-        pb.IMAGE_FORMAT_PNG16: ImageFormat.PNG16,
-        pb.IMAGE_FORMAT_JPEG: ImageFormat.JPEG,
-        pb.IMAGE_FORMAT_WEBP: ImageFormat.WEBP,
-    },
-    "pooling": {pb.POOLING_MAX: Pooling.MAX, pb.POOLING_AVERAGE: Pooling.AVERAGE},
-    "color_preservation": {
-        pb.COLOR_PRESERVATION_NONE: ColorPreservation.NONE,
-        pb.COLOR_PRESERVATION_LUMINANCE: ColorPreservation.LUMINANCE,
-        pb.COLOR_PRESERVATION_HISTOGRAM: ColorPreservation.HISTOGRAM,
-    },
+# Enum options travel as numbers on the wire and as the short names of their values inside the
+# service (OPTIMIZER_LBFGS <-> "lbfgs"), which are the values of the options' StrEnums.
+_ENUM_NAMES: dict[str, dict[int, str]] = {
+    f.name: {number: name for name, number in names_of(f.enum_type).items()}
+    for f in pb.TransferOptions.DESCRIPTOR.fields
+    if f.enum_type is not None
 }
-_ENUMS_BACK: dict[str, dict[Any, Any]] = {
-    name: {v: k for k, v in table.items()} for name, table in _ENUMS.items()
+_ENUM_NUMBERS: dict[str, dict[str, Any]] = {
+    field: {name: number for number, name in table.items()} for field, table in _ENUM_NAMES.items()
 }
+# Options reported as the job uses them rather than as set: their `resolved_` value.
+_REPORTED_RESOLVED = ("learning_rate", "style_layer_weights")
 
 
 def overrides(options: pb.TransferOptions) -> dict[str, Any]:
-    """The options the caller set, as plain values keyed by field name."""
+    """The options the caller set, as plain values keyed by field name (enums by value name)."""
     out: dict[str, Any] = {}
     for field in options.DESCRIPTOR.fields:
         name = field.name
@@ -67,9 +55,9 @@ def overrides(options: pb.TransferOptions) -> dict[str, Any]:
                 out[name] = list(value)
         elif field.enum_type is not None:
             if value != 0:
-                if value not in _ENUMS[name]:
+                if value not in _ENUM_NAMES[name]:
                     raise InvalidArgument(f"options.{name}", f"unknown value {value}")
-                out[name] = _ENUMS[name][value]
+                out[name] = _ENUM_NAMES[name][value]
         elif options.HasField(name):
             out[name] = value
     return out
@@ -91,35 +79,15 @@ def job_request(request: pb.TransferRequest | pb.CreateJobRequest) -> JobRequest
 
 def options_to_proto(options: JobOptions) -> pb.TransferOptions:
     """Every option set, as a job really uses it."""
-    style = options.style
-    return pb.TransferOptions(
-        iterations=style.iterations,
-        max_size=options.max_size,
-        content_weight=style.content_weight,
-        style_weight=style.style_weight,
-        tv_weight=style.tv_weight,
-        content_layers=style.content_layers,
-        style_layers=style.style_layers,
-        style_layer_weights=style.resolved_style_layer_weights,
-        optimizer=_ENUMS_BACK["optimizer"][style.optimizer],
-        learning_rate=style.resolved_learning_rate,
-        init=_ENUMS_BACK["init"][style.init],
-        seed=style.seed,
-        output_format=_ENUMS_BACK["output_format"][options.output_format],
-        output_quality=options.output_quality,
-        preview_every=options.preview_every,
-        preview_max_size=options.preview_max_size,
-        backend=options.backend,
-        device=options.device,
-        max_duration_seconds=options.max_duration,
-        pooling=_ENUMS_BACK["pooling"][style.pooling],
-        color_preservation=_ENUMS_BACK["color_preservation"][style.color_preservation],
-        style_scale=style.style_scale,
-        scale_iterations=style.scale_iterations,
-        scale_factor=style.scale_factor,
-        tile_size=style.tile_size,
-        tile_overlap=style.tile_overlap,
-    )
+    values: dict[str, Any] = {}
+    for field in pb.TransferOptions.DESCRIPTOR.fields:
+        name = field.name
+        holder: Any = options.style if name in STYLE_FIELDS else options
+        value = getattr(holder, f"resolved_{name}" if name in _REPORTED_RESOLVED else name)
+        if field.enum_type is not None:
+            value = _ENUM_NUMBERS[name][value]
+        values[name] = value
+    return pb.TransferOptions(**values)
 
 
 def accepted(job: Job) -> pb.TransferEvent:
@@ -142,7 +110,7 @@ def _image(image: EncodedImage, options: JobOptions) -> pb.EncodedImage:
         data=image.data,
         width=image.width,
         height=image.height,
-        format=_ENUMS_BACK["output_format"][options.output_format],
+        format=_ENUM_NUMBERS["output_format"][options.output_format],
     )
 
 

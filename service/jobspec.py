@@ -8,18 +8,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from enum import StrEnum
+from typing import Any, cast, get_type_hints
 
 import numpy as np
 
 from backends.base import RGBImage, StyleInput
 from backends.driver import min_side, scale_sizes, total_iterations
 from backends.errors import InvalidArgument
-from backends.options import ColorPreservation, Init, Optimizer, Pooling, StyleOptions
+from backends.options import Init, StyleOptions
 from backends.vgg import LOSS_LAYER_NAMES
 from service import images
 from service.admission import Shape, fitted
-from service.options import ImageFormat, JobOptions
+from service.options import JobOptions
 from service.settings import Settings
 
 
@@ -136,19 +137,14 @@ def _rules(settings: Settings) -> dict[str, Callable[[str, Any], Any]]:
         "content_layers": _layers,
         "style_layers": _layers,
         "style_layer_weights": _layer_weights,
-        "optimizer": lambda f, v: Optimizer(v),
         "learning_rate": _number(0, inf, low_open=True),
-        "init": lambda f, v: Init(v),
         "seed": _number(0, 2**64 - 1, integer=True),
-        "output_format": lambda f, v: ImageFormat(v),
         "output_quality": _number(1, 100, integer=True),
         "preview_every": _number(0, settings.max_iterations, integer=True),
         "preview_max_size": _number(16, 4096, integer=True),
         "backend": lambda f, v: str(v),
         "device": lambda f, v: str(v),
         "max_duration_seconds": _number(0, 7 * 24 * 3600, low_open=True),
-        "pooling": lambda f, v: Pooling(v),
-        "color_preservation": lambda f, v: ColorPreservation(v),
         "style_scale": _number(0, 4, low_open=True),
         "scale_iterations": _iterations_list(settings.max_iterations),
         "scale_factor": _number(1.1, 4),
@@ -158,7 +154,25 @@ def _rules(settings: Settings) -> dict[str, Callable[[str, Any], Any]]:
 
 
 STYLE_FIELDS = set(StyleOptions.__dataclass_fields__)
-_FIELD_NAMES = {"max_duration_seconds": "max_duration"}  # wire name -> JobOptions field
+"""The options that shape the optimization (the rest are the job's: output and placement)."""
+_TYPES = {**get_type_hints(JobOptions), **get_type_hints(StyleOptions)}
+
+
+def _rule(name: str, rules: Mapping[str, Callable[[str, Any], Any]]) -> Callable[[str, Any], Any]:
+    """How an option is checked: its rule, or for an enum its type (the value is the member's name)."""
+    if name in rules:
+        return rules[name]
+    kind = _TYPES[name]
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+
+        def member(field: str, value: Any) -> Any:
+            try:
+                return kind(value)
+            except ValueError:
+                raise InvalidArgument(field, f"unknown value {value!r}") from None
+
+        return member
+    raise KeyError(f"no rule checks option {name!r}")
 
 
 def resolve_options(overrides: Mapping[str, Any], defaults: JobOptions, settings: Settings) -> JobOptions:
@@ -167,8 +181,8 @@ def resolve_options(overrides: Mapping[str, Any], defaults: JobOptions, settings
     style: dict[str, Any] = {}
     job: dict[str, Any] = {}
     for name, value in overrides.items():
-        checked = rules[name](f"options.{name}", value)
-        (style if name in STYLE_FIELDS else job)[_FIELD_NAMES.get(name, name)] = checked
+        checked = _rule(name, rules)(f"options.{name}", value)
+        (style if name in STYLE_FIELDS else job)[name] = checked
     scales = style.get("scale_iterations")
     if scales:
         if "iterations" in style and style["iterations"] != sum(scales):

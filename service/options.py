@@ -29,4 +29,4 @@ class JobOptions:
     preview_max_size: int = 256
     backend: str = ""  # empty: the server's default backend
     device: str = ""  # empty: the server's default device
-    max_duration: float | None = None  # seconds from acceptance; None: no limit
+    max_duration_seconds: float | None = None  # from acceptance; None: no limit

@@ -96,8 +96,8 @@ class Preparer:
             options = replace(options, device=device)
         options = self.core.place(options)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if options.max_duration is not None:
-            budget = time.monotonic() + options.max_duration
+        if options.max_duration_seconds is not None:
+            budget = time.monotonic() + options.max_duration_seconds
             deadline = budget if deadline is None else min(deadline, budget)
         admit = (
             None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -31,7 +30,6 @@ from styletransfer.client.testing import (
     ScriptedStyleTransfer,
     heartbeat,
     rich_status,
-    scripted_events,
     serve,
 )
 from styletransfer.v1 import style_transfer_pb2 as pb
@@ -60,27 +58,6 @@ EVERY_OPTION = TransferOptions(
     device="cpu",
     max_duration_seconds=30.0,
 )
-
-
-@pytest.fixture
-def scripted() -> ScriptedStyleTransfer:
-    """A scripted service that runs a three-iteration job."""
-    return ScriptedStyleTransfer(scripted_events(iterations=3))
-
-
-@pytest.fixture
-def target(scripted: ScriptedStyleTransfer) -> Iterator[str]:
-    """The address of a server running ``scripted`` on a free port."""
-    server, port = serve(scripted)
-    yield f"127.0.0.1:{port}"
-    server.stop(None)
-
-
-@pytest.fixture
-def client(target: str) -> Iterator[StyleTransferClient]:
-    """A client of ``target``."""
-    with StyleTransferClient(target) as c:
-        yield c
 
 
 def _rejecting(scripted: ScriptedStyleTransfer, status: grpc.Status) -> None:

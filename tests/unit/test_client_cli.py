@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,29 +17,6 @@ from styletransfer.client.testing import (
     serve,
 )
 from styletransfer.v1 import style_transfer_pb2 as pb
-
-
-@pytest.fixture
-def scripted() -> ScriptedStyleTransfer:
-    """A scripted service that runs a three-iteration job."""
-    return ScriptedStyleTransfer(scripted_events(iterations=3))
-
-
-@pytest.fixture
-def target(scripted: ScriptedStyleTransfer) -> Iterator[str]:
-    """The address of a server running ``scripted`` on a free port."""
-    server, port = serve(scripted)
-    yield f"127.0.0.1:{port}"
-    server.stop(None)
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> tuple[Path, Path]:
-    """A content and a style image file (their bytes are never decoded)."""
-    content, style = tmp_path / "content.png", tmp_path / "style.png"
-    content.write_bytes(b"content-bytes")
-    style.write_bytes(b"style-bytes")
-    return content, style
 
 
 def _stylize(target: str, images: tuple[Path, Path], output: Path, *flags: str) -> int:

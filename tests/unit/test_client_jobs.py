@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from styletransfer.client import ProtocolError, StyleTransferClient, StyleTransferError, TransferOptions
@@ -12,30 +10,13 @@ from styletransfer.client.testing import (
     ScriptedStyleTransfer,
     heartbeat,
     rich_status,
-    scripted_events,
     scripted_job,
-    serve,
 )
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 CONTENT = b"content-bytes"
 STYLE = b"style-bytes"
 NAME = "jobs/job-1"
-
-
-@pytest.fixture
-def scripted() -> ScriptedStyleTransfer:
-    """A scripted service whose watched job runs three iterations (events numbered 1 to 5)."""
-    return ScriptedStyleTransfer(scripted_events(iterations=3))
-
-
-@pytest.fixture
-def client(scripted: ScriptedStyleTransfer) -> Iterator[StyleTransferClient]:
-    """A client of a server running ``scripted`` on a free port."""
-    server, port = serve(scripted)
-    with StyleTransferClient(f"127.0.0.1:{port}", timeout=30) as c:
-        yield c
-    server.stop(None)
 
 
 @pytest.fixture

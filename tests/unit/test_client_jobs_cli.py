@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,6 @@ from styletransfer.client.testing import (
     rich_status,
     scripted_events,
     scripted_job,
-    serve,
 )
 from styletransfer.v1 import style_transfer_pb2 as pb
 
@@ -30,23 +28,6 @@ def scripted() -> ScriptedStyleTransfer:
     """A scripted service whose watched job runs three iterations, with a heartbeat while queued."""
     events = scripted_events(iterations=3)
     return ScriptedStyleTransfer([heartbeat(0), *events])
-
-
-@pytest.fixture
-def target(scripted: ScriptedStyleTransfer) -> Iterator[str]:
-    """The address of a server running ``scripted`` on a free port."""
-    server, port = serve(scripted)
-    yield f"127.0.0.1:{port}"
-    server.stop(None)
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> tuple[Path, Path]:
-    """A content and a style image file (their bytes are never decoded)."""
-    content, style = tmp_path / "content.png", tmp_path / "style.png"
-    content.write_bytes(b"content-bytes")
-    style.write_bytes(b"style-bytes")
-    return content, style
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,21 @@ defaults, so they live in one place, the server.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypedDict
+import re
+from collections.abc import Mapping
+from typing import Any
 
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-
+from styletransfer.client._option_fields import (
+    PROTO_NAMES,
+    ColorPreservationName,
+    ImageFormatName,
+    InitName,
+    JobStateName,
+    OptimizerName,
+    PoolingName,
+    TransferOptionsFields,
+    TransferOptionsKwargs,
+)
 from styletransfer.v1 import style_transfer_pb2 as pb
 
 __all__ = [
@@ -24,6 +34,7 @@ __all__ = [
     "POOLINGS",
     "ColorPreservationName",
     "FormatName",
+    "ImageFormatName",
     "InitName",
     "JobStateName",
     "OptimizerName",
@@ -32,55 +43,46 @@ __all__ = [
     "TransferOptionsKwargs",
 ]
 
-OptimizerName = Literal["lbfgs", "adam"]
-"""Name of an optimizer, as ``TransferOptions.optimizer`` takes it."""
-InitName = Literal["content", "noise", "style", "image"]
-"""Name of a starting image, as ``TransferOptions.init`` takes it."""
-FormatName = Literal["png", "png16", "jpeg", "webp"]
+FormatName = ImageFormatName
 """Name of an output encoding, as ``TransferOptions.output_format`` takes it."""
-JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-"""Name of a job state, as ``StyleTransferClient.list_jobs`` takes it."""
-PoolingName = Literal["max", "average"]
-"""Name of a pooling, as ``TransferOptions.pooling`` takes it."""
-ColorPreservationName = Literal["none", "luminance", "histogram"]
-"""Name of a colour preservation, as ``TransferOptions.color_preservation`` takes it."""
 
 
-def _names_of(enum: EnumTypeWrapper, prefix: str) -> dict[str, Any]:
-    """Map the lower-case short name of each specified value of a proto enum to its value."""
-    # Read from the generated descriptor so that a value added to the .proto shows up here (and in
-    # the CLI choices) without restating it; the Literal types above are checked against these
-    # tables by a test.
-    return {name.removeprefix(prefix).lower(): num for name, num in enum.items() if num != 0}
+def names_of(enum: Any) -> dict[str, Any]:
+    """Map the short lower-case name of each value of a proto enum (its descriptor) to its number.
+
+    Values are prefixed with the enum's name in upper snake case (``COLOR_PRESERVATION_NONE``),
+    which the prefix rule of `buf lint` enforces; the short name drops it (``none``).
+    """
+    # Read from the descriptor so that a value added to the .proto shows up here (and in the CLI
+    # choices) without restating it.
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+    return {v.name.removeprefix(prefix).lower(): v.number for v in enum.values if v.number != 0}
 
 
-OPTIMIZERS: Mapping[str, pb.Optimizer] = _names_of(pb.Optimizer, "OPTIMIZER_")
+OPTIMIZERS: Mapping[str, pb.Optimizer] = names_of(pb.Optimizer.DESCRIPTOR)
 """Optimizer names and their ``styletransfer.v1.Optimizer`` numbers."""
-INITS: Mapping[str, pb.Init] = _names_of(pb.Init, "INIT_")
+INITS: Mapping[str, pb.Init] = names_of(pb.Init.DESCRIPTOR)
 """Starting-image names and their ``styletransfer.v1.Init`` numbers."""
-FORMATS: Mapping[str, pb.ImageFormat] = _names_of(pb.ImageFormat, "IMAGE_FORMAT_")
+FORMATS: Mapping[str, pb.ImageFormat] = names_of(pb.ImageFormat.DESCRIPTOR)
 """Output format names and their ``styletransfer.v1.ImageFormat`` numbers."""
-JOB_STATES: Mapping[str, pb.JobState] = _names_of(pb.JobState, "JOB_STATE_")
+JOB_STATES: Mapping[str, pb.JobState] = names_of(pb.JobState.DESCRIPTOR)
 """Job state names and their ``styletransfer.v1.JobState`` numbers."""
-POOLINGS: Mapping[str, pb.Pooling] = _names_of(pb.Pooling, "POOLING_")
+POOLINGS: Mapping[str, pb.Pooling] = names_of(pb.Pooling.DESCRIPTOR)
 """Pooling names and their ``styletransfer.v1.Pooling`` numbers."""
-COLOR_PRESERVATIONS: Mapping[str, pb.ColorPreservation] = _names_of(
-    pb.ColorPreservation, "COLOR_PRESERVATION_"
-)
+COLOR_PRESERVATIONS: Mapping[str, pb.ColorPreservation] = names_of(pb.ColorPreservation.DESCRIPTOR)
 """Colour preservation names and their ``styletransfer.v1.ColorPreservation`` numbers."""
 
+_CLIENT_NAMES = {proto: client for client, proto in PROTO_NAMES.items()}
 _ENUMS: Mapping[str, Mapping[str, int]] = {
-    "optimizer": OPTIMIZERS,
-    "init": INITS,
-    "output_format": FORMATS,
-    "pooling": POOLINGS,
-    "color_preservation": COLOR_PRESERVATIONS,
+    _CLIENT_NAMES.get(f.name, f.name): names_of(f.enum_type)
+    for f in pb.TransferOptions.DESCRIPTOR.fields
+    if f.enum_type is not None
 }
 """The enum-valued fields of `TransferOptions` and their name tables."""
-_PROTO_NAMES: Mapping[str, str] = {"size": "max_size"}
-"""`TransferOptions` fields whose proto field has another name."""
-_REPEATED = tuple(f.name for f in pb.TransferOptions.DESCRIPTOR.fields if f.is_repeated)
-"""The list-valued fields (named alike in the dataclass and the proto)."""
+_REPEATED = tuple(
+    _CLIENT_NAMES.get(f.name, f.name) for f in pb.TransferOptions.DESCRIPTOR.fields if f.is_repeated
+)
+"""The list-valued fields, by their names in the dataclass."""
 
 
 def _name_for(table: Mapping[str, int], number: int) -> str | None:
@@ -88,101 +90,14 @@ def _name_for(table: Mapping[str, int], number: int) -> str | None:
     return next((name for name, num in table.items() if num == number), None)
 
 
-class TransferOptionsKwargs(TypedDict, total=False):
-    """The fields of `TransferOptions` as keyword arguments (for ``**`` in the client's methods)."""
-
-    iterations: int | None
-    size: int | None
-    content_weight: float | None
-    style_weight: float | None
-    tv_weight: float | None
-    content_layers: Sequence[str] | None
-    style_layers: Sequence[str] | None
-    style_layer_weights: Sequence[float] | None
-    optimizer: OptimizerName | None
-    learning_rate: float | None
-    init: InitName | None
-    seed: int | None
-    output_format: FormatName | None
-    output_quality: int | None
-    preview_every: int | None
-    preview_max_size: int | None
-    backend: str | None
-    device: str | None
-    max_duration_seconds: float | None
-    pooling: PoolingName | None
-    color_preservation: ColorPreservationName | None
-    style_scale: float | None
-    scale_iterations: Sequence[int] | None
-    scale_factor: float | None
-    tile_size: int | None
-    tile_overlap: int | None
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TransferOptions:
+class TransferOptions(TransferOptionsFields):
     """The knobs of one job; ``None`` leaves a field unset so that the server default applies.
 
-    Only the names of enums are checked here; ranges and layer names are the server's to judge,
-    and it answers INVALID_ARGUMENT with the offending field (see `StyleTransferError`).
+    The fields are the proto's (generated from it; see `TransferOptionsFields`). Only the names of
+    enums are checked here; ranges and layer names are the server's to judge, and it answers
+    INVALID_ARGUMENT with the offending field (see `StyleTransferError`).
     """
-
-    iterations: int | None = None
-    """Number of optimization iterations."""
-    size: int | None = None
-    """Long side of the output in pixels (``max_size`` in the proto)."""
-    content_weight: float | None = None
-    """Weight alpha of the content loss."""
-    style_weight: float | None = None
-    """Weight beta of the style loss."""
-    tv_weight: float | None = None
-    """Weight of the total-variation loss, on the image in 0-255 units."""
-    content_layers: Sequence[str] | None = None
-    """VGG19 layers of the content loss, such as ``conv4_2``."""
-    style_layers: Sequence[str] | None = None
-    """VGG19 layers of the style loss, such as ``conv1_1``."""
-    style_layer_weights: Sequence[float] | None = None
-    """Weight of each style layer, in the order of `style_layers`."""
-    optimizer: OptimizerName | None = None
-    """``"lbfgs"`` or ``"adam"``."""
-    learning_rate: float | None = None
-    """Step size (Adam: pixel units; L-BFGS: a multiplier of the step)."""
-    init: InitName | None = None
-    """Starting image: ``"content"``, ``"noise"``, ``"style"`` or ``"image"`` (the request's
-    ``init_image``)."""
-    seed: int | None = None
-    """Seed of every random draw of the job."""
-    output_format: FormatName | None = None
-    """Encoding of the result and previews: ``"png"``, ``"png16"`` (16 bits per channel),
-    ``"jpeg"`` or ``"webp"``."""
-    output_quality: int | None = None
-    """Quality 1-100 for JPEG and WebP."""
-    preview_every: int | None = None
-    """Send a preview every this many iterations; 0 sends none."""
-    preview_max_size: int | None = None
-    """Long side of previews in pixels."""
-    backend: str | None = None
-    """Backend that runs the job, by name (``"pytorch"``)."""
-    device: str | None = None
-    """Device that runs the job: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
-    max_duration_seconds: float | None = None
-    """Longest the job may take from acceptance to its end, in seconds; past it, it fails with
-    ``DEADLINE_EXCEEDED``."""
-    pooling: PoolingName | None = None
-    """VGG19's pooling: ``"max"`` or ``"average"``."""
-    color_preservation: ColorPreservationName | None = None
-    """Keep the content's colours: ``"none"``, ``"luminance"`` (transfer luminance only) or
-    ``"histogram"`` (map the styles' colours onto the content's first)."""
-    style_scale: float | None = None
-    """Long side of the style images relative to the output's; below 1 gives larger strokes."""
-    scale_iterations: Sequence[int] | None = None
-    """Coarse to fine: iterations at each scale, coarsest first."""
-    scale_factor: float | None = None
-    """Ratio between the long sides of successive scales."""
-    tile_size: int | None = None
-    """Refine the last scale in tiles of at most this many pixels a side; 0 never tiles."""
-    tile_overlap: int | None = None
-    """Overlap of neighbouring tiles in pixels."""
 
     def __post_init__(self) -> None:
         """Check enum names and freeze the layer lists into tuples."""
@@ -208,7 +123,7 @@ class TransferOptions:
             value = getattr(self, field.name)
             if value is not None and field.name in _ENUMS:
                 value = _ENUMS[field.name][value]
-            values[_PROTO_NAMES.get(field.name, field.name)] = value
+            values[PROTO_NAMES.get(field.name, field.name)] = value
         return pb.TransferOptions(**values)
 
     @classmethod
@@ -219,7 +134,7 @@ class TransferOptions:
         """
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            proto_name = _PROTO_NAMES.get(field.name, field.name)
+            proto_name = PROTO_NAMES.get(field.name, field.name)
             proto_field = message.DESCRIPTOR.fields_by_name[proto_name]
             value = getattr(message, proto_field.name)
             if field.name in _ENUMS:

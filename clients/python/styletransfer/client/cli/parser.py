@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from google.protobuf.descriptor import FieldDescriptor
+
+from styletransfer.client._option_fields import PROTO_NAMES
 from styletransfer.client.cli.commands import (
     _health,
     _info,
@@ -24,17 +29,99 @@ from styletransfer.client.cli.common import (
     _uint,
     _uints,
 )
-from styletransfer.client.options import (
-    COLOR_PRESERVATIONS,
-    FORMATS,
-    INITS,
-    JOB_STATES,
-    OPTIMIZERS,
-    POOLINGS,
-)
+from styletransfer.client.options import JOB_STATES, TransferOptions, names_of
+from styletransfer.v1 import style_transfer_pb2 as pb
+from styletransfer.v1.style_transfer_docs import FIELD_DOCS
 
 if TYPE_CHECKING:
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+# What the .proto cannot say about an option's flag. Every TransferOptions field gets a flag, its
+# type, choices and help taken from the proto field (see `_option_flag`); these tables only rename
+# a flag, name its value in the usage line, group it and add a note that concerns the command line.
+_FLAG_NAMES: Mapping[str, str] = {
+    "max_duration_seconds": "--max-duration",
+    "color_preservation": "--preserve-color",
+    "scale_iterations": "--scales",
+    "output_format": "--format",
+    "output_quality": "--quality",
+    "preview_max_size": "--preview-size",
+}
+_METAVARS: Mapping[str, str] = {
+    "iterations": "N",
+    "size": "PIXELS",
+    "content_weight": "W",
+    "style_weight": "W",
+    "tv_weight": "W",
+    "content_layers": "L1,L2",
+    "style_layers": "L1,L2",
+    "style_layer_weights": "W1,W2",
+    "learning_rate": "RATE",
+    "seed": "N",
+    "backend": "NAME",
+    "device": "DEVICE",
+    "max_duration_seconds": "SECONDS",
+    "style_scale": "RATIO",
+    "scale_iterations": "N1,N2",
+    "scale_factor": "RATIO",
+    "tile_size": "PIXELS",
+    "tile_overlap": "PIXELS",
+    "output_quality": "1-100",
+    "preview_every": "N",
+    "preview_max_size": "PIXELS",
+}
+_GROUPS: Mapping[str, str] = {
+    **dict.fromkeys(
+        (
+            "pooling",
+            "color_preservation",
+            "style_scale",
+            "scale_iterations",
+            "scale_factor",
+            "tile_size",
+            "tile_overlap",
+        ),
+        "style controls",
+    ),
+    **dict.fromkeys(("output_format", "output_quality", "preview_every", "preview_max_size"), "output"),
+}
+"""The help section of each flag; the others are under "optimization"."""
+_NOTES: Mapping[str, str] = {
+    "output_format": "stylize takes it from OUT's suffix when not given.",
+    "style_layer_weights": "Comma-separated, like the layers.",
+}
+_SCALAR_TYPES: Mapping[int, Callable[[str], object]] = {
+    FieldDescriptor.TYPE_UINT32: _uint,
+    FieldDescriptor.TYPE_UINT64: _uint,
+    FieldDescriptor.TYPE_INT32: int,
+    FieldDescriptor.TYPE_INT64: int,
+    FieldDescriptor.TYPE_DOUBLE: float,
+    FieldDescriptor.TYPE_FLOAT: float,
+    FieldDescriptor.TYPE_STRING: str,
+}
+_LIST_TYPES: Mapping[int, Callable[[str], object]] = {
+    FieldDescriptor.TYPE_UINT32: _uints,
+    FieldDescriptor.TYPE_UINT64: _uints,
+    FieldDescriptor.TYPE_DOUBLE: _floats,
+    FieldDescriptor.TYPE_FLOAT: _floats,
+    FieldDescriptor.TYPE_STRING: _names,
+}
+
+
+def _option_flag(group: argparse._ArgumentGroup, name: str) -> None:
+    """Add the flag of the TransferOptions field ``name`` (the client's name), its dest that name."""
+    field = pb.TransferOptions.DESCRIPTOR.fields_by_name[PROTO_NAMES.get(name, name)]
+    comment = FIELD_DOCS["styletransfer.v1.TransferOptions"][field.name]
+    help_text = " ".join(part for part in (comment, _NOTES.get(name)) if part)
+    kwargs: dict[str, Any] = {"dest": name, "help": help_text.replace("%", "%%")}
+    if field.enum_type is not None:
+        kwargs["choices"] = list(names_of(field.enum_type))
+    else:
+        types = _LIST_TYPES if field.is_repeated else _SCALAR_TYPES
+        kwargs["type"] = types[field.type]
+        kwargs["metavar"] = _METAVARS.get(name, name.upper())
+    group.add_argument(_FLAG_NAMES.get(name, "--" + name.replace("_", "-")), **kwargs)
 
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -42,70 +129,11 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
 
     ``stylize`` and ``jobs create`` share these, so that both speak the same options.
     """
-    opt = parser.add_argument_group("optimization")
-    opt.add_argument("--iterations", type=_uint, metavar="N", help="number of iterations")
-    opt.add_argument("--size", type=_uint, metavar="PIXELS", help="long side of the output")
-    opt.add_argument("--content-weight", type=float, metavar="W", help="content loss weight")
-    opt.add_argument("--style-weight", type=float, metavar="W", help="style loss weight")
-    opt.add_argument("--tv-weight", type=float, metavar="W", help="total-variation weight")
-    opt.add_argument(
-        "--content-layers",
-        type=_names,
-        metavar="L1,L2",
-        help="VGG19 layers of the content loss, e.g. conv4_2",
-    )
-    opt.add_argument(
-        "--style-layers",
-        type=_names,
-        metavar="L1,L2",
-        help="VGG19 layers of the style loss, e.g. conv1_1,conv2_1",
-    )
-    opt.add_argument(
-        "--style-layer-weights",
-        type=_floats,
-        metavar="W1,W2",
-        help="weight of each style layer, in the order of --style-layers",
-    )
-    opt.add_argument("--optimizer", choices=list(OPTIMIZERS), help="optimizer")
-    opt.add_argument("--learning-rate", type=float, metavar="RATE", help="step size")
-    opt.add_argument("--init", choices=list(INITS), help="image the optimization starts from")
-    opt.add_argument("--seed", type=_uint, metavar="N", help="seed of the random draws")
-    opt.add_argument("--backend", metavar="NAME", help="backend to run on, e.g. pytorch")
-    opt.add_argument("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
-    opt.add_argument(
-        "--max-duration",
-        dest="max_duration_seconds",
-        type=float,
-        metavar="SECONDS",
-        help="longest the job may take on the server; past it, it fails DEADLINE_EXCEEDED",
-    )
-
-    look = parser.add_argument_group("style controls")
-    look.add_argument("--pooling", choices=list(POOLINGS), help="VGG19 pooling: max or average")
-    look.add_argument(
-        "--preserve-color",
-        dest="color_preservation",
-        choices=list(COLOR_PRESERVATIONS),
-        help="keep the content's colours: luminance-only transfer, or match the styles' colours first",
-    )
-    look.add_argument(
-        "--style-scale",
-        type=float,
-        metavar="RATIO",
-        help="style image size relative to the output; below 1 gives larger strokes",
-    )
-    look.add_argument(
-        "--scales",
-        dest="scale_iterations",
-        type=_uints,
-        metavar="N1,N2",
-        help="coarse to fine: iterations at each scale, coarsest first",
-    )
-    look.add_argument("--scale-factor", type=float, metavar="RATIO", help="size ratio between scales")
-    look.add_argument(
-        "--tile-size", type=_uint, metavar="PIXELS", help="refine the last scale in tiles of this size"
-    )
-    look.add_argument("--tile-overlap", type=_uint, metavar="PIXELS", help="overlap of neighbouring tiles")
+    titles = ("optimization", "style controls", "output")
+    groups = {title: parser.add_argument_group(title) for title in titles}
+    for field in dataclasses.fields(TransferOptions):
+        _option_flag(groups[_GROUPS.get(field.name, "optimization")], field.name)
+    look = groups["style controls"]
     look.add_argument(
         "--mask",
         dest="masks",
@@ -114,24 +142,7 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
         help="where a style applies (white: fully); the n-th --mask is the n-th STYLE's, 'none' skips",
     )
     look.add_argument("--init-image", metavar="IMAGE", help="start from this image (implies --init image)")
-
-    out = parser.add_argument_group("output")
-    out.add_argument(
-        "--format",
-        dest="output_format",
-        choices=list(FORMATS),
-        help="encoding of the result (default: stylize takes it from OUT's suffix, else the server's)",
-    )
-    out.add_argument(
-        "--quality", dest="output_quality", type=_uint, metavar="1-100", help="JPEG and WebP quality"
-    )
-    out.add_argument(
-        "--preview-every", type=_uint, metavar="N", help="iterations between previews; 0 sends none"
-    )
-    out.add_argument(
-        "--preview-size", dest="preview_max_size", type=_uint, metavar="PIXELS", help="long side of previews"
-    )
-    return out
+    return groups["output"]
 
 
 def _add_images(parser: argparse.ArgumentParser) -> None:
