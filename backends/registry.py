@@ -21,6 +21,7 @@ class BackendSpec:
     factory: str  # class in `module`, called with the weights
     framework: str  # top-level package it needs
     install_hint: str
+    configure: str | None = None  # function in `module` making the framework's process-wide settings
 
 
 REGISTRY: dict[str, BackendSpec] = {
@@ -32,6 +33,7 @@ REGISTRY: dict[str, BackendSpec] = {
             "PyTorchBackend",
             "torch",
             "pip install 'styletransfer-server[torch]'",
+            configure="configure_process",
         ),
         BackendSpec(
             "tensorflow",
@@ -39,7 +41,10 @@ REGISTRY: dict[str, BackendSpec] = {
             "TensorFlowBackend",
             "tensorflow",
             "pip install 'styletransfer-server[tensorflow]'",
+            configure="configure_process",
         ),
+        # No network: a NumPy objective that runs the whole job machinery, for tests and smoke runs.
+        BackendSpec("fake", "backends.fake", "FakeBackend", "numpy", "pip install numpy"),
     )
 }
 
@@ -63,10 +68,14 @@ def create(name: str, weights: VGGWeights, **options: object) -> Backend:
     """Import and construct a backend; raise Unavailable when it cannot run here.
 
     `options` are the backend's own keyword arguments (the PyTorch backend's `precision`).
+    The framework's process-wide settings (`spec.configure`, where it has any) are made first;
+    they are the same for every backend of a framework, so making them again changes nothing.
     """
     reason = unavailable_reason(name)
     if reason is not None:
         raise Unavailable(f"backend {name!r} is unavailable: {reason}")
     spec = REGISTRY[name]
     module = importlib.import_module(spec.module)
+    if spec.configure is not None:
+        getattr(module, spec.configure)()
     return cast(Backend, getattr(module, spec.factory)(weights, **options))

@@ -21,8 +21,8 @@ from prometheus_client.registry import Collector
 from backends.base import Iterate, PrecisionInfo
 from backends.cache import TargetCache
 from backends.errors import StyleTransferError
+from service.api.limits import Slots
 from service.jobs import Job, JobObserver, State, StopReason
-from service.limits import Slots
 from service.options import JobOptions
 
 # Jobs take seconds to many minutes: buckets reach 30 minutes.

@@ -1,10 +1,12 @@
-"""Server assembly: weights, backends, job core, servicer, health, reflection, interceptors."""
+"""Server assembly: the backends, the job system, the metrics and the gRPC server, put together
+and started; `build` reads as the list of parts, each made by a small function below it or in
+its own room (the gRPC layer: service/api/; the job system: service/jobs/)."""
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent import futures
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from wsgiref.simple_server import WSGIServer
@@ -13,11 +15,9 @@ import grpc
 import numpy as np
 import redis
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 from styletransfer.v1 import style_transfer_pb2 as pb
-from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from backends import registry
 from backends.base import Backend, StyleInput
@@ -25,25 +25,19 @@ from backends.errors import StyleTransferError
 from backends.options import StyleOptions
 from backends.weights.canonical import VGGWeights
 from service import admission, convert, memory
-from service.interceptors import AuthInterceptor, ServiceInterceptor
+from service.api.grpcserver import LIVENESS_SERVICE, SERVICE_NAME, grpc_server, health_port
 from service.jobs import Failed, JobCore, Limits
 from service.jobs.memorystore import MemoryStore
 from service.jobs.redisstore import RedisStore, redact
 from service.jobs.store import JobStore, Preparer
 from service.jobspec import JobSpec
-from service.limits import Rates, Slots
-from service.metrics import HeldBytes, JobMetrics, Metrics, OpenStreams, QueueDepth, StyleCache
+from service.metrics import HeldBytes, JobMetrics, Metrics, QueueDepth, StyleCache
 from service.options import JobOptions
-from service.principals import Principals
-from service.servicer import StyleTransferServicer
-from service.settings import Settings, load_tokens
+from service.settings import Settings
+
+__all__ = ["LIVENESS_SERVICE", "SERVICE_NAME", "Server", "build", "create_backends"]
 
 log = structlog.get_logger(__name__)
-
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
-# A health service name that is SERVING for as long as the process answers: for liveness probes,
-# which must not fail while the server drains or after a device failure (readiness covers those).
-LIVENESS_SERVICE = "liveness"
 
 
 def server_version() -> str:
@@ -122,22 +116,6 @@ class Server:
         log.info("server_stopped")
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS (mutual when a client CA is set) from the settings' PEM files; None for plaintext."""
-    if settings.tls_cert is None and settings.tls_key is None:
-        if settings.tls_client_ca is not None:
-            raise ValueError("tls_client_ca needs tls_cert and tls_key")
-        return None
-    if settings.tls_cert is None or settings.tls_key is None:
-        raise ValueError("TLS needs both tls_cert and tls_key")
-    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )
-
-
 def create_backends(settings: Settings, weights: VGGWeights) -> dict[str, Backend]:
     """Construct every enabled backend; the default must be among them."""
     if settings.backend not in settings.backends:
@@ -145,7 +123,9 @@ def create_backends(settings: Settings, weights: VGGWeights) -> dict[str, Backen
             f"default backend {settings.backend!r} is not in enabled backends {list(settings.backends)}"
         )
     cache = {"style_cache_bytes": settings.style_cache_mib * 1024 * 1024}
-    options: dict[str, dict[str, object]] = {"pytorch": {"precision": settings.pytorch_precision}}
+    options: dict[str, dict[str, object]] = {
+        "pytorch": {"precision": settings.pytorch_precision, "convolution": settings.pytorch_convolution}
+    }
     return {
         name: registry.create(name, weights, **cache, **options.get(name, {})) for name in settings.backends
     }
@@ -186,7 +166,59 @@ def build(
     """
     if backends is None:
         backends = create_backends(settings, weights)
-    limits = Limits(
+    limits = job_limits(settings)
+    # The parts made before the server exists reach it through this (device failure, store health).
+    holder: list[Server] = []
+    metrics = service_metrics(registry, backends, weights)
+    core = JobCore(
+        backends,
+        settings.backend,
+        settings.device,
+        limits,
+        on_fatal=lambda error: _device_failed(holder, error),
+        observer=JobMetrics(metrics),
+    )
+    store, shared = job_store(settings, core, limits, holder)
+    _publish_job_gauges(metrics, core, store, limits)
+    grpc_, port, health_servicer = grpc_server(
+        settings,
+        store,
+        server_info(settings, weights, backends, limits),
+        metrics,
+        stopping=lambda: bool(holder) and holder[0].stopping,
+    )
+    health_server, health_port_ = health_port(settings, health_servicer)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server, _ = start_http_server(
+            settings.metrics_port, settings.metrics_host or settings.host, registry=metrics.registry
+        )
+    server = Server(
+        grpc_,
+        port,
+        health_servicer,
+        core,
+        settings,
+        health_server,
+        health_port_,
+        metrics,
+        metrics_server,
+        store=store,
+    )
+    holder.append(server)
+    if shared is not None:
+        shared.start(backends)  # after the server exists: its health follows the store
+    server.set_serving(False)
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    grpc_.start()
+    _announce(server, backends, weights)
+    threading.Thread(target=_warm, args=(server,), name="warmup", daemon=True).start()
+    return server
+
+
+def job_limits(settings: Settings) -> Limits:
+    """The job system's bounds, from the settings."""
+    return Limits(
         memory_budget=memory_budget(settings),
         queued_per_principal=settings.max_queued_per_principal,
         queue_size=settings.queue_size,
@@ -197,30 +229,27 @@ def build(
         retention_seconds=settings.job_retention_seconds,
         retention_bytes=settings.job_retention_bytes,
     )
-    holder: list[Server] = []
 
-    def device_failed(error: StyleTransferError) -> None:
-        # A failed GPU does not recover in-process: stop taking traffic so the pod is restarted.
-        log.error("device_failed", error=error.message)
-        if holder:
-            holder[0].device_failed()
 
-    enabled = backends
+def _device_failed(holder: list[Server], error: StyleTransferError) -> None:
+    # A failed GPU does not recover in-process: stop taking traffic so the pod is restarted.
+    log.error("device_failed", error=error.message)
+    if holder:
+        holder[0].device_failed()
+
+
+def service_metrics(
+    registry: CollectorRegistry | None, backends: dict[str, Backend], weights: VGGWeights
+) -> Metrics:
+    """The metrics, with what describes this server set once: versions, weights, each backend's
+    precision (a fallback is logged), and the style caches' gauges."""
     metrics = Metrics(
         registry if registry is not None else CollectorRegistry(),
-        devices=lambda: sorted({d for b in enabled.values() for d in b.devices()}),
-        device_memory=lambda device: sum(b.device_memory(device) for b in enabled.values()),
-    )
-    core = JobCore(
-        backends,
-        settings.backend,
-        settings.device,
-        limits,
-        on_fatal=device_failed,
-        observer=JobMetrics(metrics),
+        devices=lambda: sorted({d for b in backends.values() for d in b.devices()}),
+        device_memory=lambda device: sum(b.device_memory(device) for b in backends.values()),
     )
     metrics.registry.register(
-        StyleCache(lambda: {n: b.style_cache for n, b in enabled.items() if b.style_cache is not None})
+        StyleCache(lambda: {n: b.style_cache for n, b in backends.items() if b.style_cache is not None})
     )
     metrics.set_info(
         server_version(),
@@ -240,155 +269,63 @@ def build(
                 precision=precision.precision,
                 reason=precision.reason,
             )
-    defaults = JobOptions()
-    version_string = server_version()
+    return metrics
 
-    def info() -> pb.ServerInfo:
-        return convert.server_info(
-            version_string,
-            settings,
-            replace(defaults, backend=settings.backend, device=settings.device),
-            weights,
-            dict(backends),
-            limits.memory_budget,
-        )
 
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-        # Keepalive: ping idle connections so that proxies and NATs keep them, and accept client
-        # pings as often as every 20 s, with or without calls in flight.
-        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-    if settings.max_connection_age_seconds is not None:
-        # No grace limit after it: a stream in flight on an old connection lasts as long as its
-        # job (calls that start later go to a new connection); a limit would cut long jobs'
-        # streams for no caller's reason.
-        options += [("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000))]
-    prepare = Preparer(core, defaults, settings, holds=settings.store == "memory")
-    store: JobStore
-    shared: RedisStore | None = None
+def job_store(
+    settings: Settings, core: JobCore, limits: Limits, holder: list[Server]
+) -> tuple[JobStore, RedisStore | None]:
+    """The in-process store, or the shared Redis one (checked to answer, not yet started)."""
+    prepare = Preparer(core, JobOptions(), settings, holds=settings.store == "memory")
     if settings.store == "memory":
-        store = MemoryStore(core, prepare, settings.heartbeat_seconds)
-    else:
-        shared = RedisStore(
-            settings.store,
-            core,
-            prepare,
-            limits,
-            heartbeat=settings.heartbeat_seconds,
-            lease_seconds=settings.lease_seconds,
-            max_runs=settings.max_job_runs,
-            checkpoint_seconds=settings.checkpoint_seconds,
-            on_health=lambda answering: holder[0].store_answering(answering) if holder else None,
-        )
-        try:
-            shared.check()
-        except redis.RedisError as error:
-            shared.client.close()
-            raise OSError(f"the job store {redact(settings.store)} does not answer: {error}") from None
-        store = shared
-    metrics.registry.register(QueueDepth(store.queue_depths))
-    metrics.registry.register(
-        HeldBytes(
-            core.held_bytes,
-            {
-                "events": limits.history_bytes,
-                "results": limits.retention_bytes,
-                "queued": limits.memory_budget,
-            },
-        )
-    )
-    principals = Principals(load_tokens(settings))
-    streams = Slots("streaming", settings.max_streams, settings.max_streams_per_caller)
-    health_watches = Slots("health watch", settings.max_health_watches, settings.max_health_watches_per_peer)
-    metrics.registry.register(OpenStreams({"streaming": streams, "health_watch": health_watches}))
-    # Outermost first: the service interceptor also sees (logs, counts) what auth refuses.
-    interceptors: list[grpc.ServerInterceptor] = [  # type: ignore[type-arg]
-        ServiceInterceptor(
-            metrics,
-            principals,
-            streams,
-            health_watches,
-            Rates(settings.rate_limit_calls, settings.rate_limit_window_seconds, settings.store)
-            if settings.rate_limit_calls
-            else None,
-        )
-    ]
-    if principals.required:
-        interceptors.append(AuthInterceptor(principals))
-    grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
-        interceptors=interceptors,
-        options=options,
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-    )
-    pb_grpc.add_StyleTransferServicer_to_server(  # type: ignore[no-untyped-call]
-        StyleTransferServicer(
-            store,
-            info,
-            principals,
-            stopping=lambda: bool(holder) and holder[0].stopping,
-            reattach_seconds=settings.reattach_seconds,
-        ),
-        grpc_server,
-    )
-    # Blocking Watch: each holds a thread, counted and bounded by the interceptor (service.limits).
-    health_servicer = health.HealthServicer(experimental_non_blocking=False)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
-    )
-    address = f"{settings.host}:{settings.port}"
-    credentials = server_credentials(settings)
-    if credentials is None:
-        port = grpc_server.add_insecure_port(address)
-    else:
-        port = grpc_server.add_secure_port(address, credentials)
-    if port == 0:
-        raise OSError(f"could not bind {address}")
-    health_server = None
-    health_port = None
-    if settings.health_port is not None:
-        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"))
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
-        if health_port == 0:
-            raise OSError(f"could not bind the health port {settings.host}:{settings.health_port}")
-        health_server.start()
-    metrics_server = None
-    if settings.metrics_port is not None:
-        metrics_server, _ = start_http_server(
-            settings.metrics_port, settings.metrics_host or settings.host, registry=metrics.registry
-        )
-    server = Server(
-        grpc_server,
-        port,
-        health_servicer,
+        return MemoryStore(core, prepare, settings.heartbeat_seconds), None
+    shared = RedisStore(
+        settings.store,
         core,
-        settings,
-        health_server,
-        health_port,
-        metrics,
-        metrics_server,
-        store=store,
+        prepare,
+        limits,
+        heartbeat=settings.heartbeat_seconds,
+        lease_seconds=settings.lease_seconds,
+        max_runs=settings.max_job_runs,
+        checkpoint_seconds=settings.checkpoint_seconds,
+        on_health=lambda answering: holder[0].store_answering(answering) if holder else None,
     )
-    holder.append(server)
-    if shared is not None:
-        shared.start(backends)  # after the server exists: its health follows the store
-    server.set_serving(False)
-    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    grpc_server.start()
+    try:
+        shared.check()
+    except redis.RedisError as error:
+        shared.client.close()
+        raise OSError(f"the job store {redact(settings.store)} does not answer: {error}") from None
+    return shared, shared
+
+
+def _publish_job_gauges(metrics: Metrics, core: JobCore, store: JobStore, limits: Limits) -> None:
+    metrics.registry.register(QueueDepth(store.queue_depths))
+    bounds = {
+        "events": limits.history_bytes,
+        "results": limits.retention_bytes,
+        "queued": limits.memory_budget,
+    }
+    metrics.registry.register(HeldBytes(core.held_bytes, bounds))
+
+
+def server_info(
+    settings: Settings, weights: VGGWeights, backends: dict[str, Backend], limits: Limits
+) -> Callable[[], pb.ServerInfo]:
+    """What GetServerInfo answers, made afresh on each call (availability can change)."""
+    defaults = replace(JobOptions(), backend=settings.backend, device=settings.device)
+    version_string = server_version()
+    return lambda: convert.server_info(
+        version_string, settings, defaults, weights, dict(backends), limits.memory_budget
+    )
+
+
+def _announce(server: Server, backends: dict[str, Backend], weights: VGGWeights) -> None:
+    settings = server.settings
     log.info(
         "server_listening",
-        metrics_port=metrics_server.server_port if metrics_server is not None else None,
+        metrics_port=server.metrics_server.server_port if server.metrics_server is not None else None,
         host=settings.host,
-        port=port,
+        port=server.port,
         backends=list(backends),
         weights_source=weights.meta.source,
         weights_sha256=weights.sha256,
@@ -402,18 +339,17 @@ def build(
             "are meaningless as images; use them for smoke tests only",
         )
 
-    def warm() -> None:
-        try:
-            if settings.warmup:
-                warm_up(core, settings.backend)
-                log.info("warmup_done")
-            memory.settle()
-            server.set_serving(True)
-            server.ready.set()
-        except StyleTransferError as exc:
-            log.error("warmup_failed", error=exc.message)
-        except Exception:
-            log.exception("warmup_failed")
 
-    threading.Thread(target=warm, name="warmup", daemon=True).start()
-    return server
+def _warm(server: Server) -> None:
+    """Warm up (unless the settings say not to), settle memory, then report SERVING."""
+    try:
+        if server.settings.warmup:
+            warm_up(server.core, server.settings.backend)
+            log.info("warmup_done")
+        memory.settle()
+        server.set_serving(True)
+        server.ready.set()
+    except StyleTransferError as exc:
+        log.error("warmup_failed", error=exc.message)
+    except Exception:
+        log.exception("warmup_failed")

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     iterations in float32, which brings the final loss back to float32's (see the README's
     "Speed"). Where the CPU (or GPU) has no bfloat16 kernels the backend runs float32, logs a
     `precision_fallback` warning and says so in GetServerInfo; jobs never fail for it."""
+    pytorch_convolution: Literal["auto", "plain"] = "auto"
+    """How the PyTorch backend runs VGG19's 3x3 convolutions: "auto" takes Winograd or the direct
+    convolution with prepacked kernels per layer, as a fixed table gives for the CPU's class and
+    the input's shape (backends/pytorch/kernels/; CUDA keeps cuDNN's choice); "plain" always runs
+    PyTorch's own convolution, for comparison or to rule the kernels out when chasing a problem."""
     style_cache_mib: int = Field(default=128, ge=0)
     """Memory each backend may keep for the Gram matrices of recent style images, so that jobs
     with a style seen before skip computing its targets (0 turns the cache off). One style at the

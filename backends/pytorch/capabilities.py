@@ -1,7 +1,7 @@
 """What this machine's CPU, GPUs and PyTorch build can do, found out once per process.
 
 Every speed path of the PyTorch backend asks here rather than assuming: the packed oneDNN
-kernels and Winograd (`winograd.py`), bfloat16 autocast (`backend.py`), and which table of
+kernels and Winograd (`kernels/`), bfloat16 autocast (`backend.py`), and which table of
 per-shape choices applies. The CPU's instruction sets come from /proc/cpuinfo (and PyTorch's own
 checks where that file is absent); whether oneDNN can run bfloat16 kernels is found by trying:
 a tiny bfloat16 weight is reordered into oneDNN's blocked layout, which raises on CPUs that have

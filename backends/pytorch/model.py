@@ -10,16 +10,20 @@ from torch import nn
 from torch.nn import functional
 from torchvision.models.vgg import cfgs, make_layers
 
-from backends.pytorch.winograd import TunedConv2d
+from backends.pytorch.kernels import TunedConv2d, Tuner
 from backends.vgg import LAYERS, Kind, deepest, position
 from backends.weights.canonical import VGGWeights, WeightsMeta
 
 
-def build_trunk(weights: VGGWeights, device: torch.device | str = "cpu") -> nn.Sequential:
+def build_trunk(
+    weights: VGGWeights, device: torch.device | str = "cpu", tuner: Tuner | None = None
+) -> nn.Sequential:
     """The whole conv trunk of VGG19 with the canonical weights loaded, frozen, in eval mode.
 
     torchvision's configuration "E" lists layers in the same order as `backends.vgg.LAYERS`
     (conv, relu per convolution, a max-pool per block), so a layer's position is its index here.
+    With a `tuner`, every convolution is a `TunedConv2d` that runs the way the tuner chooses;
+    without one, PyTorch's own `nn.Conv2d`.
     """
     trunk: nn.Sequential = make_layers(cfgs["E"], batch_norm=False)
     if len(trunk) != len(LAYERS):
@@ -33,8 +37,8 @@ def build_trunk(weights: VGGWeights, device: torch.device | str = "cpu") -> nn.S
                 assert module.bias is not None
                 module.bias.copy_(torch.from_numpy(np.asarray(weights.tensors[f"{layer.name}.bias"])))
     for index, module in enumerate(trunk):
-        if isinstance(module, nn.Conv2d):
-            trunk[index] = TunedConv2d.wrap(module)
+        if tuner is not None and isinstance(module, nn.Conv2d):
+            trunk[index] = TunedConv2d.wrap(module, tuner)
     trunk.requires_grad_(False)
     # channels_last (NHWC) convolutions are measurably faster with oneDNN on CPU and with cuDNN's
     # tensor-core kernels on GPU; the activations come out in the same layout.

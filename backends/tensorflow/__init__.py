@@ -8,5 +8,6 @@ if importlib.util.find_spec("torch") is not None:
     import torch._dynamo  # noqa: F401
 
 from backends.tensorflow.backend import TensorFlowBackend
+from backends.tensorflow.runtime import configure_process
 
-__all__ = ["TensorFlowBackend"]
+__all__ = ["TensorFlowBackend", "configure_process"]

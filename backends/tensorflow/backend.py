@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import keras
 import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from backends import devices, styleplan
 from backends.base import (
     BackendJob,
     CancelToken,
@@ -22,15 +20,22 @@ from backends.base import (
     PrecisionInfo,
     Stage,
 )
-from backends.cache import DEFAULT_BYTES, TargetCache, cached, digest, off_heap
-from backends.driver import drive, single_stage
+from backends.cache import DEFAULT_BYTES, TargetCache
+from backends.driver import drive
 from backends.errors import DeviceFailure, ResourceExhausted
+from backends.objective import (
+    LBFGS_HISTORY,
+    Grams,
+    Objective,
+    ObjectiveBackend,
+    as_stage,
+    stage_layers,
+    style_cache,
+)
 from backends.options import Optimizer, Pooling
 from backends.tensorflow.lbfgs import LBFGS
 from backends.tensorflow.model import build_vgg19, feature_extractor, preprocessor
 from backends.weights.canonical import VGGWeights
-
-LBFGS_HISTORY = 100  # as in the PyTorch backend
 
 
 def _gpus() -> list[tf.config.PhysicalDevice]:
@@ -45,46 +50,7 @@ def _batch(image: npt.NDArray[np.generic]) -> tf.Tensor:
     return tf.constant(np.asarray(image, dtype=np.float32)[None])
 
 
-def _cache_bytes(grams: dict[str, npt.NDArray[np.float32]]) -> int:
-    return sum(g.nbytes for g in grams.values())
-
-
-def gram(features: tf.Tensor) -> tf.Tensor:
-    """G = F F^T with F the (channels x positions) matrix of one NHWC activation."""
-    flat = tf.reshape(features, (-1, tf.shape(features)[-1]))
-    return tf.matmul(flat, flat, transpose_a=True)
-
-
-def content_loss(features: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    """L_c = 1/2 sum((F - P)^2)."""
-    return 0.5 * tf.reduce_sum(tf.square(features - target))
-
-
-def style_layer_loss(features: tf.Tensor, target_gram: tf.Tensor) -> tf.Tensor:
-    """E_l = 1 / (4 N_l^2 M_l^2) sum((G - A)^2)."""
-    shape = tf.cast(tf.shape(features), tf.float32)
-    channels, positions = shape[3], shape[1] * shape[2]
-    return tf.reduce_sum(tf.square(gram(features) - target_gram)) / (4.0 * channels**2 * positions**2)
-
-
-def tv_loss(pixels: tf.Tensor) -> tf.Tensor:
-    """Sum of squared differences between neighbouring pixels (NHWC, 0-255)."""
-    dy = pixels[:, 1:, :, :] - pixels[:, :-1, :, :]
-    dx = pixels[:, :, 1:, :] - pixels[:, :, :-1, :]
-    return tf.reduce_sum(tf.square(dy)) + tf.reduce_sum(tf.square(dx))
-
-
-class StyleTerm(NamedTuple):
-    """One term of a layer's style loss: coef * |G(F * mask) - target|^2 + offset, over norm."""
-
-    coef: float
-    target: tf.Tensor
-    offset: float
-    mask: tf.Tensor | None
-    norm: float
-
-
-class Problem:
+class Problem(Objective[tf.Tensor]):
     """One stage's objective in TensorFlow; `value_and_grad` is compiled with tf.function."""
 
     def __init__(
@@ -92,74 +58,70 @@ class Problem:
         model: keras.Model,
         weights: VGGWeights,
         stage: Stage,
-        cache: TargetCache[dict[str, npt.NDArray[np.float32]]] | None = None,
+        cache: TargetCache[Grams] | None = None,
     ) -> None:
-        self.stage = stage
-        self.options = options = stage.options
+        super().__init__(weights, stage, cache)
+        options = stage.options
         self.device = _tf_device(stage.device)
         self.prepare = preprocessor(weights.meta)
         self.extract = feature_extractor(
-            model,
-            list(dict.fromkeys(options.content_layers + options.style_layers)),
-            average_pooling=options.pooling is Pooling.AVERAGE,
+            model, stage_layers(options), average_pooling=options.pooling is Pooling.AVERAGE
         )
-        self.layer_weights = dict(
-            zip(options.style_layers, options.resolved_style_layer_weights, strict=True)
-        )
-        self._cache = cache
-        self._cache_parts = (options.style_layers, options.pooling, stage.device, weights.sha256)
-        with tf.device(self.device):
-            feats = self.extract(self.prepare(_batch(stage.content)))
-            self.content_targets = {n: tf.identity(feats[n]) for n in options.content_layers}
-            self.style_terms = self._style_terms()
+        self.prepare_targets()
         # Compiled as a graph. XLA (jit_compile=True) measured 1.35x slower at 128 px and 2.3x
         # slower at 256 px on the CPU, so it stays off; GPU runs are not measured yet.
         self.value_and_grad = tf.function(self._value_and_grad, reduce_retracing=True)
 
-    def style_grams(self, image: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
-        """Gram matrices of one style image at the style layers; cached across jobs."""
+    def features(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.extract(self.prepare(pixels))
 
-        def compute() -> dict[str, npt.NDArray[np.float32]]:
-            feats = self.extract(self.prepare(_batch(image)))
-            return {name: off_heap(gram(feats[name]).numpy()) for name in self.options.style_layers}
+    def image(self, array: npt.NDArray[np.generic]) -> tf.Tensor:
+        return _batch(array)
 
-        return cached(self._cache, lambda: digest(image, *self._cache_parts), compute)
+    def constant(self, array: npt.NDArray[np.float32]) -> tf.Tensor:
+        return tf.constant(array)
 
-    def _style_terms(self) -> dict[str, list[StyleTerm]]:
-        """Each layer's style terms, laid out by `backends.styleplan`, as constants."""
-        planned = styleplan.stage_terms(self.stage, self.style_grams)
-        return {
-            name: [
-                StyleTerm(
-                    t.coef,
-                    tf.constant(t.target),
-                    t.offset,
-                    None if t.mask is None else tf.constant(t.mask[None, :, :, None]),
-                    t.norm,
-                )
-                for t in layer_terms
-            ]
-            for name, layer_terms in planned.items()
-        }
+    def layer_mask(self, array: npt.NDArray[np.float32]) -> tf.Tensor:
+        return tf.constant(array[None, :, :, None])
 
-    def style_loss(self, name: str, features: tf.Tensor) -> tf.Tensor:
-        """E_l of one layer, summed over its terms."""
-        total = tf.constant(0.0)
-        for term in self.style_terms[name]:
-            masked = features if term.mask is None else features * term.mask
-            squared = tf.reduce_sum(tf.square(gram(masked) - term.target))
-            total = total + (term.coef * squared + term.offset) / term.norm
-        return total
+    def gram(self, features: tf.Tensor) -> tf.Tensor:
+        """G = F F^T with F the (channels x positions) matrix of one NHWC activation."""
+        flat = tf.reshape(features, (-1, tf.shape(features)[-1]))
+        return tf.matmul(flat, flat, transpose_a=True)
+
+    def squared_sum(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(tf.square(x))
+
+    def tv_loss(self, pixels: tf.Tensor) -> tf.Tensor:
+        """Sum of squared differences between neighbouring pixels (NHWC, 0-255)."""
+        dy = pixels[:, 1:, :, :] - pixels[:, :-1, :, :]
+        dx = pixels[:, :, 1:, :] - pixels[:, :, :-1, :]
+        return tf.reduce_sum(tf.square(dy)) + tf.reduce_sum(tf.square(dx))
+
+    def zero(self) -> tf.Tensor:
+        return tf.constant(0.0)
+
+    def total(self, terms: list[tf.Tensor]) -> tf.Tensor:
+        return tf.add_n(terms)
+
+    def kept(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.identity(x)
+
+    def array(self, x: tf.Tensor) -> npt.NDArray[np.float32]:
+        return np.asarray(x.numpy(), dtype=np.float32)
+
+    def target_scope(self) -> AbstractContextManager[object]:
+        scope: AbstractContextManager[object] = tf.device(self.device)
+        return scope
+
+    def gradient(self, image: npt.NDArray[np.float32]) -> tuple[Losses, npt.NDArray[np.float32]]:
+        with tf.device(self.device):
+            terms, grad = self.value_and_grad(_batch(image))
+        return self.losses(terms), grad.numpy()[0]
 
     def terms(self, pixels: tf.Tensor) -> tf.Tensor:
         """[alpha L_c, beta L_s, tv, total] at an image."""
-        options = self.options
-        feats = self.extract(self.prepare(pixels))
-        lc = tf.add_n([content_loss(feats[n], self.content_targets[n]) for n in options.content_layers])
-        ls = tf.add_n([self.layer_weights[n] * self.style_loss(n, feats[n]) for n in options.style_layers])
-        tv = options.tv_weight * tv_loss(pixels) if options.tv_weight else tf.constant(0.0)
-        content, style = options.content_weight * lc, options.style_weight * ls
-        return tf.stack([content, style, tv, content + style + tv])
+        return tf.stack(self.weighted(pixels, self.features(pixels)))
 
     def _value_and_grad(self, pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
@@ -189,22 +151,17 @@ class _Solver:
         return image
 
 
-class TensorFlowBackend:
+class TensorFlowBackend(ObjectiveBackend):
     """Runs jobs with TensorFlow on CPU or GPU; keeps one Keras VGG19 for all jobs."""
 
     name = "tensorflow"
     batches = False  # each job runs alone
 
     def __init__(self, weights: VGGWeights, style_cache_bytes: int = DEFAULT_BYTES) -> None:
-        for gpu in _gpus():
-            # Grow GPU memory on demand instead of reserving the whole card at start-up.
-            tf.config.experimental.set_memory_growth(gpu, True)
+        """Process-wide settings (GPU memory growth) are `runtime.configure_process`'s."""
         self.weights = weights
         self.model = build_vgg19(weights)
-        self.style_cache: TargetCache[dict[str, npt.NDArray[np.float32]]] = TargetCache(
-            style_cache_bytes, _cache_bytes
-        )
-        self._lock = threading.Lock()
+        self.style_cache: TargetCache[Grams] = style_cache(style_cache_bytes)
 
     @staticmethod
     def framework_version() -> str:
@@ -227,13 +184,9 @@ class TensorFlowBackend:
     def devices(self) -> list[str]:
         return ["cpu"] + [f"cuda:{i}" for i in range(len(_gpus()))]
 
-    def resolve_device(self, device: str) -> str:
-        return devices.resolve(device, self.devices(), self.name)
-
     def problem(self, job: BackendJob | Stage) -> Problem:
         """The objective of a stage (or of a job as one stage), for running it or inspecting it."""
-        stage = job if isinstance(job, Stage) else single_stage(job)
-        return Problem(self.model, self.weights, stage, self.style_cache)
+        return Problem(self.model, self.weights, as_stage(job), self.style_cache)
 
     def solver(self, stage: Stage) -> _Solver:
         """Set up a stage: its objective, its image and its optimizer."""
@@ -244,27 +197,13 @@ class TensorFlowBackend:
             step = _stepper(options.optimizer, options.resolved_learning_rate, pixels, problem)
         return _Solver(problem.device, pixels, step)
 
-    def features(
-        self,
-        image: npt.NDArray[np.float32],
-        layers: Sequence[str],
-        device: str = "cpu",
-        pooling: Pooling = Pooling.MAX,
+    def activations(
+        self, image: npt.NDArray[np.float32], layers: list[str], device: str, average_pooling: bool
     ) -> dict[str, npt.NDArray[np.float32]]:
-        """Activations (C, H, W) of the named layers for an RGB 0-255 image; for diagnostics."""
-        extract = feature_extractor(self.model, list(layers), average_pooling=pooling is Pooling.AVERAGE)
+        extract = feature_extractor(self.model, layers, average_pooling=average_pooling)
         with tf.device(_tf_device(device)):
             out = extract(preprocessor(self.weights.meta)(_batch(image)))
         return {name: np.transpose(t.numpy()[0], (2, 0, 1)) for name, t in out.items()}
-
-    def evaluate(
-        self, job: BackendJob, image: npt.NDArray[np.float32]
-    ) -> tuple[Losses, npt.NDArray[np.float32]]:
-        """Losses and the gradient (H, W, 3) of the total at an image; for diagnostics."""
-        problem = self.problem(single_stage(job, image))
-        with tf.device(problem.device):
-            terms, grad = problem.value_and_grad(_batch(image))
-        return Problem.losses(terms), grad.numpy()[0]
 
     def run(self, job: BackendJob, cancel: CancelToken) -> Iterator[Iterate | Outcome]:
         try:

@@ -21,7 +21,7 @@ Keys (all under a prefix, `styletransfer:` by default):
   so one key makes one job in the whole deployment and another request under it is refused.
 * `waiting`: a hash of each principal's number of jobs in the shared lines, kept by the same
   scripts that add and take entries, so `max_queued_per_principal` holds across replicas.
-* `rates/...`: the moving windows of the per-caller rate limit (service.limits).
+* `rates/...`: the moving windows of the per-caller rate limit (service.api.limits).
 * channel `cancel`: job ids to stop; the replica running one stops it before its next iteration.
   A job still waiting is cancelled by whoever deletes its queue entry first.
 

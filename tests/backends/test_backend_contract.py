@@ -19,7 +19,7 @@ from backends.weights.canonical import random_weights
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@pytest.fixture(scope="module", params=["pytorch", "tensorflow"])
+@pytest.fixture(scope="module", params=["pytorch", "tensorflow", "fake"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     return registry.create(request.param, random_weights(0))
 

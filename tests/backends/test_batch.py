@@ -16,7 +16,8 @@ from imaging import image_array
 from backends.base import BackendJob, BatchMember, Iterate, Outcome, StyleInput
 from backends.errors import Cancelled
 from backends.pytorch import PyTorchBackend
-from backends.pytorch.backend import BatchEvaluator, Problem, evaluate
+from backends.pytorch.backend import BatchEvaluator
+from backends.pytorch.problem import Problem, evaluate
 from backends.weights.canonical import random_weights
 
 

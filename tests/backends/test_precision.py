@@ -13,7 +13,8 @@ from hardware import needs_cpu_bfloat16
 from backends.base import BackendJob, Losses, Outcome, StyleInput
 from backends.options import Optimizer, StyleOptions
 from backends.pytorch import PyTorchBackend, capabilities
-from backends.pytorch.backend import Problem, _reanchor
+from backends.pytorch.optimizer import reanchor
+from backends.pytorch.problem import Problem
 from backends.weights.canonical import random_weights
 
 
@@ -104,7 +105,7 @@ def test_reanchoring_keeps_the_gradient_at_the_far_end_of_the_last_move() -> Non
     state = optimizer.state[pixels]
     before = (pixels - state["t"] * state["d"].view_as(pixels)).detach()
     state["prev_flat_grad"] = torch.zeros_like(state["prev_flat_grad"])
-    _reanchor(optimizer, pixels, problem)
+    reanchor(optimizer, pixels, problem)
     _, expected = exact.evaluate(job, before[0].permute(1, 2, 0).numpy())
     got = state["prev_flat_grad"].view_as(pixels)[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())

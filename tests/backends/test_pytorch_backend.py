@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,9 @@ from helpers import conv3x3_reference
 from imaging import image_array
 from torch import nn
 
+from backends import registry
 from backends.errors import ResourceExhausted
-from backends.pytorch import PyTorchBackend
+from backends.pytorch import PyTorchBackend, configure_process
 from backends.pytorch.model import Preprocess, VGGFeatures, build_trunk
 from backends.vgg import LAYERS, Kind, position
 from backends.weights.canonical import VGGWeights, random_weights
@@ -111,10 +114,51 @@ def test_out_of_memory_becomes_resource_exhausted(
         run(backend, make_job(iterations=2))
 
 
-def test_cuda_autotuning_and_tf32_are_on(weights: VGGWeights) -> None:
-    """Building the backend turns on cuDNN's autotuner and TF32 (they only act on CUDA devices)."""
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+def _cuda_flags() -> tuple[bool, bool, bool]:
+    return (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+
+
+def _set_cuda_flags(flags: tuple[bool, bool, bool]) -> None:
+    benchmark, cudnn_tf32, matmul_tf32 = flags
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+
+
+@pytest.fixture
+def cuda_flags_off() -> Iterator[None]:
+    """cuDNN's autotuner and TF32 off for the test, as they were afterwards."""
+    before = _cuda_flags()
+    _set_cuda_flags((False, False, False))
+    try:
+        yield
+    finally:
+        _set_cuda_flags(before)
+
+
+@pytest.mark.usefixtures("cuda_flags_off")
+def test_building_the_backend_leaves_process_settings_alone(weights: VGGWeights) -> None:
+    """The constructor changes nothing outside the backend: cuDNN's and TF32's switches stay off."""
     PyTorchBackend(weights)
-    assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
-    assert torch.backends.cuda.matmul.allow_tf32
+    assert _cuda_flags() == (False, False, False)
+
+
+@pytest.mark.usefixtures("cuda_flags_off")
+def test_configuring_the_process_turns_cuda_autotuning_and_tf32_on() -> None:
+    """`configure_process` turns on cuDNN's autotuner and TF32 (they only act on CUDA devices)."""
+    configure_process()
+    assert _cuda_flags() == (True, True, True)
+    configure_process()  # again: nothing changes
+    assert _cuda_flags() == (True, True, True)
+
+
+@pytest.mark.usefixtures("cuda_flags_off")
+def test_the_registry_configures_the_process_before_building(weights: VGGWeights) -> None:
+    """A backend built the way the server builds it runs with the process configured."""
+    backend = registry.create("pytorch", weights)
+    assert isinstance(backend, PyTorchBackend)
+    assert _cuda_flags() == (True, True, True)

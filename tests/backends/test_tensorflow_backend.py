@@ -14,7 +14,7 @@ import torch
 from backend_support import make_job, run
 from imaging import image_array
 
-from backends.tensorflow import TensorFlowBackend
+from backends.tensorflow import TensorFlowBackend, configure_process
 from backends.tensorflow import backend as tf_backend
 from backends.tensorflow.layers import KERAS_LAYERS, Tap
 from backends.tensorflow.lbfgs import LBFGS
@@ -24,6 +24,7 @@ from backends.weights.canonical import random_weights
 
 @pytest.fixture(scope="module")
 def backend() -> TensorFlowBackend:
+    configure_process()  # as the server does first: on a GPU, memory grows on demand
     return TensorFlowBackend(random_weights(0))
 
 

@@ -1,24 +1,31 @@
-"""Winograd F(2x2, 3x3) convolutions: values, input gradients and the per-shape choice by rule."""
+"""Winograd F(2x2, 3x3) convolutions: values, input gradients, the per-shape choice by rule, and
+the backend's choice of tuned or plain convolutions."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
+from backend_support import make_job
 from hardware import needs_cpu_bfloat16
+from imaging import image_array
 from torch import nn
 from torch.nn import functional
 
-from backends.pytorch import capabilities, winograd
+from backends.pytorch import PyTorchBackend, capabilities
+from backends.pytorch.kernels import Plan, TunedConv2d, Tuner, tuner, winograd
+from backends.pytorch.kernels.winograd import conv3x3, transform_bias, transform_weight
 from backends.pytorch.model import VGGFeatures, build_trunk
-from backends.pytorch.winograd import Plan, TunedConv2d, conv3x3, transform_bias, transform_weight
 from backends.weights.canonical import random_weights
+from service.server import create_backends
+from service.settings import Settings
 
 
 def _always(monkeypatch: pytest.MonkeyPatch, plan: Plan) -> None:
-    """Every layer runs `plan`, whatever the rules say."""
-    monkeypatch.setattr(winograd, "choose", lambda *args: plan)
+    """Every layer of every tuner runs `plan`, whatever the rules say."""
+    monkeypatch.setattr(Tuner, "plan", lambda self, *args: plan)
 
 
 def _layer(in_channels: int, out_channels: int, seed: int = 0) -> TunedConv2d:
@@ -75,8 +82,8 @@ def test_each_plan_gives_the_direct_convolution_and_its_input_gradient(
     monkeypatch: pytest.MonkeyPatch, plan: Plan
 ) -> None:
     _always(monkeypatch, plan)
-    layer = _layer(winograd.MIN_CHANNELS, 16)
-    x = _input(winograd.MIN_CHANNELS, 12, 10).requires_grad_(True)
+    layer = _layer(tuner.MIN_CHANNELS, 16)
+    x = _input(tuner.MIN_CHANNELS, 12, 10).requires_grad_(True)
     out = layer(x)
     grad = _input(16, 12, 10, seed=2)
     out.backward(grad)
@@ -102,9 +109,9 @@ def test_the_way_does_not_depend_on_which_is_faster_now(monkeypatch: pytest.Monk
         return compute(self, x, winograd_way)
 
     monkeypatch.setattr(TunedConv2d, "compute", slow_compute)
-    layer = _layer(winograd.MIN_CHANNELS, 256)
-    x = _input(winograd.MIN_CHANNELS, 16, 16)
-    expected = winograd.choose(capabilities.current(), winograd.MIN_CHANNELS, 256, 16, 16)
+    layer = _layer(tuner.MIN_CHANNELS, 256)
+    x = _input(tuner.MIN_CHANNELS, 16, 16)
+    expected = tuner.choose(capabilities.current(), tuner.MIN_CHANNELS, 256, 16, 16)
     for _ in range(3):
         assert (layer.way(x, "forward"), layer.way(x, "backward")) == expected
 
@@ -128,10 +135,10 @@ def test_the_table_gives_winograd_where_it_was_measured_to_pay(
     with capabilities.overridden(cpu_flags=CLASSES[cpu_class]) as caps:
         assert caps.cpu_class == cpu_class
         for side in (8, 32, 128):
-            assert winograd.choose(caps, 128, 128, side, side) == Plan(block2_up_to_128, block2_up_to_128)
-        assert winograd.choose(caps, 128, 128, 256, 256) == Plan(False, False)
+            assert tuner.choose(caps, 128, 128, side, side) == Plan(block2_up_to_128, block2_up_to_128)
+        assert tuner.choose(caps, 128, 128, 256, 256) == Plan(False, False)
         for c_in, c_out, side in ((128, 256, 64), (256, 256, 16), (256, 512, 8), (512, 512, 32)):
-            assert winograd.choose(caps, c_in, c_out, side, side) == Plan(block3, block3)
+            assert tuner.choose(caps, c_in, c_out, side, side) == Plan(block3, block3)
 
 
 @pytest.mark.parametrize(
@@ -139,8 +146,8 @@ def test_the_table_gives_winograd_where_it_was_measured_to_pay(
     ["float64", "bfloat16 autocast", "few channels", "small image"],
 )
 def test_inputs_it_does_not_serve_run_the_direct_convolution(case: str) -> None:
-    channels = 8 if case == "few channels" else winograd.MIN_CHANNELS
-    side = winograd.MIN_SIDE - 1 if case == "small image" else 12
+    channels = 8 if case == "few channels" else tuner.MIN_CHANNELS
+    side = tuner.MIN_SIDE - 1 if case == "small image" else 12
     layer = _layer(channels, 4)
     x = _input(channels, side, side)
     if case == "float64":
@@ -154,7 +161,7 @@ def test_inputs_it_does_not_serve_run_the_direct_convolution(case: str) -> None:
 
 
 def test_the_trunk_gives_the_same_features_and_gradient_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    trunk = build_trunk(random_weights(0))
+    trunk = build_trunk(random_weights(0), tuner=Tuner())
     assert all(isinstance(m, TunedConv2d) for m in trunk if isinstance(m, nn.Conv2d))
     net = VGGFeatures(trunk, ["conv3_1", "conv4_1", "conv4_2"])
     image = torch.rand(1, 3, 72, 56, generator=torch.Generator().manual_seed(3)) * 255
@@ -181,8 +188,8 @@ def test_only_the_kernels_a_plan_uses_are_packed(monkeypatch: pytest.MonkeyPatch
     """Winograd forward and direct backward pack the forward's Winograd kernels only (the direct
     float32 way runs PyTorch's own convolution with the plain weight)."""
     _always(monkeypatch, Plan(True, False))
-    layer = _layer(winograd.MIN_CHANNELS, 8)
-    layer(_input(winograd.MIN_CHANNELS, 8, 8).requires_grad_(True)).sum().backward()
+    layer = _layer(tuner.MIN_CHANNELS, 8)
+    layer(_input(tuner.MIN_CHANNELS, 8, 8).requires_grad_(True)).sum().backward()
     assert set(layer._packed) == {(True, False, torch.float32)}
 
 
@@ -190,8 +197,8 @@ def test_kernels_repack_for_a_new_shape_with_the_same_results(monkeypatch: pytes
     """A layer that meets a second input shape repacks its kernels for it and computes exactly what
     a layer that only ever met that shape computes (so results do not depend on a job's order)."""
     _always(monkeypatch, Plan(True, True))
-    seasoned, fresh = _layer(winograd.MIN_CHANNELS, 256), _layer(winograd.MIN_CHANNELS, 256)
-    small, large = _input(winograd.MIN_CHANNELS, 8, 8), _input(winograd.MIN_CHANNELS, 32, 32)
+    seasoned, fresh = _layer(tuner.MIN_CHANNELS, 256), _layer(tuner.MIN_CHANNELS, 256)
+    small, large = _input(tuner.MIN_CHANNELS, 8, 8), _input(tuner.MIN_CHANNELS, 32, 32)
     with torch.no_grad():
         seasoned(small)
         first = seasoned._packed[True, False, torch.float32][0]
@@ -202,8 +209,8 @@ def test_kernels_repack_for_a_new_shape_with_the_same_results(monkeypatch: pytes
 def test_a_pass_without_gradients_runs_the_chosen_way(monkeypatch: pytest.MonkeyPatch) -> None:
     """Targets computed without gradients come from the same arithmetic as the optimization."""
     _always(monkeypatch, Plan(True, True))
-    layer = _layer(winograd.MIN_CHANNELS, 8)
-    x = _input(winograd.MIN_CHANNELS, 9, 8)
+    layer = _layer(tuner.MIN_CHANNELS, 8)
+    x = _input(tuner.MIN_CHANNELS, 9, 8)
     with torch.no_grad():
         target = layer(x)
     assert torch.equal(target, layer(x.clone().requires_grad_(True)).detach())
@@ -254,8 +261,56 @@ def test_odd_sides_give_an_output_the_relu_can_change_in_place(
     monkeypatch: pytest.MonkeyPatch, height: int, width: int
 ) -> None:
     _always(monkeypatch, Plan(True, True))
-    layer = _layer(winograd.MIN_CHANNELS, 8)
-    x = _input(winograd.MIN_CHANNELS, height, width).requires_grad_(True)
+    layer = _layer(tuner.MIN_CHANNELS, 8)
+    x = _input(tuner.MIN_CHANNELS, height, width).requires_grad_(True)
     out = torch.relu_(layer(x))  # as the trunk runs it
     out.sum().backward()
     assert out.shape == (1, 8, height, width) and x.grad is not None
+
+
+def test_each_backend_owns_the_tuner_its_trunk_follows() -> None:
+    """A backend's trunk layers choose by that backend's tuner, not by one shared by the process."""
+    first, second = PyTorchBackend(random_weights(0)), PyTorchBackend(random_weights(0))
+    assert first.tuner is not None and second.tuner is not None and first.tuner is not second.tuner
+    layers = [m for m in first._trunk("cpu") if isinstance(m, nn.Conv2d)]
+    assert layers and all(isinstance(m, TunedConv2d) and m.tuner is first.tuner for m in layers)
+
+
+def test_plain_trunk_has_no_tuned_layer_and_computes_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With convolution="plain" every layer of the trunk is PyTorch's own convolution, and the
+    losses and the gradient agree with the tuned trunk's, Winograd forced on wherever it may run."""
+    _always(monkeypatch, Plan(True, True))
+    weights = random_weights(0)
+    plain, tuned = PyTorchBackend(weights, convolution="plain"), PyTorchBackend(weights)
+    assert plain.tuner is None
+    trunk = plain.problem(make_job(size=48)).net.trunk
+    convolutions = [m for m in trunk if isinstance(m, nn.Conv2d)]
+    assert convolutions and not any(isinstance(m, TunedConv2d) for m in convolutions)
+    assert all(type(m) is nn.Conv2d for m in convolutions)
+
+    job = make_job(size=48, style_layers=("conv1_1", "conv3_1", "conv4_1"), content_layers=("conv4_2",))
+    image = image_array(3, 48, 48).astype(np.float32)
+    tuned_losses, tuned_grad = tuned.evaluate(job, image)
+    plain_losses, plain_grad = plain.evaluate(job, image)
+    packed = [key for m in tuned._trunk("cpu") if isinstance(m, TunedConv2d) for key in m._packed]
+    assert (True, False, torch.float32) in packed and (True, True, torch.float32) in packed
+    for name in ("content", "style", "total"):
+        assert getattr(plain_losses, name) == pytest.approx(getattr(tuned_losses, name), rel=1e-4), name
+    assert not np.array_equal(plain_grad, tuned_grad)  # the two ways really ran
+    assert np.abs(plain_grad - tuned_grad).max() < 1e-4 * np.abs(plain_grad).max()
+
+
+def test_an_unknown_convolution_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="convolution must be one of auto, plain"):
+        PyTorchBackend(random_weights(0), convolution="winograd")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("convolution", ["auto", "plain"])
+def test_the_server_setting_chooses_the_convolution(convolution: str) -> None:
+    """`pytorch_convolution` (flag `--pytorch-convolution`) reaches the backend the server makes."""
+    settings = Settings(backends=("pytorch",), backend="pytorch", pytorch_convolution=convolution)  # type: ignore[arg-type]
+    backend = create_backends(settings, random_weights(0))["pytorch"]
+    assert isinstance(backend, PyTorchBackend) and backend.convolution == convolution
+    assert (backend.tuner is None) == (convolution == "plain")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
-from imaging import image_bytes
+from imaging import encode, image_array, image_bytes
 from PIL import Image
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -158,3 +162,23 @@ def test_server_default_backend_is_used_when_a_request_names_none(server: Server
         assert events[-1].HasField("result")
     finally:
         other.stop(grace=5)
+
+
+def test_the_cli_selects_the_backend(server: Server, tmp_path: Path) -> None:
+    """`styletransfer stylize --backend tensorflow` runs the job on TensorFlow (the server's
+    default is PyTorch), as the accepted event reports."""
+    content, style = tmp_path / "content.png", tmp_path / "style.jpg"
+    content.write_bytes(encode(image_array(1, 96, 64)))
+    style.write_bytes(encode(image_array(2, 64, 64), "JPEG"))
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "styletransfer.client.cli", "stylize", str(content), str(style)),
+            *("-o", str(tmp_path / "tf.png"), "--server", f"127.0.0.1:{server.port}"),
+            *("--iterations", "2", "--size", "48", "--backend", "tensorflow", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["accepted"]["backend"] == "tensorflow"

@@ -37,7 +37,7 @@ def test_request_id_ties_the_access_line_to_the_job_lines(
     lifecycle = [e for e in logged if e.get("job_id") == job_id]
     assert [e["event"] for e in lifecycle] == ["job_queued", "job_started", "job_succeeded"]
     started = lifecycle[1]
-    assert (started["request_id"], started["backend"], started["device"]) == ("req-7f3a", "pytorch", "cpu")
+    assert (started["request_id"], started["backend"], started["device"]) == ("req-7f3a", "fake", "cpu")
     assert not any(content[8:40] in repr(e).encode() for e in logged), "image bytes reached the log"
 
 

@@ -88,28 +88,6 @@ def test_cli_stylizes_with_json_events(server: Server, images: tuple[Path, Path]
     assert Image.open(out).size == (48, 32)
 
 
-def test_cli_selects_the_backend(server: Server, images: tuple[Path, Path], tmp_path: Path) -> None:
-    """`--backend tensorflow` runs the job on TensorFlow, as the accepted event reports."""
-    done = _cli(
-        "stylize",
-        str(images[0]),
-        str(images[1]),
-        "-o",
-        str(tmp_path / "tf.png"),
-        "--server",
-        f"127.0.0.1:{server.port}",
-        "--iterations",
-        "2",
-        "--size",
-        "48",
-        "--backend",
-        "tensorflow",
-        "--json",
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[0])["accepted"]["backend"] == "tensorflow"
-
-
 def test_cli_writes_previews_and_shows_progress(
     server: Server, images: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -182,7 +182,7 @@ def test_a_free_replica_takes_the_next_job_while_another_is_busy(
         assert {_runner(pair, job.name) for job in jobs} == {0, 1}
         # With both busy a third waits; cancelled, it ends at once and is counted where it ended.
         registry = pair[1][0].metrics.registry  # type: ignore[union-attr]
-        labels = {"outcome": "cancelled", "backend": "pytorch", "device": "cpu"}
+        labels = {"outcome": "cancelled", "backend": "fake", "device": "cpu"}
         before = registry.get_sample_value("styletransfer_jobs_completed_total", labels) or 0.0
         third = a.CreateJob(_request(iterations=2, seed=4), metadata=ALICE, timeout=30)
         assert third.state == pb.JOB_STATE_QUEUED and third.queue_position == 0

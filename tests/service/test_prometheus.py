@@ -68,7 +68,7 @@ def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
     metered = build(
         Settings(port=0, metrics_port=0, warmup=False),
         random_weights(0),
-        {"pytorch": server.core.backends["pytorch"]},
+        {"fake": server.core.backends["fake"]},
     )
     metered.set_serving(True)
     with grpc.insecure_channel(f"127.0.0.1:{metered.port}") as channel:

@@ -16,8 +16,8 @@ import structlog
 from grpc_status import rpc_status
 
 from backends.errors import ResourceExhausted, StyleTransferError, Unauthenticated
+from service.api.limits import Rates, Slots, peer_host
 from service.errors import INTERNAL_MESSAGE, status_code, to_status
-from service.limits import Rates, Slots, peer_host
 from service.metrics import Metrics, go_code, split_method
 from service.principals import ANONYMOUS, Principals
 
@@ -112,7 +112,7 @@ def _observed(
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps every handler of every service the server hosts: logs, metrics, error mapping, and
-    the bounds on open streams (`service.limits`)."""
+    the bounds on open streams (`service.api.limits`)."""
 
     def __init__(
         self,

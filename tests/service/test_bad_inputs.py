@@ -107,7 +107,7 @@ OPTIONS = st.fixed_dictionaries(
         "output_quality": st.integers(0, 2**32 - 1),
         "preview_every": st.integers(0, 2**32 - 1),
         "preview_max_size": st.integers(0, 2**32 - 1),
-        "backend": st.sampled_from(["pytorch", "tensorflow", "caffe", ""]),
+        "backend": st.sampled_from(["fake", "pytorch", "tensorflow", "caffe", ""]),
         "device": st.sampled_from(["auto", "cpu", "cuda", "cuda:3", "tpu", ""]),
         "max_duration_seconds": FINITE_OR_NOT,
     },

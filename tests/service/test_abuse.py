@@ -272,7 +272,7 @@ def test_options_that_diverge_are_the_callers_error(guarded: Server, channel: gr
     )
     assert "options.learning_rate" in [v.subject for v in failure.violations]
     assert guarded.metrics is not None
-    placed = {"backend": "pytorch", "device": "cpu"}
+    placed = {"backend": "fake", "device": "cpu"}
     registry = guarded.metrics.registry
     assert (
         registry.get_sample_value("styletransfer_jobs_completed_total", {"outcome": "diverged", **placed})

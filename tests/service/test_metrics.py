@@ -19,7 +19,7 @@ from service.server import Server, build
 from service.settings import Settings
 
 SERVICE = "styletransfer.v1.StyleTransfer"
-PLACED = {"backend": "pytorch", "device": "cpu"}
+PLACED = {"backend": "fake", "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def traffic(server: Server) -> Iterator[tuple[Server, CollectorRegistry, dict[st
     """A fresh server with its own registry, after a known mix of calls; yields what was seen."""
     registry = CollectorRegistry()
     settings = Settings(port=0, metrics_port=0, warmup=False, queue_size=1)
-    metered = build(settings, random_weights(0), {"pytorch": server.core.backends["pytorch"]}, registry)
+    metered = build(settings, random_weights(0), {"fake": server.core.backends["fake"]}, registry)
     seen = {"events": 0, "preview_bytes": 0, "cancelled_iterations": 0}
     with grpc.insecure_channel(f"127.0.0.1:{metered.port}") as channel:
         stub = pb_grpc.StyleTransferStub(channel)
@@ -130,10 +130,10 @@ def test_style_cache_is_reported(traffic: tuple[Server, CollectorRegistry, dict[
     """Four jobs with one style image: the backend's cache served the style at least once, and
     holds its Gram matrices (the counts are the shared backend's, so earlier tests add to them)."""
     server, registry, _ = traffic
-    cache = server.core.backends["pytorch"].style_cache  # type: ignore[attr-defined]
-    assert _value(registry, "styletransfer_style_cache_hits_total", backend="pytorch") == cache.hits >= 1
-    assert _value(registry, "styletransfer_style_cache_misses_total", backend="pytorch") == cache.misses >= 1
-    assert _value(registry, "styletransfer_style_cache_bytes", backend="pytorch") == cache.bytes > 0
+    cache = server.core.backends["fake"].style_cache  # type: ignore[attr-defined]
+    assert _value(registry, "styletransfer_style_cache_hits_total", backend="fake") == cache.hits >= 1
+    assert _value(registry, "styletransfer_style_cache_misses_total", backend="fake") == cache.misses >= 1
+    assert _value(registry, "styletransfer_style_cache_bytes", backend="fake") == cache.bytes > 0
 
 
 def test_info_and_memory_gauges(traffic: tuple[Server, CollectorRegistry, dict[str, int]]) -> None:

@@ -1,0 +1,174 @@
+"""The trunk's 3x3 convolution layer: the way its `Tuner` chooses, with kernels packed once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from backends.pytorch import capabilities
+from backends.pytorch.kernels import packing
+from backends.pytorch.kernels.tuner import MIN_CHANNELS, MIN_SIDE, Tuner
+from backends.pytorch.kernels.winograd import TILES, band_shape, conv3x3, transform_bias, transform_weight
+
+
+class _Conv(torch.autograd.Function):
+    """The trunk's 3x3 convolution (input gradient only: the weights are frozen). The forward
+    runs the way given; the backward the way the layer's tuner gives for its direction."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: TunedConv2d, winograd: bool) -> torch.Tensor:
+        ctx.layer = layer
+        # The direct input gradient reads x's shape and layout; x is kept alive by the ReLU
+        # before it anyway.
+        ctx.save_for_backward(x)
+        return layer.compute(x, winograd)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        layer: TunedConv2d = ctx.layer
+        winograd = x.dtype == torch.float32 and layer.way(x, "backward")
+        return layer.input_grad(x, grad, winograd), None, None
+
+
+class TunedConv2d(nn.Conv2d):
+    """A frozen 3x3 convolution that runs Winograd's algorithm where its tuner says it pays."""
+
+    @classmethod
+    def wrap(cls, conv: nn.Conv2d, tuner: Tuner | None = None) -> TunedConv2d:
+        """`conv` with its weights, choosing by `tuner` (by a tuner of its own when none is
+        given)."""
+        tuned = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            padding=conv.padding,
+            bias=conv.bias is not None,
+            tuner=tuner,
+        )
+        tuned.load_state_dict(conv.state_dict())
+        return tuned
+
+    def __init__(self, *args: Any, tuner: Tuner | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tuner = tuner or Tuner()
+        # (Winograd, input gradient, dtype) -> (the shape they were packed for, packed kernels)
+        self._packed: dict[tuple[bool, bool, torch.dtype], tuple[tuple[int, ...], torch.Tensor]] = {}
+        self._biases: dict[tuple[bool, torch.dtype], torch.Tensor | None] = {}
+
+    def _standard(self, x: torch.Tensor) -> bool:
+        return (
+            x.device.type == "cpu"
+            and self.weight.dtype == torch.float32
+            and self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and capabilities.current().onednn
+        )
+
+    def eligible(self, x: torch.Tensor) -> bool:
+        """Whether this float32 input may run Winograd at all (the tuner then decides)."""
+        return (
+            self._standard(x)
+            and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and self.in_channels >= MIN_CHANNELS
+            and min(x.shape[-2:]) >= MIN_SIDE
+        )
+
+    def packs_bfloat16(self, x: torch.Tensor) -> bool:
+        """Whether this input runs in bfloat16 under CPU autocast, with packed bfloat16 kernels
+        (the direct way only: Winograd's transforms would round in bfloat16 too). Not on CPUs
+        whose oneDNN has no bfloat16 kernels: there autocast's own convolution runs (correct but
+        several times slower than float32; the backend runs float32 instead, `backend._precision_on`)."""
+        return (
+            packing.available()
+            and capabilities.current().cpu_bfloat16
+            and self._standard(x)
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
+
+    def _kernels(self, winograd: bool, input_grad: bool, x: torch.Tensor) -> torch.Tensor:
+        """This layer's kernels for one way, one direction and x's dtype, packed for x's shape.
+
+        The input gradient of a 3x3 convolution is the convolution of the output gradient with
+        the kernels flipped and their channels swapped, so both directions run as forward
+        convolutions. oneDNN picks the blocked layout for the shape it is told, and a layout
+        chosen for another shape can cost several times the products (on AVX2, 128 -> 256
+        channels at 16x16 tiles packed for 2x2 ones: 1.6 -> 45 ms), so a new shape repacks;
+        one layout is kept per direction, and the results do not depend on it (tested).
+        """
+        key = (winograd, input_grad, x.dtype)
+        out_channels = self.in_channels if input_grad else self.out_channels
+        shape = band_shape(x, out_channels) if winograd else tuple(x.shape)
+        packed = self._packed.get(key)
+        if packed is None or packed[0] != shape:
+            with self.tuner.packing:
+                packed = self._packed.get(key)
+                if packed is None or packed[0] != shape:
+                    packed = shape, self._pack(winograd, input_grad, x, shape)
+                    self._packed[key] = packed
+        return packed[1]
+
+    def _pack(
+        self, winograd: bool, input_grad: bool, x: torch.Tensor, shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        weight = self.weight.detach()
+        if input_grad:
+            weight = weight.flip(2, 3).transpose(0, 1)
+        if winograd:
+            return packing.pack(transform_weight(weight).to(x.dtype), TILES, 0, shape)
+        return packing.pack(weight.to(x.dtype), 1, 1, shape)
+
+    def _bias(self, winograd: bool, dtype: torch.dtype) -> torch.Tensor | None:
+        key = (winograd, dtype)
+        if key not in self._biases:
+            bias = None if self.bias is None else self.bias.detach().to(dtype)
+            self._biases[key] = transform_bias(bias, self.out_channels) if winograd else bias
+        return self._biases[key]
+
+    def compute(self, x: torch.Tensor, winograd: bool) -> torch.Tensor:
+        """The layer's output, one way or the other."""
+        if winograd:
+            return conv3x3(x, self._kernels(True, False, x), self._bias(True, x.dtype))
+        if x.dtype == torch.bfloat16:
+            return packing.conv(x, self._kernels(False, False, x), self._bias(False, x.dtype), padding=1)
+        return functional.conv2d(x, self.weight, self.bias, padding=1)
+
+    def input_grad(self, x: torch.Tensor, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
+        """The gradient with respect to the layer's input x, one way or the other."""
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        if winograd:
+            return conv3x3(grad, self._kernels(True, True, grad))
+        if grad.dtype == torch.bfloat16:
+            return packing.conv(grad, self._kernels(False, True, grad), None, padding=1)
+        result: torch.Tensor = torch.ops.aten.convolution_backward(
+            grad, x, self.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+        )[0]
+        return result
+
+    def way(self, x: torch.Tensor, direction: str) -> bool:
+        """Whether `direction` ("forward" or "backward") runs Winograd for inputs shaped like x."""
+        plan = self.tuner.plan(self.in_channels, self.out_channels, *x.shape[-2:])
+        return bool(getattr(plan, direction))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eligible(x):
+            winograd = self.way(x, "forward")
+            if not torch.is_grad_enabled():
+                return self.compute(x, winograd)
+        elif self.packs_bfloat16(x):
+            # As autocast would: the input in bfloat16 (autograd casts its gradient back), and
+            # the output in bfloat16; the kernels are packed once instead of cast on every call.
+            x, winograd = x.to(torch.bfloat16), False
+        else:
+            return super().forward(x)
+        result: torch.Tensor = _Conv.apply(x, self, winograd)
+        return result

@@ -1,0 +1,137 @@
+"""Which way each 3x3 convolution of the trunk runs: Winograd or direct, by a fixed table.
+
+A `Tuner` belongs to one backend (it is made with the backend and handed to the trunk its layers
+belong to); it holds the table it follows and the lock under which its layers pack kernels.
+Each layer runs the way the table, `RULES`, gives for the CPU's class and the input's shape
+(`choose`); CUDA keeps cuDNN's own choice. Layers once timed both ways on the first input of
+each shape, the way cuDNN's autotuner does, but timing noise made different processes on one
+machine pick different ways, and their different rounding grew, through L-BFGS, into different
+images for the same seed. The table is drawn from `benchmarks/winograd_shapes.py`:
+
+- 2-core AVX-512 CPU (the development machine; timed by the old per-shape timing): 256 channels
+  at 64x64 8.5 -> 6.5 ms, 512 at 32x32 8.3 -> 5.3 ms, 512 at 16x16 2.0 -> 1.5 ms; at 512 px, in
+  bands (see `winograd.conv3x3`), 256 at 128x128 34.7 -> 25.4 ms and 512 at 64x64 34.1 -> 22.6
+  ms. The shallow layers lose (128 channels at 128x128: 8.9 -> 24 ms), since there the
+  transformed tiles, four times the activations, cost more memory traffic than the products
+  save: blocks 3 to 5 take Winograd, blocks 1 and 2 stay direct.
+- 2-core AVX2 CPU (AMD EPYC, no AVX-512; one thread, the machine being shared): Winograd wins
+  at every eligible VGG19 shape from 64 to 512 px, both directions, by more than on AVX-512,
+  because the direct kernel here is bound by arithmetic (about 90 GFLOP/s a core against 260),
+  not memory: 512 channels at 8x8 4.7 -> 3.1 ms, at 32x32 57 -> 29 ms, at 64x64 219 -> 124 ms;
+  256 at 64x64 50 -> 32 ms; 128 -> 256 at 128x128 99 -> 74 ms; and even block 2's 128 channels
+  at 32x32 to 128x128 (3.2 -> 2.8, 12.7 -> 10.5, 51 -> 42 ms), which AVX-512 runs direct. Only
+  128 channels at 256x256 (a 512 px job's conv2_2) is a tie (203 -> 198 ms, 0.97), left direct.
+  Layers with 64 input channels lose here too (conv1_2 and conv2_1: 1.01 to 1.50 times the
+  direct time), so `MIN_CHANNELS` holds on both. A whole float32 iteration, all direct against
+  this table (one thread, loaded machine): 95 -> 75 ms at 64 px, 301 -> 238 ms at 128, 1144 ->
+  860 ms at 256.
+
+So Winograd is not an AVX-512 trick: it pays on both, and on AVX2 for block 2 too. The direct
+way stays PyTorch's own convolution with the plain weight: packing its kernels too saved at most
+0.4 ms a layer on AVX-512 and would hold a second copy of every weight. The table can differ by
+direction (the input gradient is a 3x3 convolution too).
+
+Under bfloat16 autocast every layer runs the direct convolution with packed bfloat16 kernels (a
+256 px bfloat16 iteration 120 -> 113 ms) where oneDNN has bfloat16 kernels (`capabilities`);
+float64 and CUDA run PyTorch's own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from backends.pytorch import capabilities
+
+# Layers with fewer input channels, or smaller images, never run Winograd: their tiles cost
+# more than they save on every CPU measured.
+MIN_CHANNELS = 128
+MIN_SIDE = 8
+
+
+class Plan(NamedTuple):
+    """Which way a layer computes one input shape, per direction: True for Winograd."""
+
+    forward: bool = False
+    backward: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Winograd, in the directions named, for layers with at least `min_in` input and `min_out`
+    output channels whose input's shorter side is from `min_side` up to `max_side`."""
+
+    min_in: int
+    min_out: int
+    min_side: int = MIN_SIDE
+    max_side: int = 1 << 30
+    forward: bool = True
+    backward: bool = True
+
+    def covers(self, in_channels: int, out_channels: int, side: int) -> bool:
+        return (
+            in_channels >= self.min_in
+            and out_channels >= self.min_out
+            and self.min_side <= side <= self.max_side
+        )
+
+
+# Where Winograd pays, by CPU class (`Capabilities.cpu_class`; measured as the module docstring
+# says); a class not listed (no AVX2, other architectures: never measured) runs direct.
+RULES: dict[str, tuple[Rule, ...]] = {
+    # Blocks 3 to 5 (256 and 512 output channels); block 2 lost by 2.7x at 128x128.
+    "avx512": (Rule(MIN_CHANNELS, 256),),
+    # Blocks 3 to 5 at every side, and block 2 (128 -> 128) up to 128x128: 0.83-0.89 of the
+    # direct time there, a tie at 256x256.
+    "avx2": (Rule(MIN_CHANNELS, 256), Rule(MIN_CHANNELS, MIN_CHANNELS, max_side=128)),
+}
+
+
+def choose(
+    caps: capabilities.Capabilities,
+    in_channels: int,
+    out_channels: int,
+    height: int,
+    width: int,
+    rules: Mapping[str, tuple[Rule, ...]] = RULES,
+) -> Plan:
+    """The way each direction of a float32 layer runs for one input shape, from `RULES`: a
+    function of the CPU class and the shape only, so that every process on a machine computes
+    the same arithmetic (timing, as this module once did, picked differently from one process to
+    the next, and L-BFGS turned the rounding differences into different images)."""
+    side = min(height, width)
+    found = [r for r in rules.get(caps.cpu_class, ()) if r.covers(in_channels, out_channels, side)]
+    return Plan(any(r.forward for r in found), any(r.backward for r in found))
+
+
+def rule_text(caps: capabilities.Capabilities) -> str:
+    """The rules of this CPU's class, in words (for the bench)."""
+    rules = RULES.get(caps.cpu_class, ())
+    if not rules:
+        return "direct everywhere"
+    return "; ".join(
+        f"Winograd {'forward' if r.forward else ''}{' and ' if r.forward and r.backward else ''}"
+        f"{'backward' if r.backward else ''} for >= {r.min_in} -> >= {r.min_out} channels, "
+        f"side {r.min_side}..{r.max_side if r.max_side < 1 << 30 else 'any'}"
+        for r in rules
+    )
+
+
+class Tuner:
+    """The choices of one trunk's convolutions: which way each layer runs each input shape.
+
+    A function of the CPU class (read from `capabilities.current()` at each call, so that a test
+    can force one) and the shape only, through `rules`: every process on a machine computes the
+    same arithmetic. Its layers pack their kernels under its `packing` lock, so that two threads
+    meeting one layer's new shape pack it once.
+    """
+
+    def __init__(self, rules: Mapping[str, tuple[Rule, ...]] = RULES) -> None:
+        self.rules = rules
+        self.packing = threading.Lock()
+
+    def plan(self, in_channels: int, out_channels: int, height: int, width: int) -> Plan:
+        """The way each direction of a float32 layer runs for one input shape."""
+        return choose(capabilities.current(), in_channels, out_channels, height, width, self.rules)
