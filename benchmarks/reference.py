@@ -9,6 +9,7 @@ sums and normalization, the same weights α, β and w_l), so the losses of the t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     return flat @ flat.T
 
 
+class _Enough(Exception):
+    """Raised by the closure once the evaluations asked for are done, to end L-BFGS's step early
+    (at its defaults a step evaluates up to 25 times, which nobody would be waiting for)."""
+
+
 class ReferenceTransfer:
     """One style transfer job, tutorial style."""
 
@@ -51,6 +57,7 @@ class ReferenceTransfer:
                 if isinstance(module, nn.Conv2d):
                     name = next(n for n, i in _torchvision_names().items() if i == module_index)
                     module.weight.copy_(torch.from_numpy(np.asarray(weights.tensors[f"{name}.weight"])))
+                    assert module.bias is not None
                     module.bias.copy_(torch.from_numpy(np.asarray(weights.tensors[f"{name}.bias"])))
         for module in self.features:
             if isinstance(module, nn.ReLU):
@@ -101,6 +108,8 @@ class ReferenceTransfer:
         steps: list[Step] = []
 
         def closure() -> torch.Tensor:
+            if len(steps) >= evaluations:
+                raise _Enough
             optimizer.zero_grad()
             feats = self._activations(image)
             content_loss = sum(
@@ -112,14 +121,15 @@ class ReferenceTransfer:
                 / (4.0 * feats[n].shape[1] ** 2 * (feats[n].shape[2] * feats[n].shape[3]) ** 2)
                 for n in options.style_layers
             )
-            loss = options.content_weight * content_loss + options.style_weight * style_loss
+            loss: torch.Tensor = options.content_weight * content_loss + options.style_weight * style_loss
             loss.backward()
             steps.append(Step(float(loss.detach()), time.perf_counter() - started))
             return loss
 
         reported = 0
         while len(steps) < evaluations:
-            optimizer.step(closure)
+            with contextlib.suppress(_Enough):
+                optimizer.step(closure)
             with torch.no_grad():
                 image.clamp_(0, 255)
             while reported < min(len(steps), evaluations):

