@@ -56,9 +56,9 @@ else
 	$(BIN)/styletransfer-server --host $(HOST) --port $(PORT) --backends $(BACKENDS) --metrics-port $(METRICS_PORT) --log-format console --weights $(WEIGHTS)
 endif
 
-## The tiers that need no framework (tests/unit, tests/service: the fake backend) run with torch
+## The tiers that need no framework (unit, deploy; service and clients on the fake backend) run with torch
 ## and TensorFlow made impossible to import, which proves they need neither; then the rest.
-FRAMEWORK_FREE := tests/unit tests/service
+FRAMEWORK_FREE := tests/unit tests/service tests/clients tests/deploy
 WITHOUT_FRAMEWORKS := PYTHONPATH=tests $(BIN)/python -m pytest -p without_frameworks
 test: setup
 	$(WITHOUT_FRAMEWORKS) $(FRAMEWORK_FREE) $(PYTEST_ARGS)

@@ -61,7 +61,7 @@ def check_report(stdout: str, out: Path) -> None:
     accepted = re.search(
         r"^accepted: job=(\w+) backend=(\S+) device=(\S+) size=48x30 iterations=3$", stdout, re.M
     )
-    assert accepted and accepted.group(2) == "pytorch" and accepted.group(3) == "cpu"
+    assert accepted and accepted.group(2) == "fake" and accepted.group(3) == "cpu"
     iterations = re.findall(
         r"^progress: iteration=(\d+)/3 total=\S+ content=\S+ style=\S+ tv=\S+ elapsed=\S+s$", stdout, re.M
     )

@@ -56,7 +56,7 @@ def test_transfer_streams_progress_and_writes_the_result(
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert re.fullmatch(
-        r"accepted job \w+\s+backend pytorch\s+device cpu\s+output 48x36\s+iterations 3.*", lines[0]
+        r"accepted job \w+\s+backend fake\s+device cpu\s+output 48x36\s+iterations 3.*", lines[0]
     )
     progress = [line for line in lines if line.startswith("iteration ")]
     assert [line.split()[1] for line in progress] == ["1/3", "2/3", "3/3"]
