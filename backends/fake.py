@@ -93,12 +93,8 @@ class _Solver:
             self.targets.append((style.weight, target, mask))
 
     def _value_and_grad(self) -> tuple[Losses, F32]:
-        with np.errstate(over="ignore", invalid="ignore"):
-            return self._terms()
-
-    def _terms(self) -> tuple[Losses, F32]:
-        # float32 as in the real backends: a runaway step overflows to inf here as it does there,
-        # and the driver ends the job DIVERGED.
+        # float32 as in the real backends (overflow warnings silenced where step() calls this):
+        # a runaway step overflows to inf here as it does there, and the driver ends the job DIVERGED.
         x = self.x
         m = x.shape[0]
         diff = x - self.content
@@ -124,8 +120,8 @@ class _Solver:
 
     def step(self) -> Losses:
         started = time.monotonic()
-        losses, grad = self._value_and_grad()
         with np.errstate(over="ignore", invalid="ignore"):
+            losses, grad = self._value_and_grad()
             norm = float(np.sqrt(np.mean(grad * grad))) or 1.0
             self.x = (self.x - np.float32(self.rate * 0.01 / norm) * grad).astype(np.float32)
         rest = self.delay - (time.monotonic() - started)
