@@ -30,7 +30,7 @@ from backends.driver import drive
 from backends.errors import DeviceFailure, ResourceExhausted
 from backends.objective import Grams, ObjectiveBackend, as_stage, style_cache
 from backends.pytorch import capabilities
-from backends.pytorch.kernels import Tuner
+from backends.pytorch.kernels import TunedConv2d, Tuner
 from backends.pytorch.model import Preprocess, VGGFeatures, build_trunk
 from backends.pytorch.optimizer import Schedule, stepper
 from backends.pytorch.problem import Evaluation, Evaluator, Problem, evaluate, to_tensor
@@ -189,6 +189,16 @@ class PyTorchBackend(ObjectiveBackend):
     def device_memory(device: str) -> int:
         """Bytes torch's allocator has handed out on a CUDA device; 0 for the CPU."""
         return int(torch.cuda.memory_allocated(device)) if device.startswith("cuda") else 0
+
+    def memory_parts(self) -> dict[str, int]:
+        """Bytes of what the backend keeps between jobs, by part: the trunk's weights and the
+        kernels packed from them (for the benchmark's memory breakdown)."""
+        modules = [module for trunk in self._trunks.values() for module in trunk.modules()]
+        parameters = [p for m in modules for p in m.parameters(recurse=False)]
+        return {
+            "weights": sum(p.numel() * p.element_size() for p in parameters),
+            "packed kernels": sum(m.packed_bytes() for m in modules if isinstance(m, TunedConv2d)),
+        }
 
     def devices(self) -> list[str]:
         return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,6 +83,36 @@ def resident_peak_mib() -> float:
     status = Path("/proc/self/status").read_text()
     kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
     return kib / 1024
+
+
+def resident_mib() -> float:
+    """The process's resident memory now (VmRSS)."""
+    status = Path("/proc/self/status").read_text()
+    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+    return kib / 1024
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            *("arena", "ordblks", "smblks", "hblks", "hblkhd"),
+            *("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"),
+        )
+    ]
+
+
+def heap_free_mib() -> float:
+    """Memory glibc's heap holds free (freed by the program, not returned to the system), which
+    still counts in the resident size; NaN where the C library is not glibc 2.33 or later."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return math.nan
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return float(info.fordblks) / 2**20
 
 
 def reset_resident_peak() -> None:

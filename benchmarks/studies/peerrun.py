@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 # Run as a script, Python puts this file's folder first on sys.path, where the studies' module
 # names could shadow the standard library's; the benchmarks folder takes its place.
@@ -41,15 +41,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
-from reference import ReferenceTransfer
 
 from backends import registry
 from backends.base import BackendJob, Iterate, StyleInput
+from backends.objective import LBFGS_HISTORY
 from backends.options import StyleOptions
-from backends.pytorch import PyTorchBackend
 from backends.vgg import CONV_LAYERS, feature_size
 from backends.weights.canonical import CAFFE_META, VGGWeights
-from studies.common import close, images, load_weights, reset_resident_peak, resident_peak_mib
+from studies.common import (
+    close,
+    heap_free_mib,
+    images,
+    load_weights,
+    reset_resident_peak,
+    resident_mib,
+    resident_peak_mib,
+)
+
+if TYPE_CHECKING:
+    from backends.pytorch import PyTorchBackend
 
 # Where `make bench` installs the peers (benchmarks/peers.lock); BENCH_PEERS names another folder.
 PEERS = Path(os.environ.get("BENCH_PEERS") or Path(__file__).resolve().parents[1] / ".peers")
@@ -84,8 +94,15 @@ def layer_weights(options: StyleOptions, size: int) -> tuple[float, list[float]]
 # -- ours ---------------------------------------------------------------------------------------
 
 
+# Each implementation imports what it needs when it is built, and nothing of the others': our
+# backend and the reference would otherwise load into a peer's process (the reference brings
+# torchvision, about 170 MiB) and count in its peak memory.
+
+
 class Ours:
     def __init__(self, weights: VGGWeights) -> None:
+        from backends.pytorch import PyTorchBackend
+
         backend = registry.create("pytorch", weights)
         assert isinstance(backend, PyTorchBackend)
         self.backend: PyTorchBackend = backend
@@ -105,6 +122,15 @@ class Ours:
         close(run)
         return Trace(stamps, losses)
 
+    def memory_parts(self, size: int, iterations: int) -> dict[str, float]:
+        """MiB of the parts of our memory the bench names: the trunk's weights and packed
+        kernels (held between jobs), and at most what L-BFGS's history held after `iterations`
+        (a pair of image-sized vectors per iteration after the first, up to its length)."""
+        parts = {name: n / 2**20 for name, n in self.backend.memory_parts().items()}
+        pairs = min(max(iterations - 1, 0), LBFGS_HISTORY)
+        parts["L-BFGS history (at most)"] = pairs * 2 * 3 * size * size * 4 / 2**20
+        return parts
+
     def fresh_targets(self) -> None:
         """Empties the style-target cache, so that a job computes its own as a peer's does."""
         self.backend.style_cache.clear()
@@ -118,6 +144,8 @@ class Reference:
     targets computed per job."""
 
     def __init__(self, weights: VGGWeights) -> None:
+        from reference import ReferenceTransfer
+
         self.transfer = ReferenceTransfer(weights, StyleOptions())
 
     def solve(self, size: int, iterations: int) -> Trace:
@@ -366,14 +394,23 @@ def serve(impl: Implementation, out: TextIO) -> None:
         if op == "quit":
             return
         reset_resident_peak()
+        before = resident_mib()
         size = command["size"]
         if op == "speed":
             warmup, iterations = command["warmup"], command["iterations"]
             trace = impl.solve(size, warmup + iterations)
             times = [(b - a) * 1000 for a, b in zip(trace.stamps, trace.stamps[1:], strict=False)]
+            parts = {"before the job": before, "heap free after it": heap_free_mib()}
+            if isinstance(impl, Ours):
+                parts |= impl.memory_parts(size, warmup + iterations)
             answer(
                 out,
-                {"times_ms": times[warmup:], "peak_mib": resident_peak_mib(), "first_loss": trace.losses[0]},
+                {
+                    "times_ms": times[warmup:],
+                    "peak_mib": resident_peak_mib(),
+                    "first_loss": trace.losses[0],
+                    "memory_mib": parts,
+                },
             )
         elif op == "converge":
             trace = impl.solve(size, command["iterations"])

@@ -89,6 +89,27 @@ class PeerRow:
     ms: dict[str, float]  # implementation -> median ms per iteration
     peak_mib: dict[str, float]  # implementation -> peak resident MiB over its runs at this size
     first_loss: dict[str, float]  # the objective at the content image, as each computes it
+    # implementation -> the parts of its memory (MiB) in its run with the highest peak
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def memory_lines(self, names: list[str]) -> list[str]:
+        """Where each implementation's peak went: what the process held before the job (the
+        framework, the weights, anything kept from earlier jobs), the parts we can name, and the
+        rest (activations, gradients, temporaries and the allocator's free blocks)."""
+        out = [f"memory at {self.size} px, MiB, in each one's run with the highest peak:"]
+        for name in names:
+            parts = self.memory.get(name)
+            if not parts:
+                continue
+            before = parts["before the job"]
+            named = {k: v for k, v in parts.items() if k not in ("before the job", "heap free after it")}
+            held = " + ".join(f"{k} {v:.0f}" for k, v in named.items())
+            out.append(
+                f"  {name:>9}: peak {self.peak_mib[name]:.0f} = before the job {before:.0f} + the job "
+                f"{self.peak_mib[name] - before:.0f}; heap free after it {parts['heap free after it']:.0f}"
+                + (f"; named: {held}" if held else "")
+            )
+        return out
 
     def best_peer(self) -> str | None:
         """The faster published peer at this size (None when neither ran)."""
@@ -158,6 +179,8 @@ class Peers:
                 + f" {ratio:>17} {r.ms['reference'] / r.ms['ours']:>8.2f}x             "
                 + " ".join(f"{r.peak_mib[n]:>14.0f}" for n in names)
             )
+        for r in self.rows:
+            out += r.memory_lines(names)
         for r in self.rows[:1]:
             agree = ", ".join(f"{n} {v:.6g}" for n, v in r.first_loss.items())
             out.append(f"the objective at the content image, {r.size} px (the same function in all): {agree}")
@@ -194,14 +217,17 @@ def peers(
             times: dict[str, list[float]] = {n: [] for n in everyone}
             peak: dict[str, float] = dict.fromkeys(everyone, 0.0)
             first: dict[str, float] = {}
+            memory: dict[str, dict[str, float]] = {}
             for _ in range(rounds):
                 for name, worker in everyone.items():
                     answer = worker.ask(op="speed", size=size, warmup=warmup, iterations=per_round)
                     times[name] += answer["times_ms"]
-                    peak[name] = max(peak[name], answer["peak_mib"])
+                    if answer["peak_mib"] >= peak[name]:
+                        peak[name] = answer["peak_mib"]
+                        memory[name] = answer["memory_mib"]
                     first[name] = answer["first_loss"]
             medians = {n: statistics.median(t[:iterations]) for n, t in times.items()}
-            rows.append(PeerRow(size, medians, peak, first))
+            rows.append(PeerRow(size, medians, peak, first, memory))
         quality = [
             _quality(backend, everyone["ours"], worker, quality_size, quality_iterations)
             for name, worker in everyone.items()

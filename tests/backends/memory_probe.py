@@ -19,10 +19,10 @@ from service.jobspec import JobSpec
 from service.options import JobOptions
 
 CASES = (  # output side, iterations, optimizer, style side
-    (256, 3, Optimizer.LBFGS, 256),
-    (384, 3, Optimizer.LBFGS, 384),
-    (384, 3, Optimizer.ADAM, 384),
-    (256, 3, Optimizer.ADAM, 1024),
+    (256, 2, Optimizer.LBFGS, 256),
+    (384, 2, Optimizer.LBFGS, 384),
+    (384, 2, Optimizer.ADAM, 384),
+    (256, 2, Optimizer.ADAM, 1024),
 )
 
 

@@ -173,6 +173,8 @@ def test_the_peers_run_our_objective_on_our_weights(
             timed = worker.ask(op="speed", size=size, warmup=1, iterations=1)
             assert len(timed["times_ms"]) == 1 and timed["times_ms"][0] > 0 and timed["peak_mib"] > 0
             assert timed["first_loss"] == pytest.approx(at_content, rel=1e-3), name
+            memory = timed["memory_mib"]
+            assert 0 < memory["before the job"] <= timed["peak_mib"] and memory["heap free after it"] >= 0
             path = tmp_path / f"{name}.npy"
             converged = worker.ask(op="converge", size=size, iterations=2, image=str(path))
             assert len(converged["curve"]) == 2 and converged["seconds"] > 0
@@ -182,3 +184,26 @@ def test_the_peers_run_our_objective_on_our_weights(
     finally:
         for worker in workers.values():
             worker.close()
+
+
+def test_our_process_names_its_memory_and_loads_no_torchvision(tmp_path: Path) -> None:
+    """Our runner answers with the parts of its memory it can name: the trunk's weights (76 MiB
+    of float32 convolutions), the kernels it packed for the job's shapes and the L-BFGS history's
+    bound, each below the peak; and neither our backend nor the runner imports torchvision."""
+    worker = peers.Worker("ours", None).wait()
+    try:
+        timed = worker.ask(op="speed", size=64, warmup=1, iterations=2)
+    finally:
+        worker.close()
+    memory = timed["memory_mib"]
+    assert memory["weights"] == pytest.approx(76.4, abs=0.5)
+    assert 0 <= memory["packed kernels"] < timed["peak_mib"]
+    assert memory["L-BFGS history (at most)"] == pytest.approx(2 * 2 * 3 * 64 * 64 * 4 / 2**20)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, backends.pytorch; print('torchvision' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.stdout.strip() == "False"

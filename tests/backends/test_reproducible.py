@@ -30,27 +30,33 @@ for array in (outcome.pixels, outcome.image):
 """
 
 
-def _fresh_process() -> str:
-    # One thread keeps each process to a few seconds even on a busy machine (a second thread that
-    # another process preempts stalls every kernel); results depend on the thread count, which is
-    # the same in all three.
+def _fresh_processes(count: int) -> list[str]:
+    """The job's digests from `count` fresh processes, run side by side. One thread each keeps
+    each process to a few seconds on a busy machine (a second thread that another process
+    preempts stalls every kernel); results depend on the thread count, which is the same in all."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", JOB],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", JOB],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    digests = []
+    for process in processes:
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err[-2000:]
+        digests.append(out.strip())
+    return digests
 
 
 def test_fresh_processes_give_identical_pixels_for_the_same_request() -> None:
     """Three fresh processes running the same seeded job give byte-identical pixels (the kernels
     are chosen by a rule of CPU and shape, not by timing that differs from process to process)."""
-    digests = [_fresh_process() for _ in range(3)]
+    digests = _fresh_processes(3)
     assert len(digests[0].split()) == 2  # the unrounded pixels and the 8-bit image
     assert digests[1] == digests[0] and digests[2] == digests[0]

@@ -39,8 +39,8 @@ class TunedConv2d(nn.Conv2d):
 
     @classmethod
     def wrap(cls, conv: nn.Conv2d, tuner: Tuner | None = None) -> TunedConv2d:
-        """`conv` with its weights, choosing by `tuner` (by a tuner of its own when none is
-        given)."""
+        """`conv` with its weights (the same tensors, not copies), choosing by `tuner` (by a
+        tuner of its own when none is given)."""
         tuned = cls(
             conv.in_channels,
             conv.out_channels,
@@ -48,8 +48,9 @@ class TunedConv2d(nn.Conv2d):
             padding=conv.padding,
             bias=conv.bias is not None,
             tuner=tuner,
+            device="meta",  # no memory and no initialization: the parameters come from `conv`
         )
-        tuned.load_state_dict(conv.state_dict())
+        tuned.weight, tuned.bias = conv.weight, conv.bias
         return tuned
 
     def __init__(self, *args: Any, tuner: Tuner | None = None, **kwargs: Any) -> None:
@@ -116,6 +117,10 @@ class TunedConv2d(nn.Conv2d):
                     packed = shape, self._pack(winograd, input_grad, x, shape)
                     self._packed[key] = packed
         return packed[1]
+
+    def packed_bytes(self) -> int:
+        """Bytes held by this layer's packed kernels, every way and direction packed so far."""
+        return sum(kernels.numel() * kernels.element_size() for _, kernels in self._packed.values())
 
     def _pack(
         self, winograd: bool, input_grad: bool, x: torch.Tensor, shape: tuple[int, ...]
