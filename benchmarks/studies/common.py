@@ -103,8 +103,9 @@ class _MallInfo2(ctypes.Structure):
 
 
 def heap_free_mib() -> float:
-    """Memory glibc's heap holds free (freed by the program, not returned to the system), which
-    still counts in the resident size; NaN where the C library is not glibc 2.33 or later."""
+    """Memory glibc's heap holds free (freed by the program and kept for reuse). It counts in the
+    resident size until the heap is trimmed, which hands the pages back but still counts them
+    here; NaN where the C library is not glibc 2.33 or later."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallinfo2 = libc.mallinfo2
