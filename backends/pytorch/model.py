@@ -42,8 +42,8 @@ def build_trunk(
     trunk.requires_grad_(False)
     # channels_last (NHWC) convolutions are measurably faster with oneDNN on CPU and with cuDNN's
     # tensor-core kernels on GPU; the activations come out in the same layout. (Leaving the CPU's
-    # weights in the loader's own arrays instead, to hold 76 MiB once, made a 256 px iteration
-    # about 5 % slower on the AVX-512 CPU: the direct convolutions then reorder them.)
+    # weights in the loader's own arrays instead, to hold 76 MiB once, was no faster and up to
+    # 5 % slower at 256 px on the AVX-512 CPU: the direct convolutions then read plain weights.)
     trunk.eval().to(device)
     trunk.to(memory_format=torch.channels_last)
     return trunk

@@ -78,18 +78,20 @@ def best_seconds(run: Callable[[], object], device: str = "cpu", repeats: int = 
     return best
 
 
+def _status_mib(field: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field))
+    return kib / 1024
+
+
 def resident_peak_mib() -> float:
     """The process's peak resident memory since the last `reset_resident_peak` (VmHWM)."""
-    status = Path("/proc/self/status").read_text()
-    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
-    return kib / 1024
+    return _status_mib("VmHWM")
 
 
 def resident_mib() -> float:
     """The process's resident memory now (VmRSS)."""
-    status = Path("/proc/self/status").read_text()
-    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    return kib / 1024
+    return _status_mib("VmRSS")
 
 
 class _MallInfo2(ctypes.Structure):
