@@ -19,7 +19,11 @@ from backends.options import StyleOptions
 from backends.pytorch import PyTorchBackend
 from backends.weights.canonical import random_weights
 
-MARGIN = 0.15  # a resumed run's final loss within 15 % of the uninterrupted run's
+# A resumed run's final loss within 20 % of the uninterrupted run's. Measured at 64 px, resumed
+# with 10 of 30 iterations left: 10 % above with Winograd F(2x2, 3x3) in the deep layers, 15 %
+# with F(4x4, 3x3), whose different rounding sends the uninterrupted run lower (68.2e6 against
+# 70.7e6) while the resumed runs end alike (78.7e6 and 78.1e6).
+MARGIN = 0.2
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) convolutions: values, input gradients, the per-shape choice by rule, and
+"""Winograd F(4x4, 3x3) convolutions: values, input gradients, the per-shape choice by rule, and
 the backend's choice of tuned or plain convolutions."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_conv3x3_equals_the_direct_convolution(height: int, width: int, c_in: in
     assert got.shape == expected.shape
     assert got.is_contiguous(memory_format=torch.channels_last)
     error = (got.double() - expected).abs().max() / expected.abs().max()
-    assert error < 1e-6
+    assert error < 2e-5  # F(4x4)'s transforms scale by up to 8: about ten times the direct rounding
 
 
 @pytest.mark.parametrize("rows_per_band", [1, 2, 3])
@@ -59,14 +59,14 @@ def test_large_images_run_in_bands_with_the_same_result(
     monkeypatch: pytest.MonkeyPatch, rows_per_band: int
 ) -> None:
     layer = _layer(8, 6)
-    x = _input(8, 15, 12)  # 8 tile rows: bands of 1, 2 and 3 (the last one shorter)
+    x = _input(8, 30, 12)  # 8 tile rows: bands of 1, 2 and 3 (three bands, the last padded)
     u, bias = transform_weight(layer.weight), transform_bias(layer.bias, 6)
     whole = conv3x3(x, u, bias)
-    row_bytes = 16 * 8 * 6 * x.element_size()  # 16 tiles x max channels x tile columns
+    row_bytes = winograd.TILES * 8 * 3 * x.element_size()  # positions x max channels x tile columns
     monkeypatch.setattr(winograd, "BAND_BYTES", rows_per_band * row_bytes)
     banded = conv3x3(x, u, bias)
     expected = functional.conv2d(x.double(), layer.weight.double(), layer.bias.double(), padding=1)
-    assert torch.allclose(banded.double(), expected, rtol=0, atol=1e-6 * expected.abs().max().item())
+    assert torch.allclose(banded.double(), expected, rtol=0, atol=2e-5 * expected.abs().max().item())
     assert torch.allclose(banded, whole, rtol=0, atol=1e-6)
 
 
@@ -93,8 +93,8 @@ def test_each_plan_gives_the_direct_convolution_and_its_input_gradient(
     expected = functional.conv2d(x64, layer.weight.double(), layer.bias.double(), padding=1)
     expected.backward(grad.double())
     assert x64.grad is not None
-    assert torch.allclose(out.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
-    assert torch.allclose(x.grad.double(), x64.grad, rtol=0, atol=1e-5 * x64.grad.abs().max().item())
+    assert torch.allclose(out.double(), expected, rtol=0, atol=3e-5 * expected.abs().max().item())
+    assert torch.allclose(x.grad.double(), x64.grad, rtol=0, atol=3e-5 * x64.grad.abs().max().item())
 
 
 @pytest.mark.parametrize("slow", ["winograd", "direct"])

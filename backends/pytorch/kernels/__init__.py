@@ -1,6 +1,6 @@
 """The PyTorch trunk's own convolution kernels and the tuner that chooses between them.
 
-- `winograd`: 3x3 convolutions by Winograd's F(2x2, 3x3), banded for large images;
+- `winograd`: 3x3 convolutions by Winograd's F(4x4, 3x3), banded for large images;
 - `packing`: oneDNN convolutions with their kernels packed once per shape;
 - `tuner`: which way each layer runs each shape (`Tuner`, one per backend, by a fixed table);
 - `conv`: `TunedConv2d`, the trunk's layer that runs the way its tuner chooses.

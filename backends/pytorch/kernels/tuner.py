@@ -8,14 +8,19 @@ each shape, the way cuDNN's autotuner does, but timing noise made different proc
 machine pick different ways, and their different rounding grew, through L-BFGS, into different
 images for the same seed. The table is drawn from `benchmarks/winograd_shapes.py`:
 
-- 2-core AVX-512 CPU (the development machine; timed by the old per-shape timing): 256 channels
-  at 64x64 8.5 -> 6.5 ms, 512 at 32x32 8.3 -> 5.3 ms, 512 at 16x16 2.0 -> 1.5 ms; at 512 px, in
-  bands (see `winograd.conv3x3`), 256 at 128x128 34.7 -> 25.4 ms and 512 at 64x64 34.1 -> 22.6
-  ms. The shallow layers lose (128 channels at 128x128: 8.9 -> 24 ms), since there the
-  transformed tiles, four times the activations, cost more memory traffic than the products
-  save: blocks 3 to 5 take Winograd, blocks 1 and 2 stay direct.
-- 2-core AVX2 CPU (AMD EPYC, no AVX-512; one thread, the machine being shared): Winograd wins
-  at every eligible VGG19 shape from 64 to 512 px, both directions, by more than on AVX-512,
+- 2-core AVX-512 CPU (the development machine), Winograd F(4x4, 3x3) against the direct kernel,
+  2 threads, best of 4 interleaved runs (2026-12-02): blocks 3 to 5 win at every size, both
+  directions: 512 channels at 8x8 0.89-0.92 of the direct time, at 16x16 0.60-0.66, at 32x32
+  0.44-0.49 (25.2 -> 12.3 ms), at 64x64 0.46; 256 channels at 32x32 0.73, at 64x64 0.55 (23.1 ->
+  12.7 ms), at 128x128 0.61-0.64; 128 -> 256 0.78-0.98 (a tie at 32x32: 1.07 backward). Block
+  2's 128 -> 128 loses at 64x64 to 256x256 (1.05-1.15): there the transformed tiles, 2.25 times
+  the activations, cost more memory traffic than the products save, so blocks 1 and 2 stay
+  direct. (The earlier F(2x2, 3x3) won by less: 256 channels at 64x64 0.76, 512 at 32x32 0.64;
+  block 2 lost by up to 2.7x.)
+- 2-core AVX2 CPU (AMD EPYC, no AVX-512; one thread, the machine being shared), measured with
+  F(2x2, 3x3) and not yet with F(4x4), which does fewer products (36 per 16 outputs against
+  16 per 4) over fewer transformed tiles (2.25 times the input against 4 times): Winograd won at
+  every eligible VGG19 shape from 64 to 512 px, both directions, by more than on AVX-512,
   because the direct kernel here is bound by arithmetic (about 90 GFLOP/s a core against 260),
   not memory: 512 channels at 8x8 4.7 -> 3.1 ms, at 32x32 57 -> 29 ms, at 64x64 219 -> 124 ms;
   256 at 64x64 50 -> 32 ms; 128 -> 256 at 128x128 99 -> 74 ms; and even block 2's 128 channels
@@ -81,7 +86,7 @@ class Rule:
 # Where Winograd pays, by CPU class (`Capabilities.cpu_class`; measured as the module docstring
 # says); a class not listed (no AVX2, other architectures: never measured) runs direct.
 RULES: dict[str, tuple[Rule, ...]] = {
-    # Blocks 3 to 5 (256 and 512 output channels); block 2 lost by 2.7x at 128x128.
+    # Blocks 3 to 5 (256 and 512 output channels); block 2 lost at every side (1.05-1.15).
     "avx512": (Rule(MIN_CHANNELS, 256),),
     # Blocks 3 to 5 at every side, and block 2 (128 -> 128) up to 128x128: 0.83-0.89 of the
     # direct time there, a tie at 256x256.

@@ -1,47 +1,66 @@
-"""3x3 convolutions by Winograd's minimal filtering, F(2x2, 3x3), for the CPU trunk.
+"""3x3 convolutions by Winograd's minimal filtering, F(4x4, 3x3), for the CPU trunk.
 
-A 3x3 convolution computes each 2x2 block of outputs from the 4x4 window of inputs around it.
-Winograd's algorithm transforms that window (V = B^T d B) and each kernel (U = G g G^T) into 4x4
-tiles in which the convolution becomes 16 independent element-wise products, summed over the
-input channels: for each of the 16 positions k, M_k = U_k V_k is a matrix product (output by
+A 3x3 convolution computes each 4x4 block of outputs from the 6x6 window of inputs around it.
+Winograd's algorithm transforms that window (V = B^T d B) and each kernel (U = G g G^T) into 6x6
+tiles in which the convolution becomes 36 independent element-wise products, summed over the
+input channels: for each of the 36 positions k, M_k = U_k V_k is a matrix product (output by
 input channels, times input channels by tiles). The outputs are M folded back (Y = A^T M A).
-That is 16 multiplications per 2x2 outputs instead of 36: 2.25x fewer.
+That is 36 multiplications per 16 outputs instead of 144: 4x fewer. (The smaller F(2x2, 3x3),
+which this module ran before, does 16 per 4 outputs, 2.25x fewer, and its transformed tiles
+are four times the input where these are 2.25 times: F(4x4) was faster at every VGG19 shape
+that ran Winograd, 10 to 36 % per layer on the AVX-512 CPU, see `tuner.py`.)
 
-Here the 16 products run as one grouped 1x1 convolution on oneDNN (16 groups), with its kernels
+The 36 products run as one grouped 1x1 convolution on oneDNN (36 groups), with its kernels
 packed into oneDNN's blocked layout once per input shape (`TunedConv2d._kernels` in `conv.py`,
-`packing.pack`): a plain weight is reordered on every call, which for the 16 MiB of a
-512-channel layer's products costs more than the products at small images. The transforms are a
-few passes of additions over memory. Whether that pays depends on the CPU and the shape; the
-`Tuner` (`tuner.py`) decides, per layer and shape.
+`packing.pack`): a plain weight is reordered on every call, which for a 512-channel layer's
+36 MiB of products costs more than the products at small images. The transforms are additions
+over channels-last memory, each one pass over all tiles of a band at once: a tile's 36 values
+sit next to each other as 36 groups of channels, so one strided view reaches the same position
+of every tile. Whether Winograd pays depends on the CPU and the shape; the `Tuner` decides.
 
 The input gradient of a 3x3 convolution is itself a 3x3 convolution (kernels flipped, channels
 swapped), so the backward pass gets the same treatment.
 
-Numerically F(2x2, 3x3) is as accurate as the direct kernel in float32 (its transforms only add,
-subtract and halve).
+Numerically F(4x4, 3x3) is less exact than the direct kernel: its transforms scale by up to 8
+(A) and 1/24 (G). At VGG19's deep shapes (256 channels at 64x64, 512 at 32x32, ReLU inputs) its
+float32 results differ from float64 by 1.1e-5 to 1.6e-5 of the largest output, the direct
+kernel's by about 1.7e-6: ten times the rounding, still far below what the loss or an image's
+0-255 levels resolve.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional
 
 from backends.pytorch.kernels.packing import conv
 
-# G maps a 3-tap kernel row to the 4 tile positions; B^T and A^T are applied as additions below.
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-TILES = 16
-# The products' position that feeds every output of a tile with weight +1: a bias added there
-# reaches each output once, so the grouped convolution adds it for free.
-_BIAS_POSITION = 5
+# G maps a 3-tap kernel row to the 6 tile positions (interpolation points 0, -1, 1, -2, 2, inf);
+# B^T and A^T are applied as additions below (`_input_rows`, `_output_rows`).
+_G = (
+    (1 / 4, 0.0, 0.0),
+    (-1 / 6, -1 / 6, -1 / 6),
+    (-1 / 6, 1 / 6, -1 / 6),
+    (1 / 24, 1 / 12, 1 / 6),
+    (1 / 24, -1 / 12, 1 / 6),
+    (0.0, 0.0, 1.0),
+)
+SIDE = 6  # a tile's side: 4 outputs plus the kernel's reach of 1 on each side
+OUTPUTS = 4  # outputs per tile side
+TILES = SIDE * SIDE  # positions per tile: the grouped convolution's groups
+# The products' position (row 1, column 1) whose column of A^T is all ones: a bias added there
+# reaches each of the tile's 16 outputs once, so the grouped convolution adds it for free.
+_BIAS_POSITION = SIDE + 1
 # Transformed tiles per band of a large image (see `conv3x3`).
 BAND_BYTES = 16 * 2**20
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, 3, 3) kernels -> (16 C_out, C_in, 1, 1): group k holds U_k, k = 4 i + j."""
+    """(C_out, C_in, 3, 3) kernels -> (36 C_out, C_in, 1, 1): group k holds U_k, k = 6 i + j."""
     g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
-    u = torch.einsum("ai,oxij,bj->abox", g, weight.detach().double(), g)  # (4, 4, C_out, C_in)
+    u = torch.einsum("ai,oxij,bj->abox", g, weight.detach().double(), g)  # (6, 6, C_out, C_in)
     out_channels, in_channels = weight.shape[:2]
     return u.reshape(TILES * out_channels, in_channels, 1, 1).to(weight.dtype)
 
@@ -61,80 +80,112 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) 
     channels-last output.
 
     Large images run in bands of tile rows, each band's transformed tiles at most `BAND_BYTES`:
-    whole-image tiles of a 512 px job's deep layers (64 MiB and more) would leave the cache and,
+    whole-image tiles of a 512 px job's deep layers (36 MiB and more) would leave the cache and,
     past the allocator's 32 MiB mapping threshold, fault their pages in on every call.
     """
     n, channels, height, width = x.shape
     out_channels = u.size(0) // TILES
-    th, tw = (height + 1) // 2, (width + 1) // 2
-    # Zero padding of 1, plus one more row or column when a side is odd (cropped at the end).
-    padded = functional.pad(x, (1, 1 + 2 * tw - width, 1, 1 + 2 * th - height))
+    rows, bands, tw = _tiling(n, max(channels, out_channels), height, width, x.element_size())
+    th = rows * bands
+    # Zero padding of 1, plus more rows or columns where a side is not a multiple of 4 or the
+    # tile rows do not fill the last band (cropped at the end).
+    padded = functional.pad(x, (1, 1 + OUTPUTS * tw - width, 1, 1 + OUTPUTS * th - height))
     out = torch.empty(
-        (n, out_channels, 2 * th, 2 * tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+        (n, out_channels, OUTPUTS * th, OUTPUTS * tw),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=torch.channels_last,
     )
-    band = _band_rows(n, max(channels, out_channels), th, tw, x.element_size())
-    for start in range(0, th, band):
-        stop = min(th, start + band)
-        # Tile rows start..stop read padded rows 2 start .. 2 stop + 1 and write output rows
-        # 2 start .. 2 stop - 1.
-        _band(padded[:, :, 2 * start : 2 * stop + 2], u, bias, out[:, :, 2 * start : 2 * stop])
-    if (2 * th, 2 * tw) != (height, width):
-        # A copy even where the crop alone would be contiguous (odd height, even width): the
-        # output of an autograd Function must not be a view, or the ReLU after it could not
-        # run in place.
+    for start in range(0, th, rows):
+        # Tile rows start .. start + rows read padded rows 4 start .. 4 (start + rows) + 1 and
+        # write output rows 4 start .. 4 (start + rows) - 1.
+        stop = start + rows
+        window = slice(OUTPUTS * start, OUTPUTS * stop + SIDE - OUTPUTS)
+        _band(padded[:, :, window], u, bias, out[:, :, OUTPUTS * start : OUTPUTS * stop])
+    if (OUTPUTS * th, OUTPUTS * tw) != (height, width):
+        # A copy even where the crop alone would be contiguous: the output of an autograd
+        # Function must not be a view, or the ReLU after it could not run in place.
         out = out[:, :, :height, :width].clone(memory_format=torch.channels_last)
     return out
 
 
-def _band_rows(n: int, channels: int, th: int, tw: int, element_size: int) -> int:
-    """Tile rows per band: each band's transformed tiles at most `BAND_BYTES`."""
-    return max(1, min(th, BAND_BYTES // (n * TILES * channels * tw * element_size)))
+def _tiling(n: int, channels: int, height: int, width: int, element_size: int) -> tuple[int, int, int]:
+    """(tile rows per band, bands, tile columns) for an image: each band's transformed tiles at
+    most `BAND_BYTES`, and every band the same height. The kernels are packed for one band's
+    shape, and a band of another height ran up to 7x slower (256 -> 512 channels at 64x64:
+    bands of 14 and 2 tile rows, 187 ms against 25), so the last band is filled with padding
+    rather than cut short (at most bands - 1 tile rows of zeros)."""
+    th, tw = -(-height // OUTPUTS), -(-width // OUTPUTS)
+    most = max(1, min(th, BAND_BYTES // (n * TILES * channels * tw * element_size)))
+    bands = -(-th // most)
+    return -(-th // bands), bands, tw
 
 
 def band_shape(x: torch.Tensor, out_channels: int) -> tuple[int, ...]:
-    """The shape of the products' input in a full band of x, as `conv3x3` cuts it: what the
-    kernels are packed for."""
+    """The shape of the products' input in a band of x, as `conv3x3` cuts it: what the kernels
+    are packed for."""
     n, channels, height, width = x.shape
-    th, tw = (height + 1) // 2, (width + 1) // 2
-    rows = _band_rows(n, max(channels, out_channels), th, tw, x.element_size())
+    rows, _, tw = _tiling(n, max(channels, out_channels), height, width, x.element_size())
     return (n, TILES * channels, rows, tw)
 
 
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """A channels-last (N, C, H, W) tensor as the (N, H, W, C) view of its memory."""
+    return t.permute(0, 2, 3, 1)
+
+
 def _band(padded: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
-    """One band: `padded` holds 2 T + 2 rows of the padded input, `out` its 2 T output rows."""
+    """One band: `padded` holds 4 T + 2 rows of the padded input, `out` its 4 T output rows."""
     n, channels = padded.shape[:2]
-    th, tw = (padded.shape[2] - 2) // 2, (padded.shape[3] - 2) // 2
+    th, tw = (padded.shape[2] - 2) // OUTPUTS, (padded.shape[3] - 2) // OUTPUTS
     out_channels = out.shape[1]
+    d = _nhwc(padded)  # (N, 4 T + 2, W', C)
 
-    # V = B^T d B, rows first: B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
-    r = [padded[:, :, j : j + 2 * th : 2, :] for j in range(4)]
-    rows = (r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3])
+    # V = B^T d B, rows first: row i of every tile row from rows i, i + 4, ... of the input.
+    rows = torch.empty((SIDE, n, th, d.shape[2], channels), dtype=d.dtype, device=d.device)
+    _input_rows([d[:, j : j + OUTPUTS * th : OUTPUTS] for j in range(SIDE)], rows.unbind(0))
     v = torch.empty(
-        (n, TILES * channels, th, tw),
-        dtype=padded.dtype,
-        device=padded.device,
-        memory_format=torch.channels_last,
+        (n, TILES * channels, th, tw), dtype=d.dtype, device=d.device, memory_format=torch.channels_last
     )
+    # v's memory per tile: position (i, j) then channel, i.e. k = 6 i + j as `transform_weight`.
+    tiles = _nhwc(v).view(n, th, tw, SIDE, SIDE, channels)
+    columns = [rows[:, :, :, j : j + OUTPUTS * tw : OUTPUTS].permute(1, 2, 3, 0, 4) for j in range(SIDE)]
+    _input_rows(columns, [tiles[..., j, :] for j in range(SIDE)])
 
-    def part(k: int) -> torch.Tensor:
-        return v[:, k * channels : (k + 1) * channels]
+    m = conv(v, u, bias, padding=0, groups=TILES).contiguous(memory_format=torch.channels_last)
 
-    for i, row in enumerate(rows):
-        c = [row[..., j : j + 2 * tw : 2] for j in range(4)]
-        torch.sub(c[0], c[2], out=part(4 * i))
-        torch.add(c[1], c[2], out=part(4 * i + 1))
-        torch.sub(c[2], c[1], out=part(4 * i + 2))
-        torch.sub(c[1], c[3], out=part(4 * i + 3))
+    # Y = A^T M A, rows first, then columns straight into the output's strided positions.
+    products = _nhwc(m).view(n, th, tw, SIDE, SIDE, out_channels)
+    folded = torch.empty((OUTPUTS, n, th, tw, SIDE, out_channels), dtype=m.dtype, device=m.device)
+    _output_rows(products.unbind(3), folded.unbind(0))
+    y = _nhwc(out)
+    for i in range(OUTPUTS):
+        _output_rows(folded[i].unbind(3), [y[:, i::OUTPUTS, j::OUTPUTS] for j in range(OUTPUTS)])
 
-    m = conv(v, u, bias, padding=0, groups=TILES)
-    mk = [m[:, k * out_channels : (k + 1) * out_channels] for k in range(TILES)]
 
-    # Y = A^T M A with A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], again rows first.
-    top = [mk[j] + mk[4 + j] for j in range(4)]
-    bottom = [mk[4 + j] - mk[8 + j] for j in range(4)]
-    for j in range(4):
-        top[j].add_(mk[8 + j])
-        bottom[j].sub_(mk[12 + j])
-    for i, t in enumerate((top, bottom)):
-        torch.add(t[0], t[1], out=out[:, :, i::2, 0::2]).add_(t[2])
-        torch.sub(t[1], t[2], out=out[:, :, i::2, 1::2]).sub_(t[3])
+def _input_rows(d: Sequence[torch.Tensor], out: Sequence[torch.Tensor]) -> None:
+    """out[i] = sum_j B^T[i, j] d[j], with
+    B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+           [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+    in 12 passes, sharing the sums rows 1 to 4 have in common."""
+    torch.add(d[4], d[2], alpha=-5, out=out[0]).add_(d[0], alpha=4)
+    a = torch.add(d[4], d[2], alpha=-4)
+    b = torch.add(d[3], d[1], alpha=-4)
+    torch.add(a, b, out=out[1])
+    torch.sub(a, b, out=out[2])
+    c = torch.sub(d[4], d[2], out=a)
+    e = torch.sub(d[3], d[1], out=b)
+    torch.add(c, e, alpha=2, out=out[3])
+    torch.add(c, e, alpha=-2, out=out[4])
+    torch.add(d[5], d[3], alpha=-5, out=out[5]).add_(d[1], alpha=4)
+
+
+def _output_rows(m: Sequence[torch.Tensor], out: Sequence[torch.Tensor]) -> None:
+    """out[i] = sum_j A^T[i, j] m[j], with
+    A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]."""
+    sum12, diff12 = m[1] + m[2], m[1] - m[2]
+    sum34, diff34 = m[3] + m[4], m[3] - m[4]
+    torch.add(sum12, sum34, out=out[0]).add_(m[0])
+    torch.add(diff12, diff34, alpha=2, out=out[1])
+    torch.add(sum12, sum34, alpha=4, out=out[2])
+    torch.add(diff12, diff34, alpha=8, out=out[3]).add_(m[5])
