@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
-from torch.nn.utils import skip_init
 
 from backends.pytorch.kernels import TunedConv2d, Tuner
 from backends.vgg import LAYERS, Kind, deepest, position
@@ -30,7 +29,10 @@ def build_trunk(
     modules: list[nn.Module] = []
     for layer in LAYERS:
         if layer.kind is Kind.CONV:
-            conv = skip_init(nn.Conv2d, layer.in_channels, layer.out_channels, kernel_size=3, padding=1)
+            # On the meta device: no memory and no random initialization for weights that are
+            # replaced at once (torch's `skip_init` does the same through a path that imports
+            # sympy, about 40 MiB).
+            conv = nn.Conv2d(layer.in_channels, layer.out_channels, kernel_size=3, padding=1, device="meta")
             conv.weight = _parameter(weights.tensors[f"{layer.name}.weight"])
             conv.bias = _parameter(weights.tensors[f"{layer.name}.bias"])
             modules.append(conv if tuner is None else TunedConv2d.wrap(conv, tuner))

@@ -2,6 +2,14 @@
 
 The PyTorch backend builds a stage's stepper here; the objective it evaluates comes from a
 `Schedule`, which can switch a bfloat16 stage to its float32 objective for the last iterations.
+
+Both optimizers are torch.optim's arithmetic, operation for operation (tested step for step
+against `torch.optim.LBFGS` and `torch.optim.Adam`), written out here because calling
+torch.optim imports torch's compiler stack on first use (`torch._dynamo`, and with it triton,
+sympy and torch.distributed): about 100 MiB of resident memory and 2 s in every process that
+runs a job, for a compiler the backend never uses. L-BFGS is the iteration
+`torch.optim.LBFGS(max_iter=1, line_search_fn=None)` takes, with its tolerances off; Adam is
+torch's single-tensor Adam at its defaults (betas 0.9 and 0.999, eps 1e-8).
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from torch.autograd.profiler import record_function
 
 from backends.base import Losses
 from backends.objective import LBFGS_HISTORY
@@ -17,6 +26,111 @@ from backends.options import Optimizer
 
 if TYPE_CHECKING:
     from backends.pytorch.problem import Evaluator, Problem
+
+CURVATURE_EPS = 1e-10  # a curvature pair is kept when y.s exceeds this, as torch keeps it
+
+
+class LBFGS:
+    """L-BFGS over one image tensor, one iteration (one gradient, no line search) per `step`.
+
+    The first step has length `first_lr` * min(1, 1/|g|_1) along -g, later ones `lr` times the
+    two-loop direction; a direction that is not a descent direction by more than 1 (g.d > 1, torch's
+    test with tolerance_change = -1) is kept but not taken.
+    """
+
+    def __init__(self, pixels: torch.Tensor, lr: float, first_lr: float, history: int) -> None:
+        self.pixels, self.lr, self.first_lr, self.history = pixels, lr, first_lr, history
+        self.iterations = 0
+        self.d: torch.Tensor | None = None  # the last direction
+        self.t: float | torch.Tensor = 0.0  # and the step length along it
+        self.prev_grad: torch.Tensor | None = None  # the gradient where the last step started
+        self.old_dirs: list[torch.Tensor] = []  # y: gradient differences
+        self.old_stps: list[torch.Tensor] = []  # s: steps
+        self.ro: list[torch.Tensor] = []  # 1 / y.s
+        self.h_diag: float | torch.Tensor = 1  # the initial inverse Hessian's scale
+        self._al: list[torch.Tensor] = []
+
+    def step(self) -> None:
+        """Moves the image by one iteration, from the gradient its last evaluation left in it."""
+        with torch.no_grad(), record_function("Optimizer.step#LBFGS.step"):  # torch.optim's name
+            self._step()
+
+    def _step(self) -> None:
+        assert self.pixels.grad is not None, "evaluate the objective before stepping"
+        flat_grad = self.pixels.grad.reshape(-1).clone()
+        self.iterations += 1
+        if self.iterations == 1:
+            d = flat_grad.neg()
+            self.h_diag = 1
+        else:
+            assert self.d is not None and self.prev_grad is not None
+            y = flat_grad.sub(self.prev_grad)
+            s = self.d.mul(self.t)
+            ys = y.dot(s)
+            if ys > CURVATURE_EPS:
+                if len(self.old_dirs) == self.history:
+                    self.old_dirs.pop(0)
+                    self.old_stps.pop(0)
+                    self.ro.pop(0)
+                self.old_dirs.append(y)
+                self.old_stps.append(s)
+                self.ro.append(1.0 / ys)
+                self.h_diag = ys / y.dot(y)
+            d = self._direction(flat_grad)
+        if self.prev_grad is None:
+            self.prev_grad = flat_grad.clone(memory_format=torch.contiguous_format)
+        else:
+            self.prev_grad.copy_(flat_grad)
+        if self.iterations == 1:
+            scale = 1.0 / flat_grad.abs().sum()  # min(1, 1/|g|_1), as torch takes it
+            self.t = (scale if scale < 1.0 else 1.0) * self.first_lr
+        else:
+            self.t = self.lr
+        self.d = d
+        if flat_grad.dot(d) > 1.0:
+            return
+        self.pixels.add_(d.view_as(self.pixels), alpha=float(self.t))
+
+    def _direction(self, flat_grad: torch.Tensor) -> torch.Tensor:
+        """The two-loop recursion: -H g from the history, one buffer for q and r."""
+        count = len(self.old_dirs)
+        al = self._al = self._al or [flat_grad.new_zeros(())] * self.history
+        q = flat_grad.neg()
+        for i in range(count - 1, -1, -1):
+            al[i] = self.old_stps[i].dot(q) * self.ro[i]
+            q.add_(self.old_dirs[i], alpha=-float(al[i]))
+        r = torch.mul(q, self.h_diag)
+        for i in range(count):
+            be_i = self.old_dirs[i].dot(r) * self.ro[i]
+            r.add_(self.old_stps[i], alpha=float(al[i] - be_i))
+        return r
+
+
+class Adam:
+    """Adam over one image tensor, at torch's defaults: `step` moves it from its gradient."""
+
+    def __init__(self, pixels: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.pixels, self.lr, self.betas, self.eps = pixels, lr, betas, 1e-8
+        self.exp_avg = torch.zeros_like(pixels, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(pixels, memory_format=torch.preserve_format)
+        self.count = 0
+
+    def step(self) -> None:
+        """Moves the image by one iteration, from the gradient its last evaluation left in it."""
+        with torch.no_grad(), record_function("Optimizer.step#Adam.step"):  # torch.optim's name
+            self._step()
+
+    def _step(self) -> None:
+        grad = self.pixels.grad
+        assert grad is not None, "evaluate the objective before stepping"
+        beta1, beta2 = self.betas
+        self.count += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = float(self.count)
+        step_size = self.lr / (1 - beta1**step)
+        denom = (self.exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(self.eps)
+        self.pixels.addcdiv_(self.exp_avg, denom, value=-step_size)
 
 
 class Schedule:
@@ -38,25 +152,24 @@ class Schedule:
         return switch
 
 
-def reanchor(lbfgs: torch.optim.LBFGS, pixels: torch.Tensor, problem: Problem) -> None:
+def reanchor(lbfgs: LBFGS, pixels: torch.Tensor, problem: Problem) -> None:
     """After a change of objective, make L-BFGS's next curvature pair come from one objective.
 
     The next step pairs the last move s with the difference of the gradients at its two ends;
     the gradient kept from the far end came from the old objective, so it is evaluated again on
     the new one (one extra evaluation; the point is the current image minus s).
     """
-    state = lbfgs.state[pixels]
-    if "d" not in state:
+    if lbfgs.d is None:
         return
     with torch.no_grad():
-        before = (pixels - state["t"] * state["d"].view_as(pixels)).requires_grad_(True)
+        before = (pixels - lbfgs.t * lbfgs.d.view_as(pixels)).requires_grad_(True)
     total, _ = problem.objective(before)
     total.backward()
     assert before.grad is not None
-    state["prev_flat_grad"] = before.grad.reshape(-1)
+    lbfgs.prev_grad = before.grad.reshape(-1)
 
 
-def scale_without_curvature(lbfgs: torch.optim.LBFGS, pixels: torch.Tensor) -> None:
+def scale_without_curvature(lbfgs: LBFGS) -> None:
     """Until L-BFGS has a curvature pair, keep its steps as long as the first one.
 
     torch scales the gradient by H_diag = 1 until a pair passes the curvature test (y.s > 0), so
@@ -68,12 +181,11 @@ def scale_without_curvature(lbfgs: torch.optim.LBFGS, pixels: torch.Tensor) -> N
     lr levels per value until the history holds a pair; a pair accepted during the step
     replaces the scale with its own, as usual. The TensorFlow backend applies the same rule.
     """
-    state = lbfgs.state[pixels]
-    previous = state.get("prev_flat_grad")
-    if previous is None or state["old_dirs"]:
+    previous = lbfgs.prev_grad
+    if previous is None or lbfgs.old_dirs:
         return
     l1 = float(previous.abs().sum())
-    state["H_diag"] = (min(1.0, 1.0 / l1) if l1 > 0 else 1.0) * previous.numel()
+    lbfgs.h_diag = (min(1.0, 1.0 / l1) if l1 > 0 else 1.0) * previous.numel()
 
 
 def stepper(
@@ -81,43 +193,28 @@ def stepper(
 ) -> Callable[[], Losses]:
     """One call = one iteration = one evaluation of the objective and one update."""
     if optimizer is Optimizer.LBFGS:
-        # max_iter=1 makes each step() a single L-BFGS iteration with one evaluation, while the
-        # history persists across steps; tolerances off so that the job runs all its iterations.
-        # torch's first step has an L1 length of lr; on a 0-255 image of n values that moves each
-        # value by about lr/n levels, so the first curvature pair would be drawn from rounding
-        # noise. The first step is therefore n times longer: lr levels per value on average.
-        lbfgs = torch.optim.LBFGS(
-            [pixels],
-            lr=lr * pixels.numel(),
-            max_iter=1,
-            history_size=LBFGS_HISTORY,
-            tolerance_grad=-1.0,
-            tolerance_change=-1.0,
-        )
-        seen: list[Losses] = []
-
-        def closure() -> torch.Tensor:
-            lbfgs.zero_grad()
-            total, losses = evaluator(schedule.problem, pixels)
-            seen.append(losses)
-            return total
+        # Each step is a single L-BFGS iteration with one evaluation, the history kept across
+        # steps. A first step of L1 length lr (torch's) on a 0-255 image of n values would move
+        # each value by about lr/n levels, so the first curvature pair would be drawn from
+        # rounding noise: the first step is n times longer, lr levels per value on average.
+        lbfgs = LBFGS(pixels, lr, lr * pixels.numel(), LBFGS_HISTORY)
 
         def lbfgs_step() -> Losses:
-            seen.clear()
             if schedule.next():
                 reanchor(lbfgs, pixels, schedule.problem)
-            scale_without_curvature(lbfgs, pixels)
-            lbfgs.step(closure)
-            lbfgs.param_groups[0]["lr"] = lr  # every later step has length lr * |d|
-            return seen[0]
+            scale_without_curvature(lbfgs)
+            pixels.grad = None
+            _, losses = evaluator(schedule.problem, pixels)
+            lbfgs.step()
+            return losses
 
         return lbfgs_step
 
-    adam = torch.optim.Adam([pixels], lr=lr)
+    adam = Adam(pixels, lr)
 
     def adam_step() -> Losses:
         schedule.next()
-        adam.zero_grad()
+        pixels.grad = None
         _, losses = evaluator(schedule.problem, pixels)
         adam.step()
         with torch.no_grad():

@@ -13,7 +13,7 @@ from hardware import needs_cpu_bfloat16
 from backends.base import BackendJob, Losses, Outcome, StyleInput
 from backends.options import Optimizer, StyleOptions
 from backends.pytorch import PyTorchBackend, capabilities
-from backends.pytorch.optimizer import reanchor
+from backends.pytorch.optimizer import LBFGS, reanchor
 from backends.pytorch.problem import Problem
 from backends.weights.canonical import random_weights
 
@@ -92,22 +92,18 @@ def test_reanchoring_keeps_the_gradient_at_the_far_end_of_the_last_move() -> Non
     exact = PyTorchBackend(weights)
     problem = exact.problem(job)
     pixels = problem.initial()
-    optimizer = torch.optim.LBFGS([pixels], lr=pixels.numel(), max_iter=1)
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
+    optimizer = LBFGS(pixels, 1.0, pixels.numel(), 100)
+    for _ in range(3):
+        pixels.grad = None
         total, _ = problem.objective(pixels)
         total.backward()
-        return total
-
-    for _ in range(3):
-        optimizer.step(closure)
-    state = optimizer.state[pixels]
-    before = (pixels - state["t"] * state["d"].view_as(pixels)).detach()
-    state["prev_flat_grad"] = torch.zeros_like(state["prev_flat_grad"])
+        optimizer.step()
+    assert optimizer.d is not None and optimizer.prev_grad is not None
+    before = (pixels - optimizer.t * optimizer.d.view_as(pixels)).detach()
+    optimizer.prev_grad = torch.zeros_like(optimizer.prev_grad)
     reanchor(optimizer, pixels, problem)
     _, expected = exact.evaluate(job, before[0].permute(1, 2, 0).numpy())
-    got = state["prev_flat_grad"].view_as(pixels)[0].permute(1, 2, 0).numpy()
+    got = optimizer.prev_grad.view_as(pixels)[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
 
 

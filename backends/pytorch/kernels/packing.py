@@ -19,8 +19,11 @@ def pack(weight: torch.Tensor, groups: int, padding: int, shape: Sequence[int]) 
     """
     if not available():
         return weight.contiguous(memory_format=torch.channels_last)
-    # Standard strides first: a channels-last 1x1 kernel counts as contiguous but is not read so.
-    plain = weight.clone(memory_format=torch.contiguous_format).to_mkldnn()
+    # Standard strides first: a channels-last 1x1 kernel counts as contiguous but is not read so
+    # (a copy only where needed: the Winograd kernels of a 512-channel layer are 36 MiB).
+    if weight.stride() != torch.empty(weight.shape, device="meta").stride():
+        weight = weight.clone(memory_format=torch.contiguous_format)
+    plain = weight.to_mkldnn()
     packed: torch.Tensor = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
         plain, [padding] * 2, [1, 1], [1, 1], groups, list(shape)
     )

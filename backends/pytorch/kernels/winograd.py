@@ -53,16 +53,26 @@ TILES = SIDE * SIDE  # positions per tile: the grouped convolution's groups
 # The products' position (row 1, column 1) whose column of A^T is all ones: a bias added there
 # reaches each of the tile's 16 outputs once, so the grouped convolution adds it for free.
 _BIAS_POSITION = SIDE + 1
+# Output channels per step of `transform_weight`.
+_CHUNK = 32
 # Transformed tiles per band of a large image (see `conv3x3`).
 BAND_BYTES = 16 * 2**20
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, 3, 3) kernels -> (36 C_out, C_in, 1, 1): group k holds U_k, k = 6 i + j."""
-    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
-    u = torch.einsum("ai,oxij,bj->abox", g, weight.detach().double(), g)  # (6, 6, C_out, C_in)
+    """(C_out, C_in, 3, 3) kernels -> (36 C_out, C_in, 1, 1): group k holds U_k, k = 6 i + j.
+
+    Computed in float64, a few output channels at a time: all at once, a 512-channel layer's
+    float64 intermediates (up to 75 MiB each) set the process's peak resident memory while the
+    layers packed their kernels.
+    """
     out_channels, in_channels = weight.shape[:2]
-    return u.reshape(TILES * out_channels, in_channels, 1, 1).to(weight.dtype)
+    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    u = torch.empty((SIDE, SIDE, out_channels, in_channels), dtype=weight.dtype, device=weight.device)
+    for start in range(0, out_channels, _CHUNK):
+        part = weight[start : start + _CHUNK].detach().double()
+        u[:, :, start : start + _CHUNK] = torch.einsum("ai,oxij,bj->abox", g, part, g)
+    return u.view(TILES * out_channels, in_channels, 1, 1)
 
 
 def transform_bias(bias: torch.Tensor | None, out_channels: int) -> torch.Tensor | None:
