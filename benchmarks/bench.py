@@ -12,8 +12,9 @@ ms per iteration, peak RSS, time to quality against each of the others), profile
 pass), quality (time to the reference's loss in this process, one scale and two), speed (our
 backends and the reference in this process: ms per iteration against the FLOP model and this
 machine's measured peak), bfloat16, cache (style targets across jobs), batching, service (gRPC
-overhead) and scaling (ours from 128 px up). --quick runs the first two at small sizes (under two
-minutes on two cores); --only picks studies, --sizes the CPU sides and --quality-iterations the
+overhead) and scaling (each of the four from 128 to 1024 px in a fresh process: ms per iteration
+and peak memory). --quick runs the first two at small sizes (under two minutes on two cores);
+--only picks studies, --sizes the CPU sides and --quality-iterations the
 peers' iterations in time to quality. A quick or partial run writes its figure to
 benchmarks/bench-quick.png and its profile to the temporary folder, keeping the full run's.
 
@@ -44,7 +45,7 @@ from studies.batching import batching
 from studies.bfloat16 import bfloat16_loss
 from studies.cache import style_cache_setup
 from studies.common import cpu_model, load_weights
-from studies.peers import PEER_NAMES, Peers, peers, scaling
+from studies.peers import PEER_NAMES, Peers, Scaling, peers, scaling
 from studies.profiling import profile
 from studies.quality import Quality, quality
 from studies.service import service_overhead
@@ -76,6 +77,7 @@ class Plan:
     batch_sizes: list[int]
     service: tuple[int, int]  # size, iterations
     scaling_sizes: list[int]
+    scaling_iterations: int  # timed per implementation and size, after one untimed
     profile: tuple[int, int]  # size, iterations
 
 
@@ -94,6 +96,7 @@ QUICK = Plan(
     batch_sizes=[128],
     service=(128, 10),
     scaling_sizes=[128, 256, 512],
+    scaling_iterations=2,
     profile=(128, 3),
 )
 FULL = Plan(
@@ -111,6 +114,7 @@ FULL = Plan(
     batch_sizes=[64, 128, 256],
     service=(256, 20),
     scaling_sizes=[128, 256, 512, 1024],
+    scaling_iterations=3,
     profile=(256, 5),
 )
 
@@ -119,16 +123,30 @@ class Result(Protocol):
     def lines(self) -> list[str]: ...
 
 
-def plot(path: Path, label: str, found: Peers | None, table: SpeedTable | None, best: Quality | None) -> None:
-    """Left: ms per iteration against the side; right: loss against wall time."""
+def plot(
+    path: Path,
+    label: str,
+    found: Peers | None,
+    table: SpeedTable | None,
+    best: Quality | None,
+    grown: Scaling | None = None,
+) -> None:
+    """Left: ms per iteration against the side; middle: peak memory against the side (when the
+    scaling study ran); right: loss against wall time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if grown is not None:
+        figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6))
+    else:
+        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     series: dict[str, list[tuple[int, float]]] = {}
-    if found is not None:
+    if grown is not None:  # the widest range of sizes, each implementation in one process
+        for name, scaled in grown.points.items():
+            series[f"{name}, cpu (own process)"] = [(size, ms) for size, ms, _ in scaled]
+    elif found is not None:
         for peer_row in found.rows:
             for name, ms in peer_row.ms.items():
                 series.setdefault(f"{name}, cpu (own process)", []).append((peer_row.size, ms))
@@ -144,6 +162,14 @@ def plot(path: Path, label: str, found: Peers | None, table: SpeedTable | None, 
     left.minorticks_off()
     left.set_title("Speed per iteration")
     left.legend(fontsize=7)
+    if grown is not None:
+        for name, scaled in grown.points.items():
+            middle.plot([p[0] for p in scaled], [p[2] for p in scaled], marker="o", label=name)
+        middle.set(xscale="log", xlabel="image side (px)", ylabel="peak resident MiB")
+        middle.set_xticks(sides, [str(side) for side in sides])
+        middle.minorticks_off()
+        middle.set_title("Peak memory (own process)")
+        middle.legend(fontsize=7)
     curves: dict[str, list[tuple[float, float]]] = {}
     if best is not None:
         curves |= {
@@ -202,7 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     if args.sizes:
-        plan = dataclasses.replace(plan, cpu_sizes=args.sizes)
+        plan = dataclasses.replace(plan, cpu_sizes=args.sizes, scaling_sizes=args.sizes)
     if args.quality_iterations:
         plan = dataclasses.replace(plan, peer_iterations=args.quality_iterations)
     chosen = args.only.split(",") if args.only else list(plan.studies)
@@ -287,10 +313,17 @@ def main() -> None:
     batch_sizes = {"cpu": plan.batch_sizes, "cuda:0": plan.gpu_sizes[:2]}
     study("batching", lambda: batching(pytorch, {d: batch_sizes[d] for d in devices}))
     study("service", lambda: service_overhead(weights, *plan.service))
-    study("scaling", lambda: scaling(args.weights, plan.scaling_sizes, 4))
+    study("scaling", lambda: scaling(args.weights, plan.scaling_sizes, plan.scaling_iterations))
 
     figure_path.parent.mkdir(parents=True, exist_ok=True)
-    plot(figure_path, label, results.get("peers"), results.get("speed"), results.get("quality"))
+    plot(
+        figure_path,
+        label,
+        results.get("peers"),
+        results.get("speed"),
+        results.get("quality"),
+        results.get("scaling"),
+    )
     print(f"figure: {figure_path}")
     print(summary(results))
 

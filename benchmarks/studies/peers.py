@@ -6,7 +6,7 @@ Per size: median ms per iteration over the timed iterations, the runs alternatin
 implementations (each run warms up first), and each process's peak resident memory over its
 runs. Then time to quality against each peer: the peer runs N iterations, its image is scored
 with our loss, and our defaults run until they reach that loss (optimization loops only, set-up
-left out on both sides). Also the scaling of ours from 128 px up, in its own process.
+left out on both sides). Also the scaling of each from 128 px up, each in a fresh process.
 """
 
 from __future__ import annotations
@@ -264,30 +264,65 @@ def _quality(backend: PyTorchBackend, ours: Worker, peer: Worker, size: int, ite
 
 @dataclass
 class Scaling:
-    """Ours from 128 px up, in a fresh process: median ms per iteration and peak resident MiB."""
+    """Each implementation from 128 px up, in a fresh process of its own (one process at a time,
+    so that none shares the cores or the memory with another): median ms per iteration and peak
+    resident MiB per size."""
 
     iterations: int
-    points: list[tuple[int, float, float]]
+    points: dict[str, list[tuple[int, float, float]]]  # implementation -> (side, ms, peak MiB)
+    missing: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        out = [f"\nscaling of ours on CPU ({self.iterations} timed iterations, own process):"]
-        base = self.points[0]
-        for size, ms, mib in self.points:
-            pixels = (size / base[0]) ** 2
-            out.append(
-                f"{size:>5} px: {ms:>9.1f} ms/it ({ms / base[1]:.1f}x for {pixels:.0f}x the pixels), "
-                f"peak {mib:.0f} MiB"
-            )
+        names = list(self.points)
+        sizes = sorted({size for points in self.points.values() for size, _, _ in points})
+        at = {(name, size): (ms, mib) for name, points in self.points.items() for size, ms, mib in points}
+        out = [
+            f"\nscaling on CPU ({self.iterations} timed iterations per size, a fresh process per "
+            "implementation), ms per iteration (peak RSS MiB):",
+            f"{'size':>5} " + " ".join(f"{name:>20}" for name in names) + f"  {'best peer/ours':>15}",
+        ]
+        for size in sizes:
+            cells = []
+            for name in names:
+                found = at.get((name, size))
+                cells.append(f"{found[0]:>11.0f} ({found[1]:>5.0f})" if found else f"{'-':>20}")
+            peers = [at[(n, size)][0] for n in PEER_NAMES if (n, size) in at]
+            ratio = f"{min(peers) / at[('ours', size)][0]:.2f}x" if peers and ("ours", size) in at else "-"
+            out.append(f"{size:>5} " + " ".join(f"{cell:>20}" for cell in cells) + f"  {ratio:>15}")
+        base = sizes[0] if sizes else 0
+        for name in names:
+            first = at.get((name, base))
+            last = self.points[name][-1] if self.points[name] else None
+            if first and last and last[0] != base:
+                growth = last[1] / first[0]
+                out.append(
+                    f"  {name}: {base} -> {last[0]} px ({(last[0] / base) ** 2:.0f}x the pixels): "
+                    f"{growth:.1f}x the time, {last[2] - first[1]:+.0f} MiB"
+                )
+        out += [f"  {name}: not run ({reason})" for name, reason in self.missing.items()]
         return out
 
 
-def scaling(weights: str | None, sizes: list[int], iterations: int) -> Scaling:
-    worker = Worker("ours", weights).wait()
-    try:
-        points = []
-        for size in sizes:
-            answer = worker.ask(op="speed", size=size, warmup=2, iterations=iterations)
-            points.append((size, statistics.median(answer["times_ms"]), answer["peak_mib"]))
-    finally:
-        worker.close()
-    return Scaling(iterations, points)
+def scaling(
+    weights: str | None,
+    sizes: list[int],
+    iterations: int,
+    warmup: int = 1,
+    names: tuple[str, ...] = ("ours", "reference", *PEER_NAMES),
+) -> Scaling:
+    """Every implementation at every size, smallest first, one process per implementation."""
+    points: dict[str, list[tuple[int, float, float]]] = {}
+    missing: dict[str, str] = {}
+    for name in names:
+        worker = Worker(name, weights)
+        try:
+            worker.wait()
+            points[name] = []
+            for size in sizes:
+                answer = worker.ask(op="speed", size=size, warmup=warmup, iterations=iterations)
+                points[name].append((size, statistics.median(answer["times_ms"]), answer["peak_mib"]))
+        except (RuntimeError, OSError, ValueError) as exc:
+            missing[name] = str(exc)
+        finally:
+            worker.close()
+    return Scaling(iterations, points, missing)

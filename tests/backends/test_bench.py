@@ -207,3 +207,29 @@ def test_our_process_names_its_memory_and_loads_no_torchvision(tmp_path: Path) -
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.stdout.strip() == "False"
+
+
+def test_scaling_runs_each_implementation_in_its_own_process_at_every_size() -> None:
+    """Each implementation answers at every size, smallest first, with its time and its peak (a
+    process per implementation: the reference's peak is its own, not ours); the table has a row
+    per size and the growth of each from the first size to the last."""
+    found = peers.scaling(None, [32, 64], iterations=1, names=("ours", "reference"))
+    assert not found.missing
+    assert [size for size, _, _ in found.points["ours"]] == [32, 64]
+    assert [size for size, _, _ in found.points["reference"]] == [32, 64]
+    for points in found.points.values():
+        assert all(ms > 0 and mib > 100 for _, ms, mib in points)
+    assert found.points["ours"][0][2] != found.points["reference"][0][2]
+    table = "\n".join(found.lines())
+    assert table.count("\n   32 ") == 1 and table.count("\n   64 ") == 1
+    assert "ours: 32 -> 64 px (4x the pixels)" in table
+
+
+def test_the_figure_draws_the_memory_panel_when_scaling_ran(tmp_path: Path) -> None:
+    grown = peers.Scaling(2, {"ours": [(128, 100.0, 900.0), (256, 400.0, 1200.0)]})
+    path = tmp_path / "figure.png"
+    _bench().plot(path, "label", None, None, None, grown)
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.size[0] > 1500  # three panels side by side (two are 1210 px wide)
