@@ -100,10 +100,13 @@ def layer_weights(options: StyleOptions, size: int) -> tuple[float, list[float]]
 
 
 class Ours:
-    def __init__(self, weights: VGGWeights) -> None:
+    """Our PyTorch backend at its defaults, or with `convolution="plain"` (PyTorch's own
+    convolutions, no Winograd and no packed kernels: the configuration that holds least)."""
+
+    def __init__(self, weights: VGGWeights, convolution: str = "auto") -> None:
         from backends.pytorch import PyTorchBackend
 
-        backend = registry.create("pytorch", weights)
+        backend = registry.create("pytorch", weights, convolution=convolution)
         assert isinstance(backend, PyTorchBackend)
         self.backend: PyTorchBackend = backend
 
@@ -433,6 +436,7 @@ def serve(impl: Implementation, out: TextIO) -> None:
 
 IMPLEMENTATIONS: dict[str, Callable[[VGGWeights], Implementation]] = {
     "ours": Ours,
+    "ours-plain": lambda weights: Ours(weights, convolution="plain"),
     "reference": Reference,
     "pystiche": Pystiche,
     "pastiche": Pastiche,

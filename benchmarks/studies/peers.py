@@ -31,6 +31,7 @@ from studies.common import images
 
 RUNNER = Path(__file__).resolve().parent / "peerrun.py"
 PEER_NAMES = ("pystiche", "pastiche")  # the published ones; "best peer" is the faster of these
+PLAIN = "ours-plain"  # ours with PyTorch's own convolutions: no Winograd, nothing packed
 
 
 class Worker:
@@ -160,7 +161,8 @@ class Peers:
         return min(ratios) if ratios else math.nan
 
     def lines(self) -> list[str]:
-        names = ["ours", "reference", *(n for n in PEER_NAMES if n not in self.missing)]
+        plain = [PLAIN] if self.rows and PLAIN in self.rows[0].ms else []
+        names = ["ours", *plain, "reference", *(n for n in PEER_NAMES if n not in self.missing)]
         out = [
             f"\nours, the reference and the published peers, CPU float32, {self.iterations} timed "
             f"iterations each in {self.rounds} alternating runs (a process each; threads {self.threads}):"
@@ -179,6 +181,14 @@ class Peers:
                 + f" {ratio:>17} {r.ms['reference'] / r.ms['ours']:>8.2f}x             "
                 + " ".join(f"{r.peak_mib[n]:>14.0f}" for n in names)
             )
+        for r in self.rows:
+            best = r.best_peer()
+            if best and PLAIN in r.ms:
+                out.append(
+                    f"{r.size:>5} px, {PLAIN} (no Winograd, nothing packed): best peer/{PLAIN} "
+                    f"{r.ms[best] / r.ms[PLAIN]:.2f}x, peak {r.peak_mib[PLAIN]:.0f} MiB against "
+                    f"{best}'s {r.peak_mib[best]:.0f} and ours' {r.peak_mib['ours']:.0f}"
+                )
         for r in self.rows:
             out += r.memory_lines(names)
         for r in self.rows[:1]:
@@ -206,7 +216,7 @@ def peers(
 ) -> Peers:
     """The table and the time-to-quality comparisons (against the reference and each published
     peer); `backend` scores the other implementations' images with our loss."""
-    everyone, missing = start(["ours", "reference", *PEER_NAMES], weights)
+    everyone, missing = start(["ours", PLAIN, "reference", *PEER_NAMES], weights)
     try:
         for name in ("ours", "reference"):
             if name in missing:
@@ -231,7 +241,7 @@ def peers(
         quality = [
             _quality(backend, everyone["ours"], worker, quality_size, quality_iterations)
             for name, worker in everyone.items()
-            if name != "ours"
+            if name not in ("ours", PLAIN)
         ]
     finally:
         for worker in everyone.values():

@@ -198,6 +198,12 @@ def test_our_process_names_its_memory_and_loads_no_torchvision(tmp_path: Path) -
     memory = timed["memory_mib"]
     assert memory["weights"] == pytest.approx(76.4, abs=0.5)
     assert 0 <= memory["packed kernels"] < timed["peak_mib"]
+    plain = peers.Worker(peers.PLAIN, None).wait()  # PyTorch's own convolutions: nothing packed
+    try:
+        plain_memory = plain.ask(op="speed", size=64, warmup=1, iterations=1)["memory_mib"]
+    finally:
+        plain.close()
+    assert plain_memory["packed kernels"] == 0 and plain_memory["weights"] == memory["weights"]
     assert memory["L-BFGS history (at most)"] == pytest.approx(2 * 2 * 3 * 64 * 64 * 4 / 2**20)
     done = subprocess.run(
         [sys.executable, "-c", "import sys, backends.pytorch; print('torchvision' in sys.modules)"],
