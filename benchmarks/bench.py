@@ -187,7 +187,8 @@ def plot(
         right.plot([t for t, _ in curve], [loss for _, loss in curve], label=name)
     right.set(yscale="log", xlabel="wall seconds", ylabel="total loss")
     right.set_title("Loss against time")
-    right.legend(fontsize=7)
+    if curves:
+        right.legend(fontsize=7)
     figure.suptitle(label, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

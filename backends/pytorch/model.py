@@ -13,6 +13,9 @@ from backends.pytorch.kernels import TunedConv2d, Tuner
 from backends.vgg import LAYERS, Kind, deepest, position
 from backends.weights.canonical import VGGWeights, WeightsMeta
 
+# Layers with at least this many output channels (blocks 3 to 5) share the loader's arrays on CPU.
+SHARED_FROM_CHANNELS = 256
+
 
 def build_trunk(
     weights: VGGWeights, device: torch.device | str = "cpu", tuner: Tuner | None = None
@@ -26,6 +29,12 @@ def build_trunk(
     convolution is a `TunedConv2d` that runs the way the tuner chooses; without one, PyTorch's
     own `nn.Conv2d`.
     """
+    # On the CPU, with Winograd available, the deep layers keep the weights loader's own arrays
+    # instead of a copy (73 of the 76 MiB): they run from packed Winograd kernels, so the plain
+    # weight's layout (channels_last or not) only matters on the rare direct call. The shallow
+    # layers run direct and read a channels_last copy, which is faster (sharing those too was
+    # up to 5 % slower at 256 px on the AVX-512 CPU).
+    share = tuner is not None and torch.device(device).type == "cpu"
     modules: list[nn.Module] = []
     for layer in LAYERS:
         if layer.kind is Kind.CONV:
@@ -33,8 +42,14 @@ def build_trunk(
             # replaced at once (torch's `skip_init` does the same through a path that imports
             # sympy, about 40 MiB).
             conv = nn.Conv2d(layer.in_channels, layer.out_channels, kernel_size=3, padding=1, device="meta")
-            conv.weight = _parameter(weights.tensors[f"{layer.name}.weight"])
+            shared = share and layer.out_channels >= SHARED_FROM_CHANNELS
+            conv.weight = _parameter(weights.tensors[f"{layer.name}.weight"], copy=not shared)
             conv.bias = _parameter(weights.tensors[f"{layer.name}.bias"])
+            conv.to(device)
+            if not shared:
+                # channels_last (NHWC) convolutions are measurably faster with oneDNN on CPU and
+                # with cuDNN's tensor-core kernels on GPU; the activations come out the same way.
+                conv.to(memory_format=torch.channels_last)
             modules.append(conv if tuner is None else TunedConv2d.wrap(conv, tuner))
         elif layer.kind is Kind.RELU:
             modules.append(nn.ReLU(inplace=True))
@@ -42,18 +57,15 @@ def build_trunk(
             modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
     trunk = nn.Sequential(*modules)
     trunk.requires_grad_(False)
-    # channels_last (NHWC) convolutions are measurably faster with oneDNN on CPU and with cuDNN's
-    # tensor-core kernels on GPU; the activations come out in the same layout. (Leaving the CPU's
-    # weights in the loader's own arrays instead, to hold 76 MiB once, was no faster and up to
-    # 5 % slower at 256 px on the AVX-512 CPU: the direct convolutions then read plain weights.)
-    trunk.eval().to(device)
-    trunk.to(memory_format=torch.channels_last)
-    return trunk
+    return trunk.eval()
 
 
-def _parameter(array: np.ndarray) -> nn.Parameter:
-    """A frozen parameter from a weights array."""
-    return nn.Parameter(torch.from_numpy(np.array(array, dtype=np.float32)), requires_grad=False)
+def _parameter(array: np.ndarray, copy: bool = True) -> nn.Parameter:
+    """A frozen parameter from a weights array: a copy, or the array's own memory (where it is
+    float32, contiguous and writable; torch warns on read-only arrays, which are copied)."""
+    shareable = array.dtype == np.float32 and array.flags.c_contiguous and array.flags.writeable
+    data = array if shareable and not copy else np.array(array, dtype=np.float32)
+    return nn.Parameter(torch.from_numpy(data), requires_grad=False)
 
 
 class Preprocess(nn.Module):

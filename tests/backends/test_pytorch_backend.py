@@ -15,8 +15,9 @@ from torch import nn
 from backends import registry
 from backends.errors import ResourceExhausted
 from backends.pytorch import PyTorchBackend, configure_process
+from backends.pytorch.kernels import Tuner
 from backends.pytorch.model import Preprocess, VGGFeatures, build_trunk
-from backends.vgg import LAYERS, Kind, position
+from backends.vgg import CONV_LAYERS, LAYERS, Kind, position
 from backends.weights.canonical import VGGWeights, random_weights
 
 
@@ -43,6 +44,21 @@ def test_trunk_follows_the_layer_table(weights: VGGWeights) -> None:
                 layer.out_channels,
                 (3, 3),
             )
+
+
+def test_the_cpu_trunk_holds_the_deep_weights_once(weights: VGGWeights) -> None:
+    """With Winograd (a tuner), the deep layers' weights are the loader's arrays, not copies; the
+    shallow ones, which run direct, are channels_last copies; without a tuner every layer is a
+    channels_last copy. Either way each layer computes with the loader's values."""
+    for tuner, deep_shared in ((Tuner(), True), (None, False)):
+        trunk = build_trunk(weights, "cpu", tuner)
+        for layer in CONV_LAYERS:
+            weight = trunk[position(layer.name)].weight
+            array = weights.tensors[f"{layer.name}.weight"]
+            shared = weight.data_ptr() == array.ctypes.data
+            assert shared == (deep_shared and layer.out_channels >= 256), layer.name
+            assert shared or weight.is_contiguous(memory_format=torch.channels_last)
+            assert np.array_equal(weight.numpy(), array)
 
 
 def test_weights_are_frozen(weights: VGGWeights) -> None:
