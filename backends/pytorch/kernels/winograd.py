@@ -166,11 +166,11 @@ def _band(padded: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, out:
 
     # Y = A^T M A, rows first, then columns straight into the output's strided positions.
     products = _nhwc(m).view(n, th, tw, SIDE, SIDE, out_channels)
-    folded = torch.empty((OUTPUTS, n, th, tw, SIDE, out_channels), dtype=m.dtype, device=m.device)
-    _output_rows(products.unbind(3), folded.unbind(0))
-    y = _nhwc(out)
-    for i in range(OUTPUTS):
-        _output_rows(folded[i].unbind(3), [y[:, i::OUTPUTS, j::OUTPUTS] for j in range(OUTPUTS)])
+    # Each pass covers every tile (and, for the columns, all four output rows of each).
+    folded = torch.empty((n, th, tw, OUTPUTS, SIDE, out_channels), dtype=m.dtype, device=m.device)
+    _output_rows(products.unbind(3), folded.unbind(3))
+    y = _nhwc(out).view(n, th, OUTPUTS, tw, OUTPUTS, out_channels).permute(0, 1, 3, 2, 4, 5)
+    _output_rows(folded.unbind(4), y.unbind(4))
 
 
 def _input_rows(d: Sequence[torch.Tensor], out: Sequence[torch.Tensor]) -> None:
