@@ -39,6 +39,8 @@ from backends.weights.canonical import VGGWeights
 # L-BFGS keeps this many correction pairs in both backends; 100 is what Gatys-era
 # implementations used (torch's default too). Memory cost: 2 * history * image floats.
 LBFGS_HISTORY = 100
+# A curvature pair (y, s) joins the L-BFGS history when y.s exceeds this, as in torch.optim.LBFGS.
+LBFGS_CURVATURE_EPS = 1e-10
 
 Array = npt.NDArray[np.float32]
 Grams = dict[str, Array]

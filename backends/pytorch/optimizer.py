@@ -21,13 +21,11 @@ import torch
 from torch.autograd.profiler import record_function
 
 from backends.base import Losses
-from backends.objective import LBFGS_HISTORY
+from backends.objective import LBFGS_CURVATURE_EPS, LBFGS_HISTORY
 from backends.options import Optimizer
 
 if TYPE_CHECKING:
     from backends.pytorch.problem import Evaluator, Problem
-
-CURVATURE_EPS = 1e-10  # a curvature pair is kept when y.s exceeds this, as torch keeps it
 
 
 class LBFGS:
@@ -48,7 +46,6 @@ class LBFGS:
         self.old_stps: list[torch.Tensor] = []  # s: steps
         self.ro: list[torch.Tensor] = []  # 1 / y.s
         self.h_diag: float | torch.Tensor = 1  # the initial inverse Hessian's scale
-        self._al: list[torch.Tensor] = []
 
     def step(self) -> None:
         """Moves the image by one iteration, from the gradient its last evaluation left in it."""
@@ -67,7 +64,7 @@ class LBFGS:
             y = flat_grad.sub(self.prev_grad)
             s = self.d.mul(self.t)
             ys = y.dot(s)
-            if ys > CURVATURE_EPS:
+            if ys > LBFGS_CURVATURE_EPS:
                 if len(self.old_dirs) == self.history:
                     self.old_dirs.pop(0)
                     self.old_stps.pop(0)
@@ -93,16 +90,16 @@ class LBFGS:
 
     def _direction(self, flat_grad: torch.Tensor) -> torch.Tensor:
         """The two-loop recursion: -H g from the history, one buffer for q and r."""
-        count = len(self.old_dirs)
-        al = self._al = self._al or [flat_grad.new_zeros(())] * self.history
+        pairs = list(zip(self.old_dirs, self.old_stps, self.ro, strict=True))
         q = flat_grad.neg()
-        for i in range(count - 1, -1, -1):
-            al[i] = self.old_stps[i].dot(q) * self.ro[i]
-            q.add_(self.old_dirs[i], alpha=-float(al[i]))
+        alphas = []
+        for y, s, ro in reversed(pairs):
+            alphas.append(s.dot(q) * ro)
+            q.add_(y, alpha=-float(alphas[-1]))
         r = torch.mul(q, self.h_diag)
-        for i in range(count):
-            be_i = self.old_dirs[i].dot(r) * self.ro[i]
-            r.add_(self.old_stps[i], alpha=float(al[i] - be_i))
+        for (y, s, ro), alpha in zip(pairs, reversed(alphas), strict=True):
+            beta = y.dot(r) * ro
+            r.add_(s, alpha=float(alpha - beta))
         return r
 
 

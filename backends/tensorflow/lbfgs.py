@@ -15,7 +15,7 @@ from collections import deque
 
 import tensorflow as tf
 
-CURVATURE_EPS = 1e-10
+from backends.objective import LBFGS_CURVATURE_EPS
 
 
 def _dot(a: tf.Tensor, b: tf.Tensor) -> float:
@@ -52,7 +52,7 @@ class LBFGS:
             y = grad - self.prev_grad
             s = self.d * self.t
             ys = _dot(y, s)
-            if ys > CURVATURE_EPS:
+            if ys > LBFGS_CURVATURE_EPS:
                 self.y.append(y)
                 self.s.append(s)
                 self.rho.append(1.0 / ys)

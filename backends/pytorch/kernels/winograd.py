@@ -8,7 +8,7 @@ input channels, times input channels by tiles). The outputs are M folded back (Y
 That is 36 multiplications per 16 outputs instead of 144: 4x fewer. (The smaller F(2x2, 3x3),
 which this module ran before, does 16 per 4 outputs, 2.25x fewer, and its transformed tiles
 are four times the input where these are 2.25 times: F(4x4) was faster at every VGG19 shape
-that ran Winograd, 10 to 36 % per layer on the AVX-512 CPU, see `tuner.py`.)
+that ran Winograd, 7 to 36 % per layer on the AVX-512 CPU, see `tuner.py`.)
 
 The 36 products run as one grouped 1x1 convolution on oneDNN (36 groups), with its kernels
 packed into oneDNN's blocked layout once per input shape (`TunedConv2d._kernels` in `conv.py`,
