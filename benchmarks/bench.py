@@ -241,7 +241,8 @@ def main() -> None:
     partial = args.quick or args.only or args.sizes or args.quality_iterations
     figure_path = args.figure or HERE / ("bench-quick.png" if partial else "bench.png")
     profile_folder = Path(tempfile.gettempdir()) / "styletransfer-bench" if partial else HERE
-    memory.tune()  # the allocator settings the server runs with
+    memory.preload("tcmalloc")  # the allocator the server runs on (starts the bench again)
+    memory.tune()  # and its settings, where that is glibc
     torch.manual_seed(0)
     weights = load_weights(args.weights)
     devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])

@@ -57,8 +57,20 @@ def parse_args(argv: list[str] | None) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGTERM or SIGINT; return the exit code."""
     settings = Settings(**parse_args(argv))  # type: ignore[arg-type]
+    if argv is None:  # the program itself, not a caller in this process: start again on it
+        memory.preload(settings.allocator)
     logs.configure(settings.log_format, settings.log_level)
     log = structlog.get_logger("service")
+    allocator = memory.running()
+    if settings.allocator == "tcmalloc" and allocator != "tcmalloc":
+        log.warning(
+            "allocator_fallback",
+            wanted="tcmalloc",
+            running=allocator,
+            reason=f"lib{memory.TCMALLOC} not found or not loadable (Debian: libtcmalloc-minimal4)",
+        )
+    else:
+        log.info("allocator", running=allocator)
     memory.tune()  # before any thread that runs jobs exists
 
     # Imported here so that `--help` answers without loading frameworks.

@@ -7,9 +7,11 @@ and says which tool is missing and how to get it.
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -26,7 +28,20 @@ def require(tool: str, how: str) -> str:
     found = str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else shutil.which(tool)
     if found:
         return found
-    message = f"{tool} is not installed; {how}"
+    missing(f"{tool} is not installed; {how}")
+
+
+def missing(message: str) -> NoReturn:
+    """Fail under CI, where the project's setup installs everything its tests use; else skip."""
     if under_ci():
         pytest.fail(f"{message} (CI=true: nothing may be skipped)")
     pytest.skip(message)
+
+
+def require_library(name: str, how: str) -> str:
+    """The shared library `name` (as in -l`name`), as the dynamic loader finds it; skip or fail
+    without it."""
+    found = ctypes.util.find_library(name)
+    if found:
+        return found
+    missing(f"lib{name} is not installed; {how}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import io
 import math
 import time
@@ -17,6 +16,7 @@ from backends.options import StyleOptions
 from backends.vgg import CONV_LAYERS, deepest, position
 from backends.weights.canonical import VGGWeights, random_weights
 from backends.weights.store import resolve
+from service import memory
 
 
 def images(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,28 +94,11 @@ def resident_mib() -> float:
     return _status_mib("VmRSS")
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            *("arena", "ordblks", "smblks", "hblks", "hblkhd"),
-            *("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"),
-        )
-    ]
-
-
 def heap_free_mib() -> float:
-    """Memory glibc's heap holds free (freed by the program and kept for reuse). It counts in the
-    resident size until the heap is trimmed, which hands the pages back but still counts them
-    here; NaN where the C library is not glibc 2.33 or later."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallinfo2 = libc.mallinfo2
-    except (OSError, AttributeError):
-        return math.nan
-    mallinfo2.restype = _MallInfo2
-    info = mallinfo2()
-    return float(info.fordblks) / 2**20
+    """Memory the allocator holds free (freed by the program and kept for reuse). It counts in
+    the resident size until it is handed back; NaN where the allocator cannot say."""
+    free = memory.free_bytes()
+    return math.nan if free is None else free / 2**20
 
 
 def reset_resident_peak() -> None:

@@ -48,6 +48,7 @@ from backends.objective import LBFGS_HISTORY
 from backends.options import StyleOptions
 from backends.vgg import CONV_LAYERS, feature_size
 from backends.weights.canonical import CAFFE_META, VGGWeights
+from service import memory
 from studies.common import (
     close,
     heap_free_mib,
@@ -396,6 +397,9 @@ def serve(impl: Implementation, out: TextIO) -> None:
         op = command["op"]
         if op == "quit":
             return
+        # Every implementation hands its allocator's free memory back before a job, as our
+        # server does after each (glibc trims its heap, tcmalloc returns its free spans).
+        memory.release()
         reset_resident_peak()
         before = resident_mib()
         size = command["size"]
@@ -453,7 +457,8 @@ def main() -> None:
     if args.implementation in ("pystiche", "pastiche"):
         sys.path.append(str(PEERS))  # after the environment's own packages: theirs come first
     impl = IMPLEMENTATIONS[args.implementation](load_weights(args.weights))
-    answer(out, {"ready": args.implementation, "threads": torch.get_num_threads()})
+    ready = {"ready": args.implementation, "threads": torch.get_num_threads(), "allocator": memory.running()}
+    answer(out, ready)
     serve(impl, out)
 
 

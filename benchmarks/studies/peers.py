@@ -27,11 +27,13 @@ import numpy as np
 from backends.base import BackendJob, StyleInput
 from backends.options import StyleOptions
 from backends.pytorch import PyTorchBackend
+from service import memory
 from studies.common import images
 
 RUNNER = Path(__file__).resolve().parent / "peerrun.py"
 PEER_NAMES = ("pystiche", "pastiche")  # the published ones; "best peer" is the faster of these
 PLAIN = "ours-plain"  # ours with PyTorch's own convolutions: no Winograd, nothing packed
+OURS = ("ours", PLAIN)
 
 
 class Worker:
@@ -41,8 +43,11 @@ class Worker:
     def __init__(self, name: str, weights: str | None) -> None:
         self.name = name
         argv = [sys.executable, str(RUNNER), name, *(["--weights", weights] if weights else [])]
+        # Ours runs on the allocator the server runs on (tcmalloc where installed); the others
+        # as they ship, on the C library's.
+        env = memory.environment("tcmalloc" if name in OURS else "system")
         self.process = subprocess.Popen(  # noqa: S603 - our own script, fixed arguments
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
         self.ready: dict[str, Any] = {}
 
@@ -143,6 +148,7 @@ class Peers:
     iterations: int
     rounds: int
     threads: dict[str, int] = field(default_factory=dict)
+    allocators: dict[str, str] = field(default_factory=dict)  # implementation -> malloc it ran on
 
     def ratio(self) -> float:
         """Median over sizes of the best peer's ms per iteration over ours."""
@@ -165,7 +171,8 @@ class Peers:
         names = ["ours", *plain, "reference", *(n for n in PEER_NAMES if n not in self.missing)]
         out = [
             f"\nours, the reference and the published peers, CPU float32, {self.iterations} timed "
-            f"iterations each in {self.rounds} alternating runs (a process each; threads {self.threads}):"
+            f"iterations each in {self.rounds} alternating runs (a process each; threads {self.threads}; "
+            f"allocators {self.allocators}):"
         ]
         for name, reason in self.missing.items():
             out.append(f"{name}: not measured ({reason})")
@@ -247,7 +254,8 @@ def peers(
         for worker in everyone.values():
             worker.close()
     threads = {n: int(w.ready.get("threads", 0)) for n, w in everyone.items()}
-    return Peers(rows, quality, missing, iterations, rounds, threads)
+    allocators = {n: str(w.ready.get("allocator", "?")) for n, w in everyone.items()}
+    return Peers(rows, quality, missing, iterations, rounds, threads, allocators)
 
 
 def _quality(backend: PyTorchBackend, ours: Worker, peer: Worker, size: int, iterations: int) -> PeerQuality:

@@ -1,4 +1,5 @@
-"""Cancelling a job gives its memory back: the server process's RSS returns to its idle level."""
+"""Cancelling a job gives its memory back: the server process's RSS returns to its idle level, on
+the allocator the server runs jobs on (tcmalloc, preloaded by the server itself)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from pathlib import Path
 import grpc
 import pytest
 import serverproc
+import toolchain
 from imaging import image_bytes
 from styletransfer.v1 import style_transfer_pb2 as pb
 from styletransfer.v1 import style_transfer_pb2_grpc as pb_grpc
+
+from service import memory
 
 SIZE = 192  # big enough that a job's tensors stand out from the allocator's noise
 
@@ -74,6 +78,9 @@ def test_cancelled_jobs_return_rss_to_the_idle_level(
 ) -> None:
     """After each of two cancelled 192 px jobs RSS is back within the allocators' slack of idle."""
     proc, port = server_process
+    library = toolchain.require_library(memory.TCMALLOC, "scripts/install-system-deps.sh installs it")
+    maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    assert library in maps, "the server should have started again with tcmalloc preloaded"
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.StyleTransferStub(channel)
         list(stub.Transfer(_request(3), timeout=120))  # same shapes once, so caches are warm
