@@ -186,7 +186,7 @@ class SpeedTable:
             )
         out.append(
             "GFLOP/s count the FLOPs of direct convolutions; the PyTorch float32 CPU rows run the deep "
-            "layers by Winograd's F(2x2,3x3), which multiplies 2.25x less, so they can pass 100 %."
+            "layers by Winograd's F(4x4,3x3), which multiplies 4x less, so they can pass 100 %."
         )
         for device, floor in self.floors.items():
             out.append(
