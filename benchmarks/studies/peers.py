@@ -5,8 +5,10 @@ of its own (`peerrun.py`), so that each one's peak resident memory is its own.
 Per size: median ms per iteration over the timed iterations, the runs alternating between the
 implementations (each run warms up first), and each process's peak resident memory over its
 runs. Then time to quality against each peer: the peer runs N iterations, its image is scored
-with our loss, and our defaults run until they reach that loss (optimization loops only, set-up
-left out on both sides). Also the scaling of each from 128 px up, each in a fresh process.
+with our loss, and our defaults run until they reach that loss; both timed as a caller waits,
+from the call that starts the job to the iteration, each one's set-up (targets; for pastiche also
+the evaluation its constructor makes) included. Also the scaling of each from 128 px up, each in
+a fresh process.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ class Peers:
                 f"time to quality against {q.peer} at {q.size} px: {q.peer} reaches our loss "
                 f"{q.target:.4g} after {q.iterations} iterations in {q.peer_seconds:.2f} s; "
                 f"our defaults reach it in {q.our_seconds:.2f} s ({q.our_iterations} iterations): "
-                f"{q.peer}/ours {q.ratio:.2f}x"
+                f"{q.peer}/ours {q.ratio:.2f}x (wall time from each job's call, set-up included)"
             )
         return out
 

@@ -52,7 +52,12 @@ def main() -> None:
             continue  # first-use costs of the framework, not the model's business
         measured = _status("VmHWM") - idle
         predicted = estimate(JobSpec(content, styles, JobOptions(style=options))).peak
-        case = {"side": side, "optimizer": optimizer.value, "style_side": style_side}
+        case = {
+            "side": side,
+            "optimizer": optimizer.value,
+            "style_side": style_side,
+            "allocator": memory.running(),
+        }
         print(json.dumps({**case, "measured": measured, "estimate": predicted}), flush=True)
 
 

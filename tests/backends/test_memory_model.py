@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import toolchain
+
+from service import memory
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_estimate_brackets_the_measured_peak_at_several_sizes() -> None:
+@pytest.mark.parametrize("allocator", ["tcmalloc", "system"])
+def test_the_estimate_brackets_the_measured_peak_at_several_sizes(allocator: memory.Allocator) -> None:
     """For every case: at least 90 % of the measured peak (an overrun kills the process, so the
-    model errs high), at most 1.6x it plus 160 MiB (a model too high refuses jobs that fit)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    model errs high), at most 1.6x it plus 160 MiB (a model too high refuses jobs that fit). On
+    both allocators the server can run on: tcmalloc (its default) and glibc."""
+    if allocator == "tcmalloc":
+        toolchain.require_library(memory.TCMALLOC, "scripts/install-system-deps.sh installs it")
+    env = {**memory.environment(allocator), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("memory_probe.py"))],
         capture_output=True,
@@ -26,6 +34,7 @@ def test_the_estimate_brackets_the_measured_peak_at_several_sizes() -> None:
     )
     cases = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(cases) == 4
+    assert all(case["allocator"] == ("glibc" if allocator == "system" else allocator) for case in cases)
     for case in cases:
         measured, estimate = case["measured"], case["estimate"]
         assert measured > 64 * MiB, case  # the probe measured a job, not noise
