@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+
+from service import memory
+
+if __name__ == "__main__":
+    # Start again on the allocator asked for before the settings and logging load (half a second
+    # each time, paid twice otherwise); `main` checks again for the console script's way in.
+    memory.preload(memory.requested(sys.argv[1:]))
+
 import argparse
 import signal
-import sys
 import time
 import typing
 from types import FrameType
 
 import structlog
 
-from service import logs, memory
+from service import logs
 from service.settings import Settings
 
 # A secret given as a flag would show in `ps`: these take files or environment variables only.

@@ -42,7 +42,7 @@ import ctypes.util
 import gc
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 Allocator = Literal["tcmalloc", "system"]
@@ -101,6 +101,20 @@ def environment(choice: Allocator, base: Mapping[str, str] | None = None) -> dic
         env.pop("LD_PRELOAD", None)
     env.pop(_PRELOADED, None)
     return env
+
+
+def requested(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Allocator:
+    """The allocator a server command line asks for, read before its settings are (so that
+    `preload` can run before anything heavy loads): `--allocator NAME` or `--allocator=NAME`,
+    else STYLETRANSFER_ALLOCATOR, else tcmalloc. A name other than tcmalloc preloads nothing;
+    the settings refuse one that is not an allocator."""
+    value = (os.environ if environ is None else environ).get("STYLETRANSFER_ALLOCATOR", "tcmalloc")
+    for index, arg in enumerate(argv):
+        if arg == "--allocator" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--allocator="):
+            value = arg.partition("=")[2]
+    return "tcmalloc" if value == "tcmalloc" else "system"
 
 
 def preload(choice: Allocator) -> None:

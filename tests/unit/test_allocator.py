@@ -162,3 +162,20 @@ def test_release_hands_tcmallocs_free_memory_back() -> None:
     assert name == "tcmalloc"
     assert float(free) > 400
     assert float(held) - float(after) > 400
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        ([], {}, "tcmalloc"),
+        (["--port", "0"], {"STYLETRANSFER_ALLOCATOR": "system"}, "system"),
+        (["--allocator", "system"], {}, "system"),
+        (["--allocator=system", "--port", "0"], {}, "system"),
+        (["--allocator", "tcmalloc"], {"STYLETRANSFER_ALLOCATOR": "system"}, "tcmalloc"),  # a flag wins
+        (["--allocator", "jemalloc"], {}, "system"),  # preloads nothing; the settings refuse it
+    ],
+)
+def test_requested_reads_the_flag_then_the_environment(
+    argv: list[str], environ: dict[str, str], expected: str
+) -> None:
+    assert memory.requested(argv, environ) == expected
