@@ -90,8 +90,8 @@ def main() -> None:
             runs = {
                 "forward": (partial(layer.compute, x, False), partial(layer.compute, x, True)),
                 "backward": (
-                    partial(layer.input_grad, x, grad, False),
-                    partial(layer.input_grad, x, grad, True),
+                    partial(layer.input_grad, x.shape, grad, False),
+                    partial(layer.input_grad, x.shape, grad, True),
                 ),
             }
             for direction, (direct, fast) in runs.items():

@@ -10,15 +10,23 @@ every job in it. So the job core refuses what would not fit, from a model of wha
   one pair per iteration), Adam two moments;
 * **computing style targets**, one style at a time without gradients: `STYLE_PASS` times the
   activation bytes of the largest style at its working size;
+* the **packed convolution kernels** the PyTorch backend holds for the job's shapes
+  (`kernel_bytes`): Winograd's transformed kernels, four times a layer's weights, per direction,
+  for the layers from 256 output channels whose input side is at least 32 (its tuner's rule);
+  counted in full, as a job that is the first of its size packs them afresh (315 MiB at 256 px);
 * a fixed `OVERHEAD` for the framework's buffers and threads.
 
 The constants were fitted to peaks measured on the 2-core AVX2 CPU with the PyTorch backend in
 float32 (peak RSS above the idle level, per job, after the heap is trimmed), on glibc, and
 `ACTIVATIONS` lowered from 2.0 to 1.6 when the server moved to tcmalloc, on which a 384 px job
 peaks lower (471 against 658 MiB above idle on the AVX-512 CPU: glibc's fresh pages for aligned
-blocks leave freed ones behind). `tests/backends/test_memory_model.py` checks the model against
+blocks leave freed ones behind), and to 1.4 when the trunk stopped keeping its convolutions'
+inputs and the ReLUs' outputs (a 384 px job on tcmalloc, kernels packed afresh: 608-683 MiB).
+`tests/backends/test_memory_model.py` checks the model against
 fresh measurements on both allocators at several sizes (256 and 384 px, both optimizers, a
-1024 px style): never below 90 % of the measured peak, never above 1.6 times it plus 160 MiB.
+1024 px style), each job in a fresh backend: never below 90 % of the measured peak, never above
+1.6 times it plus 160 MiB. (The kernels became a term of their own when the backend stopped
+packing them below side 32; before, a job's measurement after a smaller one had them already.)
 Below 256 px the fixed overhead dominates.
 bfloat16 is budgeted as float32 (the optimizer and the first layers stay float32). CUDA jobs
 count against the same host budget: a model of GPU memory is not built yet.
@@ -40,10 +48,32 @@ if TYPE_CHECKING:
 
 MiB = 1024 * 1024
 FLOAT = 4
-ACTIVATIONS = 1.6  # activations kept for the backward pass, and their gradients
+ACTIVATIONS = 1.4  # activations kept for the backward pass, and their gradients
 STYLE_PASS = 0.5  # a forward pass without gradients keeps only a few layers alive at once
 OVERHEAD = 256 * MiB  # framework buffers, threads, the L-BFGS closure's first evaluation
 LBFGS_HISTORY = 100  # correction pairs, as both backends keep
+# The PyTorch backend's Winograd layers (backends/pytorch/kernels/tuner.py: `MEMORY_SIDE` and
+# the rules' channels): 36 transformed values per 3x3 kernel, one set per direction.
+WINOGRAD_SIDE = 32
+WINOGRAD_MIN_IN, WINOGRAD_MIN_OUT = 128, 256
+WINOGRAD_VALUES = 36
+
+
+def kernel_bytes(height: int, width: int, deepest: str, directions: int = 2) -> int:
+    """Bytes of packed Winograd kernels for an input of this size, down to `deepest`, in
+    `directions` (2 when optimizing, 1 for a forward pass without gradients)."""
+    total = 0
+    for layer in vgg.LAYERS[: vgg.position(deepest) + 1]:
+        if layer.kind is not vgg.Kind.CONV:
+            continue
+        h, w = vgg.feature_size(layer.name, height, width)
+        if (
+            layer.in_channels >= WINOGRAD_MIN_IN
+            and layer.out_channels >= WINOGRAD_MIN_OUT
+            and min(h, w) >= WINOGRAD_SIDE
+        ):
+            total += WINOGRAD_VALUES * layer.in_channels * layer.out_channels * FLOAT
+    return total * directions
 
 
 def activation_bytes(height: int, width: int, deepest: str) -> int:
@@ -124,8 +154,18 @@ def estimate_shape(style: StyleOptions, shape: Shape) -> Estimate:
         state = 2 * min(iterations, LBFGS_HISTORY) * image + 4 * image
     else:
         state = 3 * image
-    optimizing = int(ACTIVATIONS * activation_bytes(height, width, deepest)) + state
-    styles = max((int(STYLE_PASS * activation_bytes(h, w, deepest)) for h, w in shape.styles), default=0)
+    optimizing = (
+        int(ACTIVATIONS * activation_bytes(height, width, deepest))
+        + state
+        + kernel_bytes(height, width, deepest)
+    )
+    styles = max(
+        (
+            int(STYLE_PASS * activation_bytes(h, w, deepest)) + kernel_bytes(h, w, deepest, directions=1)
+            for h, w in shape.styles
+        ),
+        default=0,
+    )
     # Once running, each style is held at its working size (uint8, and float32 in the backend).
     enlarged = sum((1 + FLOAT) * 3 * h * w for h, w in shape.styles)
     peak = max(optimizing, styles) + OVERHEAD + shape.held + enlarged

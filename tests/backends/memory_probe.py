@@ -36,9 +36,12 @@ def _status(field: str) -> int:
 
 def main() -> None:
     memory.tune()
-    backend = registry.create("pytorch", random_weights(0), style_cache_bytes=0)
+    weights = random_weights(0)
     rng = np.random.default_rng(0)
     for index, (side, iterations, optimizer, style_side) in enumerate(((64, 2, Optimizer.LBFGS, 64), *CASES)):
+        # A backend of its own per case, so that each job packs its convolution kernels afresh
+        # (as the first job of its size in a server does), not reusing the previous case's.
+        backend = registry.create("pytorch", weights, style_cache_bytes=0)
         content = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
         styles = (StyleInput(rng.integers(0, 256, (style_side, style_side, 3), dtype=np.uint8), 1.0),)
         options = StyleOptions(iterations=iterations, optimizer=optimizer)

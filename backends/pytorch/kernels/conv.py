@@ -16,22 +16,25 @@ from backends.pytorch.kernels.winograd import TILES, band_shape, conv3x3, transf
 
 class _Conv(torch.autograd.Function):
     """The trunk's 3x3 convolution (input gradient only: the weights are frozen). The forward
-    runs the way given; the backward the way the layer's tuner gives for its direction."""
+    runs the way given; the backward the way the layer's tuner gives for its direction.
+
+    It keeps nothing of its input but the shape: with frozen weights the input gradient does not
+    read the input. (PyTorch's own convolution keeps its input for the weights' gradient. Where
+    that input is the out-of-place ReLU after a layer whose output a loss reads, nothing else
+    keeps it: conv1_2's input at 512 px is 64 MiB held through the backward pass for nothing.)
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: TunedConv2d, winograd: bool) -> torch.Tensor:
         ctx.layer = layer
-        # The direct input gradient reads x's shape and layout; x is kept alive by the ReLU
-        # before it anyway.
-        ctx.save_for_backward(x)
+        ctx.shape = x.shape
+        ctx.winograd = x.dtype == torch.float32 and layer.eligible(x) and layer.way(x, "backward")
         return layer.compute(x, winograd)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (x,) = ctx.saved_tensors
         layer: TunedConv2d = ctx.layer
-        winograd = x.dtype == torch.float32 and layer.way(x, "backward")
-        return layer.input_grad(x, grad, winograd), None, None
+        return layer.input_grad(ctx.shape, grad, ctx.winograd), None, None
 
 
 class TunedConv2d(nn.Conv2d):
@@ -72,15 +75,13 @@ class TunedConv2d(nn.Conv2d):
             and capabilities.current().onednn
         )
 
+    def _float32(self, x: torch.Tensor) -> bool:
+        """Whether this input runs in float32 through `_Conv` (either way)."""
+        return self._standard(x) and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
     def eligible(self, x: torch.Tensor) -> bool:
         """Whether this float32 input may run Winograd at all (the tuner then decides)."""
-        return (
-            self._standard(x)
-            and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and self.in_channels >= MIN_CHANNELS
-            and min(x.shape[-2:]) >= MIN_SIDE
-        )
+        return self._float32(x) and self.in_channels >= MIN_CHANNELS and min(x.shape[-2:]) >= MIN_SIDE
 
     def packs_bfloat16(self, x: torch.Tensor) -> bool:
         """Whether this input runs in bfloat16 under CPU autocast, with packed bfloat16 kernels
@@ -114,6 +115,10 @@ class TunedConv2d(nn.Conv2d):
             with self.tuner.packing:
                 packed = self._packed.get(key)
                 if packed is None or packed[0] != shape:
+                    # The old layout goes first (the table's reference and this one): both alive
+                    # at once held a layer's kernels twice while it packed.
+                    self._packed.pop(key, None)
+                    packed = None
                     packed = shape, self._pack(winograd, input_grad, x, shape)
                     self._packed[key] = packed
         return packed[1]
@@ -129,8 +134,8 @@ class TunedConv2d(nn.Conv2d):
         if input_grad:
             weight = weight.flip(2, 3).transpose(0, 1)
         if winograd:
-            return packing.pack(transform_weight(weight).to(x.dtype), TILES, 0, shape)
-        return packing.pack(weight.to(x.dtype), 1, 1, shape)
+            return packing.pack(lambda: transform_weight(weight).to(x.dtype), TILES, 0, shape)
+        return packing.pack(lambda: weight.to(x.dtype), 1, 1, shape)
 
     def _bias(self, winograd: bool, dtype: torch.dtype) -> torch.Tensor | None:
         key = (winograd, dtype)
@@ -147,15 +152,18 @@ class TunedConv2d(nn.Conv2d):
             return packing.conv(x, self._kernels(False, False, x), self._bias(False, x.dtype), padding=1)
         return functional.conv2d(x, self.weight, self.bias, padding=1)
 
-    def input_grad(self, x: torch.Tensor, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
-        """The gradient with respect to the layer's input x, one way or the other."""
+    def input_grad(self, shape: torch.Size, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
+        """The gradient with respect to the layer's input (of `shape`), one way or the other."""
         grad = grad.contiguous(memory_format=torch.channels_last)
         if winograd:
             return conv3x3(grad, self._kernels(True, True, grad))
         if grad.dtype == torch.bfloat16:
             return packing.conv(grad, self._kernels(False, True, grad), None, padding=1)
+        # The input only lends its shape (as in torch.nn.grad.conv2d_input): one element, not a
+        # copy of the activations; the result is the same to the bit and as fast.
+        stand_in = grad.new_empty(1).expand(shape)
         result: torch.Tensor = torch.ops.aten.convolution_backward(
-            grad, x, self.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+            grad, stand_in, self.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
         )[0]
         return result
 
@@ -165,8 +173,8 @@ class TunedConv2d(nn.Conv2d):
         return bool(getattr(plan, direction))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.eligible(x):
-            winograd = self.way(x, "forward")
+        if self._float32(x):
+            winograd = self.eligible(x) and self.way(x, "forward")
             if not torch.is_grad_enabled():
                 return self.compute(x, winograd)
         elif self.packs_bfloat16(x):

