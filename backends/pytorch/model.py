@@ -110,13 +110,6 @@ class _RequestedReLU(torch.autograd.Function):
         return result
 
 
-def _requested_relu(x: torch.Tensor) -> torch.Tensor:
-    if torch.is_grad_enabled() and x.requires_grad:
-        result: torch.Tensor = _RequestedReLU.apply(x)
-        return result
-    return torch.relu(x)
-
-
 class _MaskedReLU(torch.autograd.Function):
     """In-place ReLU that keeps, for its backward, where its input was positive (one byte a value)
     instead of its output (four): in the tuned trunk nothing else keeps that output, since the
@@ -147,6 +140,8 @@ class _MaxPool(torch.autograd.Function):
         out, indices = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
         ctx.save_for_backward(indices)
         ctx.input_shape = x.shape
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         result: torch.Tensor = out
         return result
 
@@ -156,7 +151,7 @@ class _MaxPool(torch.autograd.Function):
         # The result's own (uninitialized) memory stands in for the input, which lends only its
         # shape and layout (a zero-stride stand-in took the slow path: 14.9 against 1.5 ms).
         result = torch.empty(
-            ctx.input_shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last
+            ctx.input_shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.memory_format
         )
         torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
             grad, result, [2, 2], [2, 2], [0, 0], [1, 1], False, indices, grad_input=result
@@ -180,9 +175,10 @@ class VGGFeatures(nn.Module):
         self.wanted = {position(name): name for name in layers}
         self.average_pooling = average_pooling
         # With tuned convolutions on the CPU, which keep no input, the ReLUs and pools keep no
-        # activation either (`_MaskedReLU`, `_MaxPool`): 25 MiB less at 256 px, as fast (same
-        # run, alternating: 332-349 against 326-354 ms). PyTorch's own convolutions (the plain
-        # trunk, CUDA) keep their inputs anyway.
+        # activation either (`_RequestedReLU`, `_MaskedReLU`, `_MaxPool`; the last two: 25 MiB
+        # less at 256 px on the 2-core AVX-512 EPYC, as fast (same
+        # run, alternating: 332-349 against 326-354 ms)). PyTorch's own convolutions (the plain
+        # trunk, CUDA) keep their inputs, and so the ReLUs' outputs, anyway.
         self.lean = any(isinstance(m, TunedConv2d) for m in self.trunk)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -190,10 +186,11 @@ class VGGFeatures(nn.Module):
         for index, module in enumerate(self.trunk):
             lean = self.lean and x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad
             if isinstance(module, nn.ReLU):
-                if (index - 1) in self.wanted:
-                    x = _requested_relu(x)
+                requested = (index - 1) in self.wanted
+                if lean:
+                    x = _RequestedReLU.apply(x) if requested else _MaskedReLU.apply(x)
                 else:
-                    x = _MaskedReLU.apply(x) if lean else torch.relu_(x)
+                    x = torch.relu(x) if requested else torch.relu_(x)
             elif isinstance(module, nn.MaxPool2d) and self.average_pooling:
                 x = functional.avg_pool2d(x, kernel_size=2, stride=2)
             elif isinstance(module, nn.MaxPool2d) and lean:

