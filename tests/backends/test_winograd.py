@@ -125,20 +125,19 @@ CLASSES = {
 
 
 @pytest.mark.parametrize(
-    ("cpu_class", "block2_up_to_128", "block3"),
+    ("cpu_class", "block2", "block3"),
     [("avx512", False, True), ("avx2", True, True), ("other", False, False)],
 )
 def test_the_table_gives_winograd_where_it_was_measured_to_pay(
-    cpu_class: str, block2_up_to_128: bool, block3: bool
+    cpu_class: str, block2: bool, block3: bool
 ) -> None:
-    """Block 2 (128 channels) takes Winograd on AVX2 only and up to 128x128, blocks 3 to 5 on both
+    """Block 2 (128 channels) takes Winograd on AVX2 only, at every side, blocks 3 to 5 on both
     AVX2 and AVX-512 from side 32 up (below it their kernels' memory buys too little time), both
     directions alike; a CPU class never measured runs direct."""
     with capabilities.overridden(cpu_flags=CLASSES[cpu_class]) as caps:
         assert caps.cpu_class == cpu_class
-        for side in (8, 32, 128):
-            assert tuner.choose(caps, 128, 128, side, side) == Plan(block2_up_to_128, block2_up_to_128)
-        assert tuner.choose(caps, 128, 128, 256, 256) == Plan(False, False)
+        for side in (8, 32, 128, 256, 512):
+            assert tuner.choose(caps, 128, 128, side, side) == Plan(block2, block2)
         for c_in, c_out, side in ((128, 256, 64), (256, 256, 32), (256, 512, 32), (512, 512, 32)):
             assert tuner.choose(caps, c_in, c_out, side, side) == Plan(block3, block3)
         for c_in, c_out, side in ((256, 256, 16), (256, 512, 16), (512, 512, 16), (512, 512, 8)):
@@ -152,14 +151,14 @@ def test_the_table_gives_winograd_where_it_was_measured_to_pay(
 def test_the_kernels_a_job_packs_grow_with_its_size(cpu_class: str, size: int, mib: int) -> None:
     """What a float32 job at each size packs, forward and backward: block 3's kernels at 128 px
     (63 MiB), blocks 3 and 4 at 256 px, blocks 3 to 5 at 512 px (387 MiB); on AVX2 block 2's
-    4.5 MiB more up to 512 px. Counted from a real pass through the trunk."""
+    4.5 MiB more. Counted from a real pass through the trunk."""
     with capabilities.overridden(cpu_flags=CLASSES[cpu_class]):
         trunk = build_trunk(random_weights(0), tuner=Tuner())
         net = VGGFeatures(trunk, ["conv5_1"])
         pixels = torch.zeros(1, 3, size, size, requires_grad=True)
         net(pixels)["conv5_1"].sum().backward()
         packed = sum(m.packed_bytes() for m in trunk if isinstance(m, TunedConv2d))
-    block2 = 2 * 36 * 128 * 128 * 4 if cpu_class == "avx2" and size <= 256 else 0
+    block2 = 2 * 36 * 128 * 128 * 4 if cpu_class == "avx2" else 0
     assert abs(packed - block2 - mib * 2**20) < 2**20
     # The memory admission model counts the same kernels.
     assert admission.kernel_bytes(size, size, "conv5_1") == packed - block2
