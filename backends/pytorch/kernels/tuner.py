@@ -17,19 +17,17 @@ images for the same seed. The table is drawn from `benchmarks/winograd_shapes.py
   the activations, cost more memory traffic than the products save, so blocks 1 and 2 stay
   direct. (The earlier F(2x2, 3x3) won by less: 256 channels at 64x64 0.76, 512 at 32x32 0.64;
   block 2 lost by up to 2.7x.)
-- 2-core AVX2 CPU (AMD EPYC, no AVX-512; one thread, the machine being shared), measured with
-  F(2x2, 3x3) and not yet with F(4x4), which does fewer products (36 per 16 outputs against
-  16 per 4) over fewer transformed tiles (2.25 times the input against 4 times): Winograd won at
-  every eligible VGG19 shape from 64 to 512 px, both directions, by more than on AVX-512,
-  because the direct kernel here is bound by arithmetic (about 90 GFLOP/s a core against 260),
-  not memory: 512 channels at 8x8 4.7 -> 3.1 ms, at 32x32 57 -> 29 ms, at 64x64 219 -> 124 ms;
-  256 at 64x64 50 -> 32 ms; 128 -> 256 at 128x128 99 -> 74 ms; and even block 2's 128 channels
-  at 32x32 to 128x128 (3.2 -> 2.8, 12.7 -> 10.5, 51 -> 42 ms), which AVX-512 runs direct. Only
-  128 channels at 256x256 (a 512 px job's conv2_2) is a tie (203 -> 198 ms, 0.97), left direct.
-  Layers with 64 input channels lose here too (conv1_2 and conv2_1: 1.01 to 1.50 times the
-  direct time), so `MIN_CHANNELS` holds on both. A whole float32 iteration, all direct against
-  this table (one thread, loaded machine): 95 -> 75 ms at 64 px, 301 -> 238 ms at 128, 1144 ->
-  860 ms at 256.
+- 2-core AVX2 CPU (AMD EPYC, AVX2 and FMA, no AVX-512), F(4x4, 3x3), 2 threads, best of 4
+  interleaved runs (2026-12-03): Winograd wins at every eligible shape, both directions, by more
+  than on AVX-512, because the direct kernel here is bound by arithmetic (about 155 GFLOP/s for
+  the two cores at 512 channels, 64x64), not memory: 512 channels at 8x8 0.63-0.68, at 16x16
+  0.56-0.65, at 32x32 0.38-0.42 (32.6 -> 13.8 ms), at 64x64 0.36-0.39 (125 -> 45 ms); 256 at
+  64x64 0.46-0.50; 128 -> 256 at 32x32 0.74-0.94, at 128x128 0.55; and block 2's 128 -> 128,
+  which AVX-512 runs direct, 0.79 at 64x64, 0.63-0.65 at 128x128 and 0.71-0.79 at 256x256 (127
+  -> 101 ms forward). Layers with 64 input channels mostly lose (conv1_2 0.91-1.46; conv2_1
+  0.75-1.06), so `MIN_CHANNELS` holds on both. (Measured earlier with F(2x2, 3x3), one thread,
+  on a loaded machine: a whole float32 iteration, all direct against this table's blocks 2 to 5,
+  95 -> 75 ms at 64 px, 301 -> 238 ms at 128, 1144 -> 860 ms at 256.)
 
 Winograd's kernels cost memory as well as saving time: a layer's kernels, transformed to 6x6
 tiles, are four times its weights, packed once per direction (a 512-channel layer holds 75 MiB).
