@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +19,21 @@ from PIL import Image
 
 
 def build(script: Path, tools: Sequence[str], how: str) -> str:
-    """Run a client's build.sh once the tools it needs are there; return its output."""
+    """Run a client's build.sh once the tools it needs are there; return its output.
+
+    One build of a client at a time, across processes: the tiers run on several pytest workers,
+    each of which builds the clients its tests need, and two `npm ci` (or CMake) runs in one
+    folder at once break each other. The second waits for the first and finds its work done."""
     for tool in tools:
         toolchain.require(tool, how)
     started = time.monotonic()
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600, check=False)
+    lock = (
+        Path(tempfile.gettempdir())
+        / f"styletransfer-build-{hashlib.sha256(bytes(script.resolve())).hexdigest()[:16]}.lock"
+    )
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600, check=False)
     output = done.stdout + done.stderr
     print(f"\n{script.relative_to(toolchain.ROOT)} took {time.monotonic() - started:.1f} s\n{output}", end="")
     assert done.returncode == 0, f"{script} failed:\n{output}"
