@@ -183,8 +183,10 @@ class VGGFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        # Every activation follows the input here: on its device, and needing gradients exactly
+        # when the input does (the weights are frozen).
+        lean = self.lean and x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad
         for index, module in enumerate(self.trunk):
-            lean = self.lean and x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad
             if isinstance(module, nn.ReLU):
                 requested = (index - 1) in self.wanted
                 if lean:

@@ -115,8 +115,8 @@ class TunedConv2d(nn.Conv2d):
             with self.tuner.packing:
                 packed = self._packed.get(key)
                 if packed is None or packed[0] != shape:
-                    # The old layout goes first (the table's reference and this one): both alive
-                    # at once held a layer's kernels twice while it packed.
+                    # The old layout goes first, the table's reference and this frame's: both
+                    # alive at once held a layer's kernels twice while it packed.
                     self._packed.pop(key, None)
                     packed = None
                     packed = shape, self._pack(winograd, input_grad, x, shape)
