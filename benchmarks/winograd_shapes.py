@@ -61,7 +61,7 @@ def main() -> None:
         "--min-channels",
         type=int,
         default=kernels.MIN_CHANNELS,
-        help="also measure shallower layers, which never run Winograd (64: block 1 but its first layer)",
+        help="only layers with at least this many input channels (default: all that may run Winograd)",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: as the server runs, all cores)"

@@ -1,12 +1,13 @@
 """What this machine's CPU, GPUs and PyTorch build can do, found out once per process.
 
 Every speed path of the PyTorch backend asks here rather than assuming: the packed oneDNN
-kernels and Winograd (`kernels/`), bfloat16 autocast (`backend.py`), and which table of
-per-shape choices applies. The CPU's instruction sets come from /proc/cpuinfo (and PyTorch's own
-checks where that file is absent); whether oneDNN can run bfloat16 kernels is found by trying:
-a tiny bfloat16 weight is reordered into oneDNN's blocked layout, which raises on CPUs that have
-neither AVX-512 (BW, VL and DQ) nor AVX-NE-CONVERT ("bf16 path needs the cpu support ..."), and
-also where oneDNN is capped below them (`ONEDNN_MAX_CPU_ISA`), which no flag says.
+kernels, Winograd and whether its compiled transforms loaded (`kernels/`), bfloat16 autocast
+(`backend.py`), and which table of per-shape choices applies. The CPU's instruction sets come
+from /proc/cpuinfo (and PyTorch's own checks where that file is absent); whether oneDNN can
+run bfloat16 kernels is found by trying: a tiny bfloat16 weight is reordered into oneDNN's
+blocked layout, which raises on CPUs that have neither AVX-512 (BW, VL and DQ) nor
+AVX-NE-CONVERT ("bf16 path needs the cpu support ..."), and also where oneDNN is capped below
+them (`ONEDNN_MAX_CPU_ISA`), which no flag says.
 
 `current()` is what the code calls; tests force a capability off with `overridden(...)`.
 """
@@ -68,6 +69,7 @@ class Capabilities:
     onednn_bfloat16: bool  # the probe above succeeded
     onednn_bfloat16_error: str  # what the probe raised, when it failed
     cuda: tuple[CudaDevice, ...] = ()
+    native_transforms: bool = False  # Winograd's tile transforms compiled (`kernels/native.py`)
 
     @property
     def avx512(self) -> bool:
@@ -111,6 +113,7 @@ class Capabilities:
         found = [flag for flag in CPU_FLAGS if flag in self.cpu_flags]
         found += ["onednn"] * self.onednn + ["onednn_packed"] * self.packed_kernels
         found += ["onednn_bf16"] * self.cpu_bfloat16
+        found += ["winograd_native"] * self.native_transforms
         for device in self.cuda:
             found.append(f"cuda_sm{device.capability[0]}{device.capability[1]}")
         if self.cuda and all(d.tf32 for d in self.cuda):
@@ -173,6 +176,8 @@ def _cuda_devices() -> tuple[CudaDevice, ...]:
 @functools.cache
 def detect() -> Capabilities:
     """Find out, once per process."""
+    from backends.pytorch.kernels import native  # the kernels package reads this module
+
     bfloat16, error = _probe_bfloat16()
     return Capabilities(
         cpu_flags=_cpu_flags() & frozenset(CPU_FLAGS),
@@ -182,6 +187,7 @@ def detect() -> Capabilities:
         onednn_bfloat16=bfloat16,
         onednn_bfloat16_error=error,
         cuda=_cuda_devices(),
+        native_transforms=native.available(),
     )
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional
 
 from backends.pytorch import PyTorchBackend, capabilities
-from backends.pytorch.kernels import Plan, TunedConv2d, Tuner, tuner, winograd
+from backends.pytorch.kernels import Plan, TunedConv2d, Tuner, native, tuner, winograd
 from backends.pytorch.kernels.winograd import conv3x3, transform_bias, transform_weight
 from backends.pytorch.model import VGGFeatures, build_trunk
 from backends.weights.canonical import random_weights
@@ -42,9 +42,26 @@ def _input(channels: int, height: int, width: int, seed: int = 1) -> torch.Tenso
     )
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def transforms(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test of `conv3x3` runs with the compiled transforms and with PyTorch's operations."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "serves", lambda x: False)
+    return str(request.param)
+
+
+def test_the_compiled_transforms_are_built() -> None:
+    # `make setup` builds them (setup.py); without them the trunk is several times slower.
+    assert native.available()
+    assert capabilities.current().native_transforms
+    assert "winograd_native" in capabilities.current().names()
+
+
 @pytest.mark.parametrize(("height", "width"), [(16, 16), (15, 9), (8, 13)])
 @pytest.mark.parametrize(("c_in", "c_out"), [(8, 8), (6, 10)])
-def test_conv3x3_equals_the_direct_convolution(height: int, width: int, c_in: int, c_out: int) -> None:
+def test_conv3x3_equals_the_direct_convolution(
+    transforms: str, height: int, width: int, c_in: int, c_out: int
+) -> None:
     layer = _layer(c_in, c_out)
     x = _input(c_in, height, width)
     expected = functional.conv2d(x.double(), layer.weight.double(), layer.bias.double(), padding=1)
@@ -57,7 +74,7 @@ def test_conv3x3_equals_the_direct_convolution(height: int, width: int, c_in: in
 
 @pytest.mark.parametrize("rows_per_band", [1, 2, 3])
 def test_large_images_run_in_bands_with_the_same_result(
-    monkeypatch: pytest.MonkeyPatch, rows_per_band: int
+    monkeypatch: pytest.MonkeyPatch, transforms: str, rows_per_band: int
 ) -> None:
     layer = _layer(8, 6)
     x = _input(8, 30, 12)  # 8 tile rows: bands of 1, 2 and 3 (three bands, the last padded)
@@ -71,11 +88,49 @@ def test_large_images_run_in_bands_with_the_same_result(
     assert torch.allclose(banded, whole, rtol=0, atol=1e-6)
 
 
-def test_the_bias_reaches_every_output_once() -> None:
+def test_the_bias_reaches_every_output_once(transforms: str) -> None:
     layer = _layer(4, 5)
     x = torch.zeros(1, 4, 6, 7).contiguous(memory_format=torch.channels_last)
     got = conv3x3(x, transform_weight(layer.weight), transform_bias(layer.bias, 5))
     assert torch.allclose(got, layer.bias.view(1, 5, 1, 1).expand_as(got), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("n", "channels", "out_channels", "height", "width"), [(2, 70, 130, 21, 18), (1, 128, 64, 33, 40)]
+)
+def test_compiled_and_torch_transforms_agree(
+    monkeypatch: pytest.MonkeyPatch, n: int, channels: int, out_channels: int, height: int, width: int
+) -> None:
+    # Channel counts that are not multiples of the library's 64-channel step, two images, sides
+    # that leave partial tiles at the bottom and right: the compiled path and PyTorch's
+    # operations compute the same transforms, up to the order of additions (each is within
+    # 8e-6 of float64 here, and of the other within 5e-6; a wrong tile or edge is off by O(1)).
+    layer = _layer(channels, out_channels)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(n, channels, height, width, generator=generator).contiguous(
+        memory_format=torch.channels_last
+    )
+    u, bias = transform_weight(layer.weight), transform_bias(layer.bias, out_channels)
+    assert native.serves(x)
+    compiled = conv3x3(x, u, bias)
+    monkeypatch.setattr(native, "serves", lambda x: False)
+    reference = conv3x3(x, u, bias)
+    scale = reference.abs().max().item()
+    assert compiled.shape == reference.shape == (n, out_channels, height, width)
+    assert torch.allclose(compiled, reference, rtol=0, atol=1e-5 * scale)
+    expected = functional.conv2d(x.double(), layer.weight.double(), layer.bias.double(), padding=1)
+    assert torch.allclose(compiled.double(), expected, rtol=0, atol=2e-5 * expected.abs().max().item())
+
+
+def test_the_compiled_transforms_refuse_what_they_do_not_serve() -> None:
+    x = torch.randn(1, 8, 6, 6)  # contiguous, not channels-last
+    assert not native.serves(x)
+    assert not native.serves(x.double().contiguous(memory_format=torch.channels_last))
+    # conv3x3 still computes it, with PyTorch's operations.
+    layer = _layer(8, 8)
+    got = conv3x3(x, transform_weight(layer.weight), transform_bias(layer.bias, 8))
+    expected = functional.conv2d(x, layer.weight, layer.bias, padding=1)
+    assert torch.allclose(got, expected, atol=2e-5 * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("plan", [Plan(True, True), Plan(True, False), Plan(False, True)])
@@ -125,16 +180,17 @@ CLASSES = {
 
 
 @pytest.mark.parametrize(
-    ("cpu_class", "block2", "block3"),
-    [("avx512", False, True), ("avx2", True, True), ("other", False, False)],
+    ("cpu_class", "block1", "block2", "block3"),
+    [("avx512", False, False, True), ("avx2", True, True, True), ("other", False, False, False)],
 )
 def test_the_table_gives_winograd_where_it_was_measured_to_pay(
-    cpu_class: str, block2: bool, block3: bool
+    cpu_class: str, block1: bool, block2: bool, block3: bool
 ) -> None:
-    """Block 2 (128 channels) takes Winograd on AVX2 only, at every side, blocks 3 to 5 on both
-    AVX2 and AVX-512 from side 32 up (below it their kernels' memory buys too little time), both
-    directions alike; a CPU class never measured runs direct."""
-    with capabilities.overridden(cpu_flags=CLASSES[cpu_class]) as caps:
+    """Blocks 1 and 2 (but conv1_1) take Winograd on AVX2 only, at every side (64 input channels
+    only with the compiled transforms), blocks 3 to 5 on both AVX2 and AVX-512 from side 32 up
+    (below it their kernels' memory buys too little time), both directions alike; a CPU class
+    never measured runs direct."""
+    with capabilities.overridden(cpu_flags=CLASSES[cpu_class], native_transforms=True) as caps:
         assert caps.cpu_class == cpu_class
         for side in (8, 32, 128, 256, 512):
             assert tuner.choose(caps, 128, 128, side, side) == Plan(block2, block2)
@@ -144,21 +200,28 @@ def test_the_table_gives_winograd_where_it_was_measured_to_pay(
             assert tuner.choose(caps, c_in, c_out, side, side) == Plan(False, False)
         # A side between the rule's ends counts by the shorter one.
         assert tuner.choose(caps, 512, 512, 16, 64) == Plan(False, False)
+        # 64 input channels (conv1_2, conv2_1): on AVX2 with the compiled transforms only.
+        for c_out, side in ((64, 512), (64, 8), (128, 256), (128, 16)):
+            assert tuner.choose(caps, 64, c_out, side, side) == Plan(block1, block1)
+        assert tuner.choose(caps, 3, 64, 256, 256) == Plan(False, False)  # conv1_1: never
+    with capabilities.overridden(cpu_flags=CLASSES[cpu_class], native_transforms=False) as caps:
+        assert tuner.choose(caps, 64, 64, 256, 256) == Plan(False, False)
+        assert tuner.choose(caps, 128, 128, 256, 256) == Plan(block2, block2)
 
 
 @pytest.mark.parametrize("cpu_class", ["avx512", "avx2"])
 @pytest.mark.parametrize(("size", "mib"), [(128, 63), (256, 315), (512, 387)])
 def test_the_kernels_a_job_packs_grow_with_its_size(cpu_class: str, size: int, mib: int) -> None:
     """What a float32 job at each size packs, forward and backward: block 3's kernels at 128 px
-    (63 MiB), blocks 3 and 4 at 256 px, blocks 3 to 5 at 512 px (387 MiB); on AVX2 block 2's
-    4.5 MiB more. Counted from a real pass through the trunk."""
+    (63 MiB), blocks 3 and 4 at 256 px, blocks 3 to 5 at 512 px (387 MiB); on AVX2 conv1_2's,
+    conv2_1's and conv2_2's 7.9 MiB more. Counted from a real pass through the trunk."""
     with capabilities.overridden(cpu_flags=CLASSES[cpu_class]):
         trunk = build_trunk(random_weights(0), tuner=Tuner())
         net = VGGFeatures(trunk, ["conv5_1"])
         pixels = torch.zeros(1, 3, size, size, requires_grad=True)
         net(pixels)["conv5_1"].sum().backward()
         packed = sum(m.packed_bytes() for m in trunk if isinstance(m, TunedConv2d))
-    block2 = 2 * 36 * 128 * 128 * 4 if cpu_class == "avx2" else 0
+    block2 = 2 * 36 * (64 * 64 + 64 * 128 + 128 * 128) * 4 if cpu_class == "avx2" else 0
     assert abs(packed - block2 - mib * 2**20) < 2**20
     # The memory admission model counts the same kernels.
     assert admission.kernel_bytes(size, size, "conv5_1") == packed - block2

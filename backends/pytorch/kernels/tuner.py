@@ -24,8 +24,13 @@ images for the same seed. The table is drawn from `benchmarks/winograd_shapes.py
   0.56-0.65, at 32x32 0.38-0.42 (32.6 -> 13.8 ms), at 64x64 0.36-0.39 (125 -> 45 ms); 256 at
   64x64 0.46-0.50; 128 -> 256 at 32x32 0.74-0.94, at 128x128 0.55; and block 2's 128 -> 128,
   which AVX-512 runs direct, 0.79 at 64x64, 0.63-0.65 at 128x128 and 0.71-0.79 at 256x256 (127
-  -> 101 ms forward). Layers with 64 input channels mostly lose (conv1_2 0.91-1.46; conv2_1
-  0.75-1.06), so `MIN_CHANNELS` holds on both. (Measured earlier with F(2x2, 3x3), one thread,
+  -> 101 ms forward). Layers with 64 input channels mostly lost (conv1_2 0.91-1.46; conv2_1
+  0.75-1.06) while the transforms ran as PyTorch operations. With the compiled transforms
+  (`native.py`; 2026-12-03, same machine, best of 4) every shape wins, both directions: conv1_2
+  0.54-0.75 (512x512: 180 -> 105 ms), conv2_1 0.52-0.75, conv2_2 0.43-0.57, blocks 3 to 5 at
+  side 32 and up 0.32-0.48, at 16x16 0.46-0.54 and at 8x8 0.53-0.78; so blocks 1 and 2 (but
+  conv1_1, 3 input channels) run Winograd at every side where the library is loaded.
+  (Measured earlier with F(2x2, 3x3), one thread,
   on a loaded machine: a whole float32 iteration, all direct against this table's blocks 2 to 5,
   95 -> 75 ms at 64 px, 301 -> 238 ms at 128, 1144 -> 860 ms at 256.)
 
@@ -65,9 +70,9 @@ from typing import NamedTuple
 
 from backends.pytorch import capabilities
 
-# Layers with fewer input channels, or smaller images, never run Winograd: their tiles cost
-# more than they save on every CPU measured.
-MIN_CHANNELS = 128
+# Layers with fewer input channels (conv1_1's 3), or smaller images, never run Winograd: their
+# tiles cost more than they save on every CPU measured.
+MIN_CHANNELS = 64
 MIN_SIDE = 8
 # Blocks 3 to 5 run Winograd from this side up: below it their kernels' memory saved least time
 # (see the module's docstring).
@@ -93,10 +98,14 @@ class Rule:
     forward: bool = True
     backward: bool = True
     max_out: int = 1 << 30
+    # Only with the compiled transforms (`native.py`): PyTorch's operations for them cost more
+    # than Winograd saves at this rule's shapes.
+    native: bool = False
 
-    def covers(self, in_channels: int, out_channels: int, side: int) -> bool:
+    def covers(self, in_channels: int, out_channels: int, side: int, native: bool = True) -> bool:
         return (
-            in_channels >= self.min_in
+            (native or not self.native)
+            and in_channels >= self.min_in
             and self.min_out <= out_channels <= self.max_out
             and self.min_side <= side <= self.max_side
         )
@@ -107,12 +116,15 @@ class Rule:
 RULES: dict[str, tuple[Rule, ...]] = {
     # Blocks 3 to 5 (256 and 512 output channels) from side 32 (their kernels' memory, see
     # above); block 2 lost at every side (1.05-1.15).
-    "avx512": (Rule(MIN_CHANNELS, 256, min_side=MEMORY_SIDE),),
+    "avx512": (Rule(128, 256, min_side=MEMORY_SIDE),),
     # Blocks 3 to 5 from side 32, and block 2's conv2_2 (128 -> 128, 4.5 MiB of kernels) at
-    # every side: 0.63-0.79 of the direct time with F(4x4), 256x256 included.
+    # every side: 0.63-0.79 of the direct time with F(4x4), 256x256 included, and 0.43-0.57
+    # with the compiled transforms; with them, block 1's conv1_2 and block 2's conv2_1 (64
+    # input channels; 0.6 and 1.1 MiB of kernels a direction) at every side too: 0.54-0.75.
     "avx2": (
-        Rule(MIN_CHANNELS, 256, min_side=MEMORY_SIDE),
-        Rule(MIN_CHANNELS, MIN_CHANNELS, max_out=MIN_CHANNELS),
+        Rule(128, 256, min_side=MEMORY_SIDE),
+        Rule(128, 128, max_out=128),
+        Rule(64, 64, max_out=128, native=True),
     ),
 }
 
@@ -130,7 +142,11 @@ def choose(
     the same arithmetic (timing, as this module once did, picked differently from one process to
     the next, and L-BFGS turned the rounding differences into different images)."""
     side = min(height, width)
-    found = [r for r in rules.get(caps.cpu_class, ()) if r.covers(in_channels, out_channels, side)]
+    found = [
+        r
+        for r in rules.get(caps.cpu_class, ())
+        if r.covers(in_channels, out_channels, side, caps.native_transforms)
+    ]
     return Plan(any(r.forward for r in found), any(r.backward for r in found))
 
 
@@ -139,13 +155,19 @@ def rule_text(caps: capabilities.Capabilities) -> str:
     rules = RULES.get(caps.cpu_class, ())
     if not rules:
         return "direct everywhere"
-    return "; ".join(
-        f"Winograd {'forward' if r.forward else ''}{' and ' if r.forward and r.backward else ''}"
-        f"{'backward' if r.backward else ''} for >= {r.min_in} -> "
-        f"{r.min_out if r.max_out == r.min_out else f'>= {r.min_out}'} channels, "
-        f"side {r.min_side}..{r.max_side if r.max_side < 1 << 30 else 'any'}"
-        for r in rules
-    )
+    return "; ".join(_rule_words(r, caps.native_transforms) for r in rules)
+
+
+def _rule_words(rule: Rule, native: bool) -> str:
+    directions = " and ".join(d for d in ("forward", "backward") if getattr(rule, d))
+    out = rule.min_out if rule.max_out == rule.min_out else f"{rule.min_out}..{rule.max_out}"
+    if rule.max_out >= 1 << 30:
+        out = f">= {rule.min_out}"
+    side = f"{rule.min_side}..{rule.max_side if rule.max_side < 1 << 30 else 'any'}"
+    words = f"Winograd {directions} for >= {rule.min_in} -> {out} channels, side {side}"
+    if rule.native:
+        words += " (compiled transforms)" if native else " (needs the compiled transforms: not loaded)"
+    return words
 
 
 class Tuner:

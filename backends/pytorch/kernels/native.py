@@ -1,0 +1,106 @@
+"""The Winograd tile transforms compiled from `transforms.c`, called through ctypes.
+
+`setup.py` builds the library at install (as the extension module `_transforms`, though it has
+no Python API: ctypes loads it by path). Where it was not built (no C compiler at install) or
+cannot load, `library()` is None and `winograd.conv3x3` runs the same transforms as PyTorch
+operations: the same arithmetic up to rounding, three to twenty times slower (`winograd.py`).
+
+ctypes lets go of the GIL for the call, so other jobs' Python threads run meanwhile. The library
+links OpenMP: torch is imported first (this module imports it), so the dynamic linker gives the
+library torch's own libgomp rather than a second thread pool, and each call runs on as many
+threads as torch's operations (`torch.get_num_threads()` of the calling thread).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+
+import torch
+
+from backends.pytorch import capabilities
+
+_NAME = "backends.pytorch.kernels._transforms"
+_I64 = ctypes.c_int64
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded library, or None where it was not built or does not load."""
+    try:
+        spec = importlib.util.find_spec(_NAME)
+    except ImportError:
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    lib.winograd_input.argtypes = [ctypes.c_void_p, *[_I64] * 7, ctypes.c_void_p, ctypes.c_int]
+    lib.winograd_input.restype = ctypes.c_int  # -1: no memory for a row of zeros
+    lib.winograd_output.argtypes = [ctypes.c_void_p, *[_I64] * 5, ctypes.c_void_p, _I64, _I64, ctypes.c_int]
+    lib.winograd_output.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled transforms are here."""
+    return library() is not None
+
+
+def serves(x: torch.Tensor) -> bool:
+    """Whether the compiled transforms take this (N, C, H, W) tensor as it is: float32 on the
+    CPU, channels-last and dense (and the library loaded, which tests can force off through
+    `capabilities.overridden(native_transforms=False)`)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and capabilities.current().native_transforms
+    )
+
+
+def input_tiles(x: torch.Tensor, first_row: int, tiles: torch.Tensor) -> None:
+    """Tile rows first_row .. of x (N, C, H, W), zero-padded by one, transformed into `tiles`,
+    a channels-last (N, 36 C, rows, tile columns) tensor (as `winograd._band` lays them out)."""
+    lib = library()
+    assert lib is not None and serves(x) and serves(tiles)
+    n, channels, height, width = x.shape
+    assert tiles.shape[:2] == (n, 36 * channels)
+    status = lib.winograd_input(
+        x.data_ptr(),
+        n,
+        height,
+        width,
+        channels,
+        first_row,
+        tiles.shape[2],
+        tiles.shape[3],
+        tiles.data_ptr(),
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError("no memory for the Winograd input transform's row of zeros")
+
+
+def output_tiles(products: torch.Tensor, first_row: int, out: torch.Tensor) -> None:
+    """A band's products, channels-last (N, 36 C, rows, tile columns), folded back into output
+    rows 4 first_row .. of `out` (N, C, H, W), dropping what falls past its edges."""
+    lib = library()
+    assert lib is not None and serves(products) and serves(out)
+    n, channels, height, width = out.shape
+    assert products.shape[:2] == (n, 36 * channels)
+    lib.winograd_output(
+        products.data_ptr(),
+        n,
+        products.shape[2],
+        products.shape[3],
+        channels,
+        first_row,
+        out.data_ptr(),
+        height,
+        width,
+        torch.get_num_threads(),
+    )
