@@ -13,7 +13,9 @@ every job in it. So the job core refuses what would not fit, from a model of wha
 * the **packed convolution kernels** the PyTorch backend holds for the job's shapes
   (`kernel_bytes`): Winograd's transformed kernels, four times a layer's weights, per direction,
   for the layers from 256 output channels whose input side is at least 32 (its tuner's rule);
-  counted in full, as a job that is the first of its size packs them afresh (315 MiB at 256 px);
+  counted in full, as a job that is the first of its size packs them afresh (315 MiB at 256 px),
+  on the AVX2 class one set for both directions of the layers with 512 output channels (the
+  tuner's shared rule; 189 MiB at 256 px);
 * a fixed `OVERHEAD` for the framework's buffers and threads.
 
 The constants were fitted to peaks measured on the 2-core AVX2 CPU with the PyTorch backend in
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backends import vgg
+from backends import cpu, vgg
 from backends.errors import ResourceExhausted
 from backends.options import Optimizer, StyleOptions
 
@@ -57,11 +59,19 @@ LBFGS_HISTORY = 100  # correction pairs, as both backends keep
 WINOGRAD_SIDE = 32
 WINOGRAD_MIN_IN, WINOGRAD_MIN_OUT = 128, 256
 WINOGRAD_VALUES = 36
+# CPU classes (backends/cpu.py) whose tuner holds one set of kernels for both directions of the
+# layers with this many output channels.
+SHARED_CLASSES = ("avx2",)
+SHARED_MIN_OUT = 512
 
 
-def kernel_bytes(height: int, width: int, deepest: str, directions: int = 2) -> int:
+def kernel_bytes(
+    height: int, width: int, deepest: str, directions: int = 2, cpu_class: str | None = None
+) -> int:
     """Bytes of packed Winograd kernels for an input of this size, down to `deepest`, in
-    `directions` (2 when optimizing, 1 for a forward pass without gradients)."""
+    `directions` (2 when optimizing, 1 for a forward pass without gradients), on a CPU of
+    `cpu_class` (this machine's by default)."""
+    shares = (cpu_class or cpu.cpu_class(cpu.proc_flags() or frozenset())) in SHARED_CLASSES
     total = 0
     for layer in vgg.LAYERS[: vgg.position(deepest) + 1]:
         if layer.kind is not vgg.Kind.CONV:
@@ -72,8 +82,9 @@ def kernel_bytes(height: int, width: int, deepest: str, directions: int = 2) -> 
             and layer.out_channels >= WINOGRAD_MIN_OUT
             and min(h, w) >= WINOGRAD_SIDE
         ):
-            total += WINOGRAD_VALUES * layer.in_channels * layer.out_channels * FLOAT
-    return total * directions
+            copies = 1 if shares and layer.out_channels >= SHARED_MIN_OUT else directions
+            total += copies * WINOGRAD_VALUES * layer.in_channels * layer.out_channels * FLOAT
+    return total
 
 
 def activation_bytes(height: int, width: int, deepest: str) -> int:

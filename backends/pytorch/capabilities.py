@@ -19,9 +19,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
+
+from backends import cpu
 
 # The flags, named as Linux names them, that decide something here.
 CPU_FLAGS = (
@@ -37,7 +38,7 @@ CPU_FLAGS = (
     "amx_bf16",
 )
 # oneDNN's bfloat16 kernels need these (all three) or AVX-NE-CONVERT.
-AVX512_CORE = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+AVX512_CORE = cpu.AVX512_CORE
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,7 @@ class Capabilities:
     @property
     def cpu_class(self) -> str:
         """The class of x86 CPU the per-shape tables are keyed by: avx512, avx2 or other."""
-        if self.avx512:
-            return "avx512"
-        return "avx2" if "avx2" in self.cpu_flags else "other"
+        return cpu.cpu_class(self.cpu_flags)
 
     @property
     def cpu_bfloat16(self) -> bool:
@@ -132,12 +131,9 @@ class Capabilities:
 
 def _cpu_flags() -> frozenset[str]:
     """The CPU's flags from /proc/cpuinfo; PyTorch's checks where it is unreadable (not Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    flags = cpu.proc_flags()
+    if flags is not None:
+        return flags
     checks = {
         "avx2": "_is_avx2_supported",
         "avx512f": "_is_avx512_supported",

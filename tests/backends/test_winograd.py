@@ -133,7 +133,9 @@ def test_the_compiled_transforms_refuse_what_they_do_not_serve() -> None:
     assert torch.allclose(got, expected, atol=2e-5 * expected.abs().max().item())
 
 
-@pytest.mark.parametrize("plan", [Plan(True, True), Plan(True, False), Plan(False, True)])
+@pytest.mark.parametrize(
+    "plan", [Plan(True, True), Plan(True, False), Plan(False, True), Plan(True, True, True)]
+)
 def test_each_plan_gives_the_direct_convolution_and_its_input_gradient(
     monkeypatch: pytest.MonkeyPatch, plan: Plan
 ) -> None:
@@ -169,7 +171,7 @@ def test_the_way_does_not_depend_on_which_is_faster_now(monkeypatch: pytest.Monk
     x = _input(tuner.MIN_CHANNELS, 16, 16)
     expected = tuner.choose(capabilities.current(), tuner.MIN_CHANNELS, 256, 16, 16)
     for _ in range(3):
-        assert (layer.way(x, "forward"), layer.way(x, "backward")) == expected
+        assert (layer.way(x, "forward"), layer.way(x, "backward")) == (expected.forward, expected.backward)
 
 
 CLASSES = {
@@ -180,11 +182,15 @@ CLASSES = {
 
 
 @pytest.mark.parametrize(
-    ("cpu_class", "block1", "block2", "block3"),
-    [("avx512", False, False, True), ("avx2", True, True, True), ("other", False, False, False)],
+    ("cpu_class", "block1", "block2", "block3", "shared"),
+    [
+        ("avx512", False, False, True, False),
+        ("avx2", True, True, True, True),
+        ("other", False, False, False, False),
+    ],
 )
 def test_the_table_gives_winograd_where_it_was_measured_to_pay(
-    cpu_class: str, block1: bool, block2: bool, block3: bool
+    cpu_class: str, block1: bool, block2: bool, block3: bool, shared: bool
 ) -> None:
     """Blocks 1 and 2 (but conv1_1) take Winograd on AVX2 only, at every side (64 input channels
     only with the compiled transforms), blocks 3 to 5 on both AVX2 and AVX-512 from side 32 up
@@ -194,8 +200,11 @@ def test_the_table_gives_winograd_where_it_was_measured_to_pay(
         assert caps.cpu_class == cpu_class
         for side in (8, 32, 128, 256, 512):
             assert tuner.choose(caps, 128, 128, side, side) == Plan(block2, block2)
-        for c_in, c_out, side in ((128, 256, 64), (256, 256, 32), (256, 512, 32), (512, 512, 32)):
+        for c_in, c_out, side in ((128, 256, 64), (256, 256, 32)):
             assert tuner.choose(caps, c_in, c_out, side, side) == Plan(block3, block3)
+        # Blocks 4 and 5 (512 output channels): on AVX2 from one set of kernels for both ways.
+        for c_in, c_out, side in ((256, 512, 32), (512, 512, 32), (512, 512, 128)):
+            assert tuner.choose(caps, c_in, c_out, side, side) == Plan(block3, block3, shared)
         for c_in, c_out, side in ((256, 256, 16), (256, 512, 16), (512, 512, 16), (512, 512, 8)):
             assert tuner.choose(caps, c_in, c_out, side, side) == Plan(False, False)
         # A side between the rule's ends counts by the shorter one.
@@ -207,15 +216,27 @@ def test_the_table_gives_winograd_where_it_was_measured_to_pay(
     with capabilities.overridden(cpu_flags=CLASSES[cpu_class], native_transforms=False) as caps:
         assert tuner.choose(caps, 64, 64, 256, 256) == Plan(False, False)
         assert tuner.choose(caps, 128, 128, 256, 256) == Plan(block2, block2)
+        # Sharing needs the compiled adjoint transforms; without them AVX2 runs those direct.
+        assert tuner.choose(caps, 512, 512, 32, 32) == Plan(block3 and not shared, block3 and not shared)
 
 
-@pytest.mark.parametrize("cpu_class", ["avx512", "avx2"])
-@pytest.mark.parametrize(("size", "mib"), [(128, 63), (256, 315), (512, 387)])
+@pytest.mark.parametrize(
+    ("cpu_class", "size", "mib"),
+    [
+        ("avx512", 128, 63),
+        ("avx512", 256, 315),
+        ("avx512", 512, 387),
+        ("avx2", 128, 63),
+        ("avx2", 256, 189),
+        ("avx2", 512, 225),
+    ],
+)
 def test_the_kernels_a_job_packs_grow_with_its_size(cpu_class: str, size: int, mib: int) -> None:
     """What a float32 job at each size packs, forward and backward: block 3's kernels at 128 px
-    (63 MiB), blocks 3 and 4 at 256 px, blocks 3 to 5 at 512 px (387 MiB); on AVX2 conv1_2's,
-    conv2_1's and conv2_2's 7.9 MiB more. Counted from a real pass through the trunk."""
-    with capabilities.overridden(cpu_flags=CLASSES[cpu_class]):
+    (63 MiB), blocks 3 and 4 at 256 px, blocks 3 to 5 at 512 px (387 MiB). On AVX2 blocks 4 and
+    5 hold one set for both directions (256 px 189 MiB, 512 px 225), and conv1_2, conv2_1 and
+    conv2_2 7.9 MiB more. Counted from a real pass through the trunk."""
+    with capabilities.overridden(cpu_flags=CLASSES[cpu_class], native_transforms=True):
         trunk = build_trunk(random_weights(0), tuner=Tuner())
         net = VGGFeatures(trunk, ["conv5_1"])
         pixels = torch.zeros(1, 3, size, size, requires_grad=True)
@@ -223,8 +244,39 @@ def test_the_kernels_a_job_packs_grow_with_its_size(cpu_class: str, size: int, m
         packed = sum(m.packed_bytes() for m in trunk if isinstance(m, TunedConv2d))
     block2 = 2 * 36 * (64 * 64 + 64 * 128 + 128 * 128) * 4 if cpu_class == "avx2" else 0
     assert abs(packed - block2 - mib * 2**20) < 2**20
-    # The memory admission model counts the same kernels.
-    assert admission.kernel_bytes(size, size, "conv5_1") == packed - block2
+    # The memory admission model counts the same kernels for the class.
+    assert admission.kernel_bytes(size, size, "conv5_1", cpu_class=cpu_class) == packed - block2
+
+
+def test_shared_kernels_give_the_convolution_and_its_input_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two images, sides that leave partial tiles, channel counts off the library's 64-channel
+    # step, and bands of two tile rows (three bands, the last padded): the adjoint's windows
+    # overlap across tiles and across bands.
+    layer = _layer(70, 36)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 70, 21, 14, generator=generator).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 36, 21, 14, generator=generator).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(winograd, "BAND_BYTES", 2 * winograd.TILES * 70 * 4 * 4)
+    u = winograd.shared_kernels(layer.weight)
+    assert u.shape == (winograd.TILES, 36, 70)
+    out = winograd.conv3x3_shared(x, u, layer.bias)
+    x_grad = winograd.conv3x3_shared_input_grad(grad, u)
+
+    x64 = x.double().requires_grad_(True)
+    expected = functional.conv2d(x64, layer.weight.double(), layer.bias.double(), padding=1)
+    expected.backward(grad.double())
+    assert x64.grad is not None
+    assert out.is_contiguous(memory_format=torch.channels_last) and x_grad.shape == x.shape
+    assert torch.allclose(out.double(), expected, rtol=0, atol=2e-5 * expected.abs().max().item())
+    assert torch.allclose(x_grad.double(), x64.grad, rtol=0, atol=2e-5 * x64.grad.abs().max().item())
+
+
+def test_a_shared_plan_holds_one_set_of_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    _always(monkeypatch, Plan(True, True, True))
+    layer = _layer(tuner.MIN_CHANNELS, 32)
+    layer(_input(tuner.MIN_CHANNELS, 16, 16).requires_grad_(True)).sum().backward()
+    assert not layer._packed
+    assert layer.packed_bytes() == winograd.TILES * tuner.MIN_CHANNELS * 32 * 4
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,16 @@ from torch.nn import functional
 from backends.pytorch import capabilities
 from backends.pytorch.kernels import packing
 from backends.pytorch.kernels.tuner import MIN_CHANNELS, MIN_SIDE, Tuner
-from backends.pytorch.kernels.winograd import TILES, band_shape, conv3x3, transform_bias, transform_weight
+from backends.pytorch.kernels.winograd import (
+    TILES,
+    band_shape,
+    conv3x3,
+    conv3x3_shared,
+    conv3x3_shared_input_grad,
+    shared_kernels,
+    transform_bias,
+    transform_weight,
+)
 
 
 class _Conv(torch.autograd.Function):
@@ -62,6 +71,8 @@ class TunedConv2d(nn.Conv2d):
         # (Winograd, input gradient, dtype) -> (the shape they were packed for, packed kernels)
         self._packed: dict[tuple[bool, bool, torch.dtype], tuple[tuple[int, ...], torch.Tensor]] = {}
         self._biases: dict[tuple[bool, torch.dtype], torch.Tensor | None] = {}
+        # dtype -> the one set of kernels both directions read where the plan shares them
+        self._shared: dict[torch.dtype, torch.Tensor] = {}
 
     def _standard(self, x: torch.Tensor) -> bool:
         return (
@@ -123,9 +134,26 @@ class TunedConv2d(nn.Conv2d):
                     self._packed[key] = packed
         return packed[1]
 
+    def _shared_kernels(self, dtype: torch.dtype) -> torch.Tensor:
+        """This layer's kernels for both directions of `conv3x3_shared` (no packing: the matrix
+        product reads them as they are, for any shape)."""
+        kernels = self._shared.get(dtype)
+        if kernels is None:
+            with self.tuner.packing:
+                kernels = self._shared.get(dtype)
+                if kernels is None:
+                    kernels = shared_kernels(self.weight.detach()).to(dtype)
+                    self._shared[dtype] = kernels
+        return kernels
+
     def packed_bytes(self) -> int:
-        """Bytes held by this layer's packed kernels, every way and direction packed so far."""
-        return sum(kernels.numel() * kernels.element_size() for _, kernels in self._packed.values())
+        """Bytes held by this layer's packed (or shared) kernels, every way and direction so far."""
+        held = [kernels for _, kernels in self._packed.values()] + list(self._shared.values())
+        return sum(kernels.numel() * kernels.element_size() for kernels in held)
+
+    def _shares(self, shape: torch.Size) -> bool:
+        """Whether the plan for inputs of `shape` runs both directions from one set of kernels."""
+        return bool(self.tuner.plan(self.in_channels, self.out_channels, *shape[-2:]).shared)
 
     def _pack(
         self, winograd: bool, input_grad: bool, x: torch.Tensor, shape: tuple[int, ...]
@@ -146,6 +174,9 @@ class TunedConv2d(nn.Conv2d):
 
     def compute(self, x: torch.Tensor, winograd: bool) -> torch.Tensor:
         """The layer's output, one way or the other."""
+        if winograd and self._shares(x.shape):
+            bias = None if self.bias is None else self.bias.detach()
+            return conv3x3_shared(x, self._shared_kernels(x.dtype), bias)
         if winograd:
             return conv3x3(x, self._kernels(True, False, x), self._bias(True, x.dtype))
         if x.dtype == torch.bfloat16:
@@ -155,6 +186,8 @@ class TunedConv2d(nn.Conv2d):
     def input_grad(self, shape: torch.Size, grad: torch.Tensor, winograd: bool) -> torch.Tensor:
         """The gradient with respect to the layer's input (of `shape`), one way or the other."""
         grad = grad.contiguous(memory_format=torch.channels_last)
+        if winograd and self._shares(shape):
+            return conv3x3_shared_input_grad(grad, self._shared_kernels(grad.dtype))
         if winograd:
             return conv3x3(grad, self._kernels(True, True, grad))
         if grad.dtype == torch.bfloat16:

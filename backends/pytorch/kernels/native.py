@@ -38,10 +38,12 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(spec.origin)
     except OSError:
         return None
-    lib.winograd_input.argtypes = [ctypes.c_void_p, *[_I64] * 7, ctypes.c_void_p, ctypes.c_int]
+    lib.winograd_input.argtypes = [ctypes.c_void_p, *[_I64] * 7, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.winograd_input.restype = ctypes.c_int  # -1: no memory for a row of zeros
-    lib.winograd_output.argtypes = [ctypes.c_void_p, *[_I64] * 5, ctypes.c_void_p, _I64, _I64, ctypes.c_int]
-    lib.winograd_output.restype = None
+    for name in ("winograd_output", "winograd_gradient_output"):
+        function = getattr(lib, name)
+        function.argtypes = [ctypes.c_void_p, *[_I64] * 7, ctypes.c_void_p, _I64, _I64, ctypes.c_int]
+        function.restype = None
     return lib
 
 
@@ -62,13 +64,16 @@ def serves(x: torch.Tensor) -> bool:
     )
 
 
-def input_tiles(x: torch.Tensor, first_row: int, tiles: torch.Tensor) -> None:
-    """Tile rows first_row .. of x (N, C, H, W), zero-padded by one, transformed into `tiles`,
-    a channels-last (N, 36 C, rows, tile columns) tensor (as `winograd._band` lays them out)."""
+def input_tiles(x: torch.Tensor, first_row: int, tiles: torch.Tensor, gradient: bool = False) -> None:
+    """Tile rows first_row .. of x (N, C, H, W) transformed into `tiles`, a channels-last (N, 36 C,
+    rows, tile columns) tensor (as `winograd._band` lays them out): its 6x6 windows, zero-padded
+    by one, by B (the forward); with `gradient`, its 4x4 blocks by A (the input gradient's
+    adjoint, x then being an output gradient)."""
     lib = library()
     assert lib is not None and serves(x) and serves(tiles)
     n, channels, height, width = x.shape
     assert tiles.shape[:2] == (n, 36 * channels)
+    rows, columns = tiles.shape[2:]
     status = lib.winograd_input(
         x.data_ptr(),
         n,
@@ -76,29 +81,45 @@ def input_tiles(x: torch.Tensor, first_row: int, tiles: torch.Tensor) -> None:
         width,
         channels,
         first_row,
-        tiles.shape[2],
-        tiles.shape[3],
+        rows,
+        columns,
         tiles.data_ptr(),
+        int(gradient),
         torch.get_num_threads(),
     )
     if status != 0:
         raise MemoryError("no memory for the Winograd input transform's row of zeros")
 
 
-def output_tiles(products: torch.Tensor, first_row: int, out: torch.Tensor) -> None:
-    """A band's products, channels-last (N, 36 C, rows, tile columns), folded back into output
-    rows 4 first_row .. of `out` (N, C, H, W), dropping what falls past its edges."""
+def output_tiles(
+    products: torch.Tensor, first_row: int, rows: int, columns: int, out: torch.Tensor, gradient: bool = False
+) -> None:
+    """A band of `rows` x `columns` tiles' products folded into `out` (N, C, H, W) from output row
+    4 first_row on: by A into 4x4 blocks, dropping what falls past the edges (the forward); with
+    `gradient`, by B into 6x6 windows added into `out` (the input gradient's adjoint; the caller
+    zeroes `out` first). The products are either oneDNN's, channels-last (N, 36 C, rows,
+    columns), or a batched matrix product's, (36, N rows columns, C) and dense."""
     lib = library()
-    assert lib is not None and serves(products) and serves(out)
+    assert lib is not None and serves(out)
     n, channels, height, width = out.shape
-    assert products.shape[:2] == (n, 36 * channels)
-    lib.winograd_output(
+    tiles = n * rows * columns
+    if products.dim() == 4:
+        assert serves(products) and products.shape == (n, 36 * channels, rows, columns)
+        tile_stride, position_stride = 36 * channels, channels
+    else:
+        assert products.is_contiguous() and products.dtype == torch.float32
+        assert products.shape == (36, tiles, channels)
+        tile_stride, position_stride = channels, tiles * channels
+    function = lib.winograd_gradient_output if gradient else lib.winograd_output
+    function(
         products.data_ptr(),
         n,
-        products.shape[2],
-        products.shape[3],
+        rows,
+        columns,
         channels,
         first_row,
+        tile_stride,
+        position_stride,
         out.data_ptr(),
         height,
         width,

@@ -51,6 +51,21 @@ and 1801-1817 (with `TunedConv2d` keeping no input and `model._RequestedReLU`), 
 (`model.VGGFeatures`; `benchmarks/studies/peers.py` prints the bench's breakdown). The next
 cheapest kernels at 256 px, conv4_1's (38 MiB), save about 12 ms an iteration.
 
+On AVX2, blocks 4 and 5 now hold one set of kernels for both directions (`Rule.shared`,
+`winograd.conv3x3_shared`): the forward multiplies by U_k transposed, and the input gradient runs
+the adjoint of the forward's own steps (A dY A^T, times U_k, B . B^T added into overlapping
+windows) instead of the forward algorithm on flipped kernels, which would need a second set.
+The products then run as batched matrix products (MKL) on plain kernels instead of oneDNN's
+packed grouped convolution: 1.1 to 1.8 times their time (2026-12-03, same machine, forward and
+backward: 512 channels at 32x32 11.2 -> 16.5 and 11.6 -> 13.7 ms, at 64x64 47.8 -> 56.0 and 47.9
+-> 57.6 ms; 256 -> 512 at 32x32 6.7 -> 10.1 and 6.4 -> 7.1), for half their memory: a 256 px
+job's kernels 323 -> 197 MiB and its peak 1143 -> 996-1007 MiB (random weights, tcmalloc, a
+fresh process), about 25 ms an iteration more. Block 3 keeps two packed sets (it would save 31
+MiB for about 40 ms), and blocks 4 and 5 still start at side 32 (at 16x16, shared, they would
+save a 128 px job about 30 ms an iteration for 126 MiB, which would leave it at the best peer's
+peak). On AVX-512, where MKL's matrix product runs at under half oneDNN's convolution rate,
+nothing is shared.
+
 So Winograd is not an AVX-512 trick: it pays on both, and on AVX2 for block 2 too. The direct
 way stays PyTorch's own convolution with the plain weight: packing its kernels too saved at most
 0.4 ms a layer on AVX-512 and would hold a second copy of every weight. The table can differ by
@@ -84,6 +99,8 @@ class Plan(NamedTuple):
 
     forward: bool = False
     backward: bool = False
+    # Both directions from one set of kernels (`winograd.conv3x3_shared`): half the memory.
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,8 +116,11 @@ class Rule:
     backward: bool = True
     max_out: int = 1 << 30
     # Only with the compiled transforms (`native.py`): PyTorch's operations for them cost more
-    # than Winograd saves at this rule's shapes.
+    # than Winograd saves at this rule's shapes, or (`shared`) do not exist.
     native: bool = False
+    # One set of kernels for both directions, products by matrix product (`conv3x3_shared`):
+    # half the memory of two packed sets, 1.1 to 1.8 times the time.
+    shared: bool = False
 
     def covers(self, in_channels: int, out_channels: int, side: int, native: bool = True) -> bool:
         return (
@@ -122,7 +142,10 @@ RULES: dict[str, tuple[Rule, ...]] = {
     # with the compiled transforms; with them, block 1's conv1_2 and block 2's conv2_1 (64
     # input channels; 0.6 and 1.1 MiB of kernels a direction) at every side too: 0.54-0.75.
     "avx2": (
-        Rule(128, 256, min_side=MEMORY_SIDE),
+        Rule(128, 256, min_side=MEMORY_SIDE, max_out=256),
+        # Without the compiled transforms, direct: two packed sets would be 126 MiB more than
+        # the memory admission model (`service/admission.py`) counts for this class.
+        Rule(256, 512, min_side=MEMORY_SIDE, native=True, shared=True),
         Rule(128, 128, max_out=128),
         Rule(64, 64, max_out=128, native=True),
     ),
@@ -147,7 +170,7 @@ def choose(
         for r in rules.get(caps.cpu_class, ())
         if r.covers(in_channels, out_channels, side, caps.native_transforms)
     ]
-    return Plan(any(r.forward for r in found), any(r.backward for r in found))
+    return Plan(any(r.forward for r in found), any(r.backward for r in found), any(r.shared for r in found))
 
 
 def rule_text(caps: capabilities.Capabilities) -> str:
@@ -165,6 +188,8 @@ def _rule_words(rule: Rule, native: bool) -> str:
         out = f">= {rule.min_out}"
     side = f"{rule.min_side}..{rule.max_side if rule.max_side < 1 << 30 else 'any'}"
     words = f"Winograd {directions} for >= {rule.min_in} -> {out} channels, side {side}"
+    if rule.shared:
+        words += ", one set of kernels for both directions"
     if rule.native:
         words += " (compiled transforms)" if native else " (needs the compiled transforms: not loaded)"
     return words

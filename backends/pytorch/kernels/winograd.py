@@ -146,7 +146,54 @@ def _native(
     for start in range(0, th, rows):
         native.input_tiles(x, start, tiles)
         products = conv(tiles, u, bias, padding=0, groups=TILES).contiguous(memory_format=torch.channels_last)
-        native.output_tiles(products, start, out)
+        native.output_tiles(products, start, rows, tw, out)
+    return out
+
+
+def shared_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) kernels -> U, (36, C_out, C_in): one set for both directions of
+    `conv3x3_shared` (where `transform_weight`'s are packed once per direction)."""
+    out_channels, in_channels = weight.shape[:2]
+    return transform_weight(weight).view(TILES, out_channels, in_channels)
+
+
+def conv3x3_shared(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`conv3x3` with kernels U from `shared_kernels` and products by batched matrix product
+    (V_k U_k^T, MKL's): the same U serves the input gradient, `conv3x3_shared_input_grad`, so a
+    layer holds one set of kernels instead of two packed ones. Needs the compiled transforms."""
+    return _shared(x, u, bias, gradient=False)
+
+
+def conv3x3_shared_input_grad(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The gradient of `conv3x3_shared` with respect to its input, for the output gradient
+    `grad`: the adjoint of each of its steps (A grad A^T, times U_k, B . B^T added into
+    overlapping windows), with the same U."""
+    return _shared(grad, u, None, gradient=True)
+
+
+def _shared(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, gradient: bool) -> torch.Tensor:
+    n, channels, height, width = x.shape
+    out_channels = u.size(2) if gradient else u.size(1)
+    rows, bands, tw = _tiling(n, max(channels, out_channels), height, width, x.element_size())
+    # The adjoint adds each tile's window into the result; the forward writes every position.
+    make = torch.zeros if gradient else torch.empty
+    out = make((n, out_channels, height, width), dtype=x.dtype, device=x.device).contiguous(
+        memory_format=torch.channels_last
+    )
+    tiles = torch.empty(
+        (n, TILES * channels, rows, tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+    )
+    count = n * rows * tw
+    products = torch.empty((TILES, count, out_channels), dtype=x.dtype, device=x.device)
+    kernels = u if gradient else u.transpose(1, 2)
+    # The tiles' memory, (N, rows, columns, 36, C), read as 36 matrices of tiles by channels.
+    by_position = _nhwc(tiles).reshape(count, TILES, channels).transpose(0, 1)
+    for start in range(0, rows * bands, rows):
+        native.input_tiles(x, start, tiles, gradient)
+        torch.bmm(by_position, kernels, out=products)
+        if bias is not None:
+            products[_BIAS_POSITION].add_(bias)
+        native.output_tiles(products, start, rows, tw, out, gradient)
     return out
 
 
