@@ -175,11 +175,11 @@ def _shared(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, gradien
     n, channels, height, width = x.shape
     out_channels = u.size(2) if gradient else u.size(1)
     rows, bands, tw = _tiling(n, max(channels, out_channels), height, width, x.element_size())
-    # The adjoint adds each tile's window into the result; the forward writes every position.
-    make = torch.zeros if gradient else torch.empty
-    out = make((n, out_channels, height, width), dtype=x.dtype, device=x.device).contiguous(
-        memory_format=torch.channels_last
+    out = torch.empty(
+        (n, out_channels, height, width), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
     )
+    if gradient:
+        out.zero_()  # the adjoint adds each tile's window into it; the forward writes every position
     tiles = torch.empty(
         (n, TILES * channels, rows, tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
     )
