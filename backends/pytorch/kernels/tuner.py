@@ -183,9 +183,10 @@ def rule_text(caps: capabilities.Capabilities) -> str:
 
 def _rule_words(rule: Rule, native: bool) -> str:
     directions = " and ".join(d for d in ("forward", "backward") if getattr(rule, d))
-    out = rule.min_out if rule.max_out == rule.min_out else f"{rule.min_out}..{rule.max_out}"
     if rule.max_out >= 1 << 30:
         out = f">= {rule.min_out}"
+    else:
+        out = str(rule.min_out) if rule.max_out == rule.min_out else f"{rule.min_out}..{rule.max_out}"
     side = f"{rule.min_side}..{rule.max_side if rule.max_side < 1 << 30 else 'any'}"
     words = f"Winograd {directions} for >= {rule.min_in} -> {out} channels, side {side}"
     if rule.shared:

@@ -19,8 +19,10 @@ channels. They run compiled (`transforms.c`, through `native.py`): one pass over
 a tile at a time in the first-level cache, with the input's zero padding and the output's
 cropping done at the edges. Where the library was not built they run as PyTorch operations
 (`_band`), a dozen passes over a whole band each, one strided view reaching the same position
-of every tile: on the 2-core AVX2 EPYC those took 15 of a 128-channel layer's 25 ms at 128x128
-(the products 10), the compiled ones under 1 (the layer 16 ms; 39 direct). Whether Winograd
+of every tile: on the 2-core AVX2 EPYC, one layer timed alone, those took 15 of a 128-channel
+layer's 25 ms at 128x128 (the products 10), the compiled ones under 1 (the layer 16 ms; 39
+direct). Inside a whole 256 px iteration, their data cold, the compiled transforms took about
+50 of its 380 ms: they are bound by memory now. Whether Winograd
 pays depends on the CPU, the shape and which transforms run; the `Tuner` decides.
 
 The input gradient of a 3x3 convolution is itself a 3x3 convolution (kernels flipped, channels
@@ -133,21 +135,25 @@ def _native(
     """`conv3x3` with the compiled transforms (`native`): one pass over memory each, with no
     padded copy of the input and no cropped copy of the output (the library reads zeros past the
     input's edges and drops outputs past the output's)."""
-    n, channels, height, width = x.shape
-    out = torch.empty(
-        (n, u.size(0) // TILES, height, width),
-        dtype=x.dtype,
-        device=x.device,
-        memory_format=torch.channels_last,
-    )
-    tiles = torch.empty(
-        (n, TILES * channels, rows, tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
-    )
+    out, tiles = _buffers(x, u.size(0) // TILES, rows, tw)
     for start in range(0, th, rows):
         native.input_tiles(x, start, tiles)
         products = conv(tiles, u, bias, padding=0, groups=TILES).contiguous(memory_format=torch.channels_last)
         native.output_tiles(products, start, rows, tw, out)
     return out
+
+
+def _buffers(x: torch.Tensor, out_channels: int, rows: int, tw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output (N, out_channels, H, W) of a convolution of x and one band's transformed tiles
+    (N, 36 C, rows, tw), both channels-last and uninitialized."""
+    n, channels, height, width = x.shape
+    out = torch.empty(
+        (n, out_channels, height, width), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+    )
+    tiles = torch.empty(
+        (n, TILES * channels, rows, tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+    )
+    return out, tiles
 
 
 def shared_kernels(weight: torch.Tensor) -> torch.Tensor:
@@ -175,14 +181,9 @@ def _shared(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, gradien
     n, channels, height, width = x.shape
     out_channels = u.size(2) if gradient else u.size(1)
     rows, bands, tw = _tiling(n, max(channels, out_channels), height, width, x.element_size())
-    out = torch.empty(
-        (n, out_channels, height, width), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
-    )
+    out, tiles = _buffers(x, out_channels, rows, tw)
     if gradient:
         out.zero_()  # the adjoint adds each tile's window into it; the forward writes every position
-    tiles = torch.empty(
-        (n, TILES * channels, rows, tw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
-    )
     count = n * rows * tw
     products = torch.empty((TILES, count, out_channels), dtype=x.dtype, device=x.device)
     kernels = u if gradient else u.transpose(1, 2)
