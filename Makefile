@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 ## tools under tools/ (buf, kubectl, schema validators, scanners) and the system packages.
 setup: $(STAMP) $(TOOLS) $(SYSTEM)
 
-$(STAMP): pyproject.toml setup.py backends/pytorch/kernels/transforms.c clients/python/pyproject.toml requirements.lock
+$(STAMP): pyproject.toml setup.py $(wildcard backends/pytorch/kernels/*.c backends/pytorch/kernels/*.h) clients/python/pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e clients/python -e '.[torch,tensorflow,dev]'

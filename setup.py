@@ -1,7 +1,8 @@
-"""The one compiled part: the Winograd tile transforms (`backends/pytorch/kernels/transforms.c`).
+"""The one compiled part: the trunk's kernels in C (`backends/pytorch/kernels/*.c`): Winograd's
+tile transforms, and the ReLU and max-pooling of the backward-lean trunk.
 
 Everything else is in pyproject.toml. The library is optional: where no C compiler is found the
-package installs without it and the trunk runs the same transforms as PyTorch operations
+package installs without it and the trunk runs the same arithmetic as PyTorch operations
 (slower; `GetServerInfo` lists `winograd_native` where the library is loaded).
 """
 
@@ -10,8 +11,9 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "backends.pytorch.kernels._transforms",
-            sources=["backends/pytorch/kernels/transforms.c"],
+            "backends.pytorch.kernels._native",
+            sources=["backends/pytorch/kernels/transforms.c", "backends/pytorch/kernels/activations.c"],
+            depends=["backends/pytorch/kernels/native.h"],
             extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
             extra_link_args=["-fopenmp"],
             optional=True,

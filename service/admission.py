@@ -23,7 +23,10 @@ float32 (peak RSS above the idle level, per job, after the heap is trimmed), on 
 `ACTIVATIONS` lowered from 2.0 to 1.6 when the server moved to tcmalloc, on which a 384 px job
 peaks lower (471 against 658 MiB above idle on the AVX-512 CPU: glibc's fresh pages for aligned
 blocks leave freed ones behind), and to 1.4 when the trunk stopped keeping its convolutions'
-inputs and the ReLUs' outputs (a 384 px job on tcmalloc, kernels packed afresh: 608-683 MiB).
+inputs and the ReLUs' outputs (a 384 px job on tcmalloc, kernels packed afresh: 608-683 MiB),
+and to 1.1 when the ReLUs and pools came to keep a byte a value and each ReLU before a pool
+moved after it (2026-12-03, AVX2 EPYC: a 384 px job 453 MiB on tcmalloc, 646 on glibc; at
+1.4 the estimate, 940 MiB, was above the bound below).
 `tests/backends/test_memory_model.py` checks the model against
 fresh measurements on both allocators at several sizes (256 and 384 px, both optimizers, a
 1024 px style), each job in a fresh backend: never below 90 % of the measured peak, never above
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 
 MiB = 1024 * 1024
 FLOAT = 4
-ACTIVATIONS = 1.4  # activations kept for the backward pass, and their gradients
+ACTIVATIONS = 1.1  # activations kept for the backward pass, and their gradients
 STYLE_PASS = 0.5  # a forward pass without gradients keeps only a few layers alive at once
 OVERHEAD = 256 * MiB  # framework buffers, threads, the L-BFGS closure's first evaluation
 LBFGS_HISTORY = 100  # correction pairs, as both backends keep

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from backends.pytorch.kernels import Plan, TunedConv2d, Tuner
-from backends.pytorch.model import VGGFeatures, _MaskedReLU, _MaxPool, _RequestedReLU, build_trunk
+from backends.pytorch import capabilities
+from backends.pytorch.kernels import Plan, TunedConv2d, Tuner, native
+from backends.pytorch.model import VGGFeatures, _lean_pool, _MaskedReLU, _RequestedReLU, build_trunk
 from backends.weights.canonical import random_weights
 
 
@@ -93,37 +94,92 @@ def test_the_relu_output_after_a_requested_layer_is_freed_once_the_next_layer_ha
         assert torch.equal(tuned(image)["conv1_1"], feats["conv1_1"].detach())
 
 
-@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
-def test_the_lean_relu_and_pool_keep_a_mask_and_indices_and_give_pytorchs_gradients(
-    layout: torch.memory_format,
-) -> None:
-    """In the tuned trunk an in-place ReLU keeps one byte a value (where its input was positive)
-    and a max-pool only its indices; values, gradients and the input's layout are PyTorch's own,
-    ties in a pooling window included."""
-    x = torch.randn(1, 16, 12, 10, generator=torch.Generator().manual_seed(2))
-    x[0, :, :4, :4] = 0.5  # ties inside windows
-    x = x.contiguous(memory_format=layout)
-    grad = torch.randn(1, 16, 6, 5).contiguous(memory_format=layout)
+def _awkward(shape: tuple[int, ...], layout: torch.memory_format) -> torch.Tensor:
+    """Values with ties inside pooling windows, windows of zeros and of negatives, signed zeros
+    and NaNs: where a ReLU or a pool could differ from PyTorch's."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    x[:, :, :4, :4] = 0.5
+    x[:, 1, :2, :2] = -0.0
+    x[:, 2, :2, :2] = -1.0
+    x[:, 3, 4, 4] = float("nan")
+    x[:, 3, 5, 5] = float("nan")
+    return x.contiguous(memory_format=layout)
 
-    def run(lean: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("shape", [(1, 16, 12, 10), (2, 8, 13, 11)])
+def test_the_lean_relu_and_pool_keep_a_byte_a_value_and_give_pytorchs_values_and_gradients(
+    layout: torch.memory_format, compiled: bool, shape: tuple[int, ...]
+) -> None:
+    """In the tuned trunk an in-place ReLU keeps one byte a value (where its gradient passes), and
+    a max-pool, with the ReLU before it moved after it, one byte a pooled value (compiled) or its
+    64-bit indices and the ReLU's mask (PyTorch's operations). Values, gradients and the layout
+    are PyTorch's own to the bit, ties, signed zeros, NaNs and odd sides included."""
+    if compiled and not native.available():
+        pytest.skip("the compiled kernels were not built (no C compiler at install)")
+    x = _awkward(shape, layout)
+    pooled = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    grad = torch.randn(pooled, generator=torch.Generator().manual_seed(3)).contiguous(memory_format=layout)
+    relu_grad = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+
+    def run(lean: bool) -> tuple[torch.Tensor, ...]:
         pixels = x.clone().requires_grad_(True)
         before = pixels * 1.0  # a non-leaf, as a convolution's output is
         if lean:
-            relu = _MaskedReLU.apply(before)
-            kept = relu.grad_fn.saved_tensors
-            out = _MaxPool.apply(relu)
-            kept += out.grad_fn.saved_tensors
+            out = _lean_pool(before, relu=True)
+            relu = _MaskedReLU.apply(pixels * 1.0)
         else:
-            out, kept = functional.max_pool2d(torch.relu_(before), 2, 2), ()
-        out.backward(grad)
-        assert pixels.grad is not None
-        return out.detach(), pixels.grad, kept
+            out = functional.max_pool2d(torch.relu(before), 2, 2)
+            relu = torch.relu(pixels * 1.0)
+        (out * grad).sum().backward()
+        pool_grad = pixels.grad
+        assert pool_grad is not None
+        pixels.grad = None
+        (relu * relu_grad).sum().backward()
+        return out.detach(), pool_grad, relu.detach(), pixels.grad
 
-    ours, our_grad, kept = run(lean=True)
-    theirs, their_grad, _ = run(lean=False)
-    assert torch.equal(ours, theirs) and torch.equal(our_grad, their_grad)
-    assert our_grad.is_contiguous(memory_format=layout)
-    assert [t.dtype for t in kept] == [torch.bool, torch.int64]
+    with capabilities.overridden(native_transforms=compiled):
+        ours = run(lean=True)
+        theirs = run(lean=False)
+        # What the pool's (and a ReLU's) nodes keep, back to the product standing for a convolution.
+        node = _lean_pool(x.clone().requires_grad_(True) * 1.0, relu=True).grad_fn
+        kept: list[torch.Tensor] = []
+        while node is not None and hasattr(node, "saved_tensors"):
+            kept += node.saved_tensors
+            node = node.next_functions[0][0]
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
+    assert ours[1].is_contiguous(memory_format=layout) and ours[3].is_contiguous(memory_format=layout)
+    if compiled and layout == torch.channels_last:
+        assert [t.dtype for t in kept] == [torch.uint8]  # the pool's byte; no ReLU node before it
+    else:
+        assert {t.dtype for t in kept} == {torch.int64, torch.uint8 if compiled else torch.bool}
+
+
+def test_a_relu_before_a_pool_runs_after_it_unless_a_loss_reads_it() -> None:
+    """relu1_2's output, requested, is what torch.relu gives (not pooled, not moved); unrequested,
+    the pool's output is the plain trunk's, and so are the gradients."""
+    weights = random_weights(0)
+    image = torch.rand(1, 3, 20, 18, generator=torch.Generator().manual_seed(5)) * 255
+    for layers in (["relu1_2", "conv2_1"], ["conv1_1", "conv2_1"]):
+        tuned = VGGFeatures(build_trunk(weights, tuner=Tuner()), layers)
+        plain = VGGFeatures(build_trunk(weights), layers)
+        assert tuned.after_pool == ({3} if layers[0] == "conv1_1" else set())
+        ours, theirs = image.clone().requires_grad_(True), image.clone().requires_grad_(True)
+        our_feats, their_feats = tuned(ours), plain(theirs)
+        assert our_feats.keys() == their_feats.keys() == set(layers)
+        for name in layers:
+            scale = their_feats[name].abs().max()
+            assert (our_feats[name] - their_feats[name]).abs().max() <= 1e-5 * scale
+        sum((f * f).sum() for f in our_feats.values()).backward()
+        sum((f * f).sum() for f in their_feats.values()).backward()
+        assert ours.grad is not None and theirs.grad is not None
+        assert (ours.grad - theirs.grad).abs().max() <= 1e-5 * theirs.grad.abs().max()
+    with torch.no_grad():
+        plain = VGGFeatures(build_trunk(weights), ["relu1_2"])
+        direct = torch.relu(build_trunk(weights)[:3](image))
+        assert torch.equal(plain(image)["relu1_2"], direct)
 
 
 def test_the_tuned_trunk_runs_lean_and_the_plain_one_as_pytorch_does() -> None:
@@ -132,9 +188,15 @@ def test_the_tuned_trunk_runs_lean_and_the_plain_one_as_pytorch_does() -> None:
     tuned = VGGFeatures(build_trunk(weights, tuner=Tuner()), ["conv2_1"])
     plain = VGGFeatures(build_trunk(weights), ["conv2_1"])
     assert tuned.lean and not plain.lean
-    node = tuned(pixels)["conv2_1"].grad_fn  # conv2_1 <- pool1 <- relu1_2 <- conv1_2
+    # conv2_1 <- relu1_2 <- pool1 <- conv1_2: the ReLU runs after the pool in both, and in the
+    # tuned trunk, with the compiled kernels, as one node.
+    node = tuned(pixels)["conv2_1"].grad_fn
     assert node is not None
-    pool = node.next_functions[0][0]
-    assert pool is not None and type(pool).__name__ == "_MaxPoolBackward"
+    after = node.next_functions[0][0]
+    expected = "_NativePoolBackward" if native.available() else "_MaskedReLUBackward"
+    assert after is not None and type(after).__name__ == expected
     node = plain(pixels)["conv2_1"].grad_fn
-    assert node is not None and "MaxPool" in type(node.next_functions[0][0]).__name__
+    assert node is not None
+    relu = node.next_functions[0][0]
+    assert relu is not None and type(relu).__name__ == "ReluBackward0"
+    assert "MaxPool" in type(relu.next_functions[0][0]).__name__

@@ -1,9 +1,12 @@
-"""The Winograd tile transforms compiled from `transforms.c`, called through ctypes.
+"""The trunk's compiled kernels, called through ctypes: the Winograd tile transforms
+(`transforms.c`), and the ReLU and 2x2 max-pooling that keep one byte a value for their backward
+pass (`activations.c`).
 
-`setup.py` builds the library at install (as the extension module `_transforms`, though it has
-no Python API: ctypes loads it by path). Where it was not built (no C compiler at install) or
-cannot load, `library()` is None and `winograd.conv3x3` runs the same transforms as PyTorch
-operations: the same arithmetic up to rounding, three to twenty times slower (`winograd.py`).
+`setup.py` builds the library at install (as the extension module `_native`, though it has no
+Python API: ctypes loads it by path). Where it was not built (no C compiler at install) or
+cannot load, `library()` is None and the callers run the same arithmetic as PyTorch operations:
+`winograd.conv3x3` the same transforms up to rounding, three to twenty times slower
+(`winograd.py`); `model.VGGFeatures` PyTorch's ReLU and pooling, the same to the bit.
 
 ctypes lets go of the GIL for the call, so other jobs' Python threads run meanwhile. The library
 links OpenMP: torch is imported first (this module imports it), so the dynamic linker gives the
@@ -21,7 +24,7 @@ import torch
 
 from backends.pytorch import capabilities
 
-_NAME = "backends.pytorch.kernels._transforms"
+_NAME = "backends.pytorch.kernels._native"
 _I64 = ctypes.c_int64
 
 
@@ -44,6 +47,13 @@ def library() -> ctypes.CDLL | None:
         function = getattr(lib, name)
         function.argtypes = [ctypes.c_void_p, *[_I64] * 7, ctypes.c_void_p, _I64, _I64, ctypes.c_int]
         function.restype = None
+    pointers = [ctypes.c_void_p] * 3
+    lib.relu_forward.argtypes = [*pointers[:2], _I64, ctypes.c_int]
+    lib.relu_backward.argtypes = [*pointers, _I64, ctypes.c_int]
+    lib.max_pool_forward.argtypes = [ctypes.c_void_p, *[_I64] * 4, *pointers[:2], ctypes.c_int, ctypes.c_int]
+    lib.max_pool_backward.argtypes = [*pointers[:2], *[_I64] * 4, ctypes.c_void_p, ctypes.c_int]
+    for name in ("relu_forward", "relu_backward", "max_pool_forward", "max_pool_backward"):
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -125,3 +135,78 @@ def output_tiles(
         width,
         torch.get_num_threads(),
     )
+
+
+def _dense(x: torch.Tensor) -> bool:
+    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+
+def serves_elementwise(x: torch.Tensor) -> bool:
+    """Whether `relu_forward` takes this tensor: float32 on the CPU, dense in either layout."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and _dense(x)
+        and capabilities.current().native_transforms
+    )
+
+
+def relu_forward(x: torch.Tensor) -> torch.Tensor:
+    """ReLU of x in place; returns the mask (uint8, x's layout) of where its gradient passes:
+    wherever x was not <= 0, NaN included, as PyTorch's ReLU passes it."""
+    lib = library()
+    assert lib is not None and serves_elementwise(x)
+    mask = torch.empty_like(x, dtype=torch.uint8)  # x is dense: its strides are kept
+    lib.relu_forward(x.data_ptr(), mask.data_ptr(), x.numel(), torch.get_num_threads())
+    return mask
+
+
+def relu_backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The gradient where `mask` (from `relu_forward`) lets it pass, zeros elsewhere, in the
+    mask's layout."""
+    lib = library()
+    assert lib is not None
+    layout = _format(mask)
+    grad = grad.contiguous(memory_format=layout)
+    assert serves_elementwise(grad) and grad.shape == mask.shape
+    out = torch.empty_like(grad)
+    lib.relu_backward(grad.data_ptr(), mask.data_ptr(), out.data_ptr(), grad.numel(), torch.get_num_threads())
+    return out
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def pool_forward(x: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """2x2 max-pooling, stride 2, of x (N, C, H, W; `serves`), followed by a ReLU with `relu`:
+    the pooled values (channels-last) and the uint8 index, in the same layout, of the window
+    position each came from (4 where the ReLU stops the gradient)."""
+    lib = library()
+    assert lib is not None and serves(x)
+    n, channels, height, width = x.shape
+    shape = (n, channels, height // 2, width // 2)
+    out = torch.empty(shape, dtype=x.dtype, memory_format=torch.channels_last)
+    index = torch.empty(shape, dtype=torch.uint8, memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    lib.max_pool_forward(
+        x.data_ptr(), n, height, width, channels, out.data_ptr(), index.data_ptr(), int(relu), threads
+    )
+    return out, index
+
+
+def pool_backward(grad: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The input gradient (of `shape`, channels-last) of `pool_forward`, from the pooled values'
+    gradient and the index it returned."""
+    lib = library()
+    assert lib is not None
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    assert serves(grad) and grad.shape == index.shape
+    n, channels, height, width = shape
+    result = torch.empty(shape, dtype=grad.dtype, memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    lib.max_pool_backward(
+        grad.data_ptr(), index.data_ptr(), n, height, width, channels, result.data_ptr(), threads
+    )
+    return result

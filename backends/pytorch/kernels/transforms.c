@@ -21,16 +21,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "native.h"
+
 /* Channels per step: a tile's 36 x 64 intermediates (9 KiB) stay in the first-level cache. */
 #define STEP 64
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
-/* The helpers are compiled into each clone of their caller, for its instruction set. */
-#define INLINE inline __attribute__((always_inline))
 
 /* out[i] = sum_r B^T[i, r] d[r] for the six rows of B^T (see winograd.py). */
 static INLINE void input_step(const float *restrict d0, const float *restrict d1, const float *restrict d2,
