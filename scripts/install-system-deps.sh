@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests drive from outside Python, from Debian's archive:
 # Prometheus and promtool (rules and scraping tests), Redis (the shared job store), tcmalloc (the
-# server's allocator), a C compiler (the Winograd transforms) and the toolchains of the C++ and Go clients. Node.js and npm are expected from the machine (the tools/ and clients/node packages
+# server's allocator), a C compiler (the trunk's C kernels) and the toolchains of the C++ and Go clients. Node.js and npm are expected from the machine (the tools/ and clients/node packages
 # install with them). Packages already present are left alone.
 #
 # Run as root or with sudo. Without either, it lists what is missing and exits 0, so `make
@@ -14,7 +14,7 @@ PACKAGES=(
   redis-server
   # tcmalloc, the allocator the server runs jobs on (service/memory.py).
   libtcmalloc-minimal4
-  # The C compiler and OpenMP that build the Winograd transforms (setup.py) at install.
+  # The C compiler and OpenMP that build the trunk's C kernels (setup.py) at install.
   gcc libc6-dev libgomp1
   # C++ client: protoc, the gRPC C++ plugin and libraries, CMake.
   cmake g++ make pkg-config protobuf-compiler protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev

@@ -70,7 +70,9 @@ class Capabilities:
     onednn_bfloat16: bool  # the probe above succeeded
     onednn_bfloat16_error: str  # what the probe raised, when it failed
     cuda: tuple[CudaDevice, ...] = ()
-    native_transforms: bool = False  # Winograd's tile transforms compiled (`kernels/native.py`)
+    # The compiled kernels (`kernels/native.py`: Winograd's tile transforms, ReLU and max-pool);
+    # listed as `winograd_native`, the name it had when the transforms were all it held.
+    native_transforms: bool = False
 
     @property
     def avx512(self) -> bool:
