@@ -15,7 +15,7 @@ every job in it. So the job core refuses what would not fit, from a model of wha
   for the layers from 256 output channels whose input side is at least 32 (its tuner's rule);
   counted in full, as a job that is the first of its size packs them afresh (315 MiB at 256 px),
   on the AVX2 class one set for both directions of the layers with 512 output channels (the
-  tuner's shared rules; block 5's from side 16; 225 MiB at 256 px);
+  tuner's shared rules; the 512 -> 512 layers' from side 16; 225 MiB at 256 px);
 * a fixed `OVERHEAD` for the framework's buffers and threads.
 
 The constants were fitted to peaks measured on the 2-core AVX2 CPU with the PyTorch backend in
@@ -66,8 +66,9 @@ WINOGRAD_VALUES = 36
 # layers with this many output channels.
 SHARED_CLASSES = ("avx2",)
 SHARED_MIN_OUT = 512
-# On those classes the layers of block 5 hold their one set from this smaller side on.
-SHARED_LAST_BLOCK, SHARED_LAST_SIDE = 5, 16
+# On those classes the 512 -> 512 layers of blocks 4 and 5 hold their one set from this smaller
+# side on.
+SHARED_SMALL_SIDE = 16
 
 
 def kernel_bytes(
@@ -82,8 +83,8 @@ def kernel_bytes(
         if layer.kind is not vgg.Kind.CONV:
             continue
         h, w = vgg.feature_size(layer.name, height, width)
-        late = shares and layer.block >= SHARED_LAST_BLOCK and min(h, w) >= SHARED_LAST_SIDE
-        if late or (
+        small = shares and layer.in_channels >= SHARED_MIN_OUT and min(h, w) >= SHARED_SMALL_SIDE
+        if small or (
             layer.in_channels >= WINOGRAD_MIN_IN
             and layer.out_channels >= WINOGRAD_MIN_OUT
             and min(h, w) >= WINOGRAD_SIDE

@@ -51,7 +51,7 @@ def build_trunk(
                 # channels_last (NHWC) convolutions are measurably faster with oneDNN on CPU and
                 # with cuDNN's tensor-core kernels on GPU; the activations come out the same way.
                 conv.to(memory_format=torch.channels_last)
-            modules.append(conv if tuner is None else TunedConv2d.wrap(conv, tuner, block=layer.block))
+            modules.append(conv if tuner is None else TunedConv2d.wrap(conv, tuner))
         elif layer.kind is Kind.RELU:
             modules.append(nn.ReLU(inplace=True))
         else:

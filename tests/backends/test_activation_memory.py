@@ -30,7 +30,7 @@ def test_a_tuned_convolution_keeps_none_of_its_input(
 ) -> None:
     """Its backward reads only the input's shape; the input gradient is PyTorch's own (to the bit
     on the direct way, within Winograd's rounding on the other)."""
-    monkeypatch.setattr(Tuner, "plan", lambda self, *args, **kwargs: Plan(winograd, winograd))
+    monkeypatch.setattr(Tuner, "plan", lambda self, *args: Plan(winograd, winograd))
     tuned, plain = _pair(in_channels, 16)
     x = torch.randn(1, in_channels, 20, 12).contiguous(memory_format=torch.channels_last)
     grad = torch.randn(1, 16, 20, 12).contiguous(memory_format=torch.channels_last)

@@ -50,9 +50,9 @@ class TunedConv2d(nn.Conv2d):
     """A frozen 3x3 convolution that runs Winograd's algorithm where its tuner says it pays."""
 
     @classmethod
-    def wrap(cls, conv: nn.Conv2d, tuner: Tuner | None = None, block: int = 0) -> TunedConv2d:
+    def wrap(cls, conv: nn.Conv2d, tuner: Tuner | None = None) -> TunedConv2d:
         """`conv` with its weights (the same tensors, not copies), choosing by `tuner` (by a
-        tuner of its own when none is given) as for a layer of the trunk's `block` (0: none)."""
+        tuner of its own when none is given)."""
         tuned = cls(
             conv.in_channels,
             conv.out_channels,
@@ -63,13 +63,11 @@ class TunedConv2d(nn.Conv2d):
             device="meta",  # no memory and no initialization: the parameters come from `conv`
         )
         tuned.weight, tuned.bias = conv.weight, conv.bias
-        tuned.block = block
         return tuned
 
     def __init__(self, *args: Any, tuner: Tuner | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tuner = tuner or Tuner()
-        self.block = 0  # the trunk's block this layer belongs to, where the tuner's rules ask
         # (Winograd, input gradient, dtype) -> (the shape they were packed for, packed kernels)
         self._packed: dict[tuple[bool, bool, torch.dtype], tuple[tuple[int, ...], torch.Tensor]] = {}
         self._biases: dict[tuple[bool, torch.dtype], torch.Tensor | None] = {}
@@ -155,10 +153,7 @@ class TunedConv2d(nn.Conv2d):
 
     def _shares(self, shape: torch.Size) -> bool:
         """Whether the plan for inputs of `shape` runs both directions from one set of kernels."""
-        height, width = shape[-2:]
-        return bool(
-            self.tuner.plan(self.in_channels, self.out_channels, height, width, block=self.block).shared
-        )
+        return bool(self.tuner.plan(self.in_channels, self.out_channels, *shape[-2:]).shared)
 
     def _pack(
         self, winograd: bool, input_grad: bool, x: torch.Tensor, shape: tuple[int, ...]
@@ -207,8 +202,7 @@ class TunedConv2d(nn.Conv2d):
 
     def way(self, x: torch.Tensor, direction: str) -> bool:
         """Whether `direction` ("forward" or "backward") runs Winograd for inputs shaped like x."""
-        height, width = x.shape[-2:]
-        plan = self.tuner.plan(self.in_channels, self.out_channels, height, width, block=self.block)
+        plan = self.tuner.plan(self.in_channels, self.out_channels, *x.shape[-2:])
         return bool(getattr(plan, direction))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,16 +61,16 @@ backward: 512 channels at 32x32 11.2 -> 16.5 and 11.6 -> 13.7 ms, at 64x64 47.8 
 -> 57.6 ms; 256 -> 512 at 32x32 6.7 -> 10.1 and 6.4 -> 7.1), for half their memory: a 256 px
 job's kernels 323 -> 197 MiB and its peak 1143 -> 996-1007 MiB (random weights, tcmalloc, a
 fresh process), about 25 ms an iteration more. Block 3 keeps two packed sets (it would save 31
-MiB for about 40 ms), and blocks 4 and 5 still start at side 32 (at 16x16, shared, they would
-save a 128 px job about 30 ms an iteration for 126 MiB, which would leave it at the best peer's
-peak). On AVX-512, where MKL's matrix product runs at under half oneDNN's convolution rate,
+MiB for about 40 ms), and conv4_1 still starts at side 32 (the other layers of blocks 4 and 5
+from 16, below). On AVX-512, where MKL's matrix product runs at under half oneDNN's convolution rate,
 nothing is shared.
 
-One rule reads the layer's block, not only its shape: on AVX2, block 5 shares its kernels from
-side 16 (conv5_1 of a 256 px job; 2026-12-03, same machine, 512 channels at 16x16 alone: forward
-11.7 -> 6.1 ms, input gradient 9.0 -> 5.4; in a profiled 256 px iteration conv5_1's two passes
-19-23 -> 11-12 ms) for 36 MiB. Block 4 at 16x16, the same shapes, is a 128 px job's: four
-layers, 132 MiB, which would leave that job at the best peer's peak.
+On AVX2 the 512 -> 512 layers (blocks 4 and 5 but conv4_1) share their one set from side 16 too
+(2026-12-03, same machine): 512 channels at 16x16 alone, forward 11.7 -> 6.1 ms and input
+gradient 9.0 -> 5.4; in a profiled 256 px iteration conv5_1's two passes 19-23 -> 11-12 ms, for
+36 MiB; a 128 px job, where conv4_2 to conv4_4 run at 16x16, 177 -> 113 ms an iteration (two
+peers runs of the bench an hour apart, pastiche 250 and 215: 1.41x -> 1.90x the best peer) for
+108 MiB, its peak 885 MiB against pastiche's 959. conv4_1 (256 -> 512) and conv5_1 at 8x8 stay direct.
 
 So Winograd is not an AVX-512 trick: it pays on both, and on AVX2 for block 2 too. The direct
 way stays PyTorch's own convolution with the plain weight: packing its kernels too saved at most
@@ -127,15 +127,10 @@ class Rule:
     # One set of kernels for both directions, products by matrix product (`conv3x3_shared`):
     # half the memory of two packed sets, 1.1 to 1.8 times the time.
     shared: bool = False
-    # Only layers of the trunk's blocks from this one on (a layer outside the trunk is block 0).
-    min_block: int = 0
 
-    def covers(
-        self, in_channels: int, out_channels: int, side: int, native: bool = True, block: int = 0
-    ) -> bool:
+    def covers(self, in_channels: int, out_channels: int, side: int, native: bool = True) -> bool:
         return (
             (native or not self.native)
-            and block >= self.min_block
             and in_channels >= self.min_in
             and self.min_out <= out_channels <= self.max_out
             and self.min_side <= side <= self.max_side
@@ -157,9 +152,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
         # Without the compiled transforms, direct: two packed sets would be 126 MiB more than
         # the memory admission model (`service/admission.py`) counts for this class.
         Rule(256, 512, min_side=MEMORY_SIDE, native=True, shared=True),
-        # conv5_1 below side 32 too, down to 16 (a 256 px job): its one set, 36 MiB, saves 9 to
-        # 11 ms an iteration there (not block 4 at 16, a 128 px job: four layers, 132 MiB).
-        Rule(512, 512, min_side=16, native=True, shared=True, min_block=5),
+        # The 512 -> 512 layers (blocks 4 and 5) from side 16: conv5_1 of a 256 px job (36 MiB)
+        # and conv4_2 to conv4_4 of a 128 px job (108 MiB), see above.
+        Rule(512, 512, min_side=16, native=True, shared=True),
         Rule(128, 128, max_out=128),
         Rule(64, 64, max_out=128, native=True),
     ),
@@ -173,18 +168,16 @@ def choose(
     height: int,
     width: int,
     rules: Mapping[str, tuple[Rule, ...]] = RULES,
-    block: int = 0,
 ) -> Plan:
-    """The way each direction of a float32 layer (of the trunk's `block`, 0 for none) runs for
-    one input shape, from `RULES`: a function of the CPU class, the shape and the block only, so
-    that every process on a machine computes
+    """The way each direction of a float32 layer runs for one input shape, from `RULES`: a
+    function of the CPU class and the shape only, so that every process on a machine computes
     the same arithmetic (timing, as this module once did, picked differently from one process to
     the next, and L-BFGS turned the rounding differences into different images)."""
     side = min(height, width)
     found = [
         r
         for r in rules.get(caps.cpu_class, ())
-        if r.covers(in_channels, out_channels, side, caps.native_transforms, block)
+        if r.covers(in_channels, out_channels, side, caps.native_transforms)
     ]
     return Plan(any(r.forward for r in found), any(r.backward for r in found), any(r.shared for r in found))
 
@@ -205,8 +198,6 @@ def _rule_words(rule: Rule, native: bool) -> str:
         out = str(rule.min_out) if rule.max_out == rule.min_out else f"{rule.min_out}..{rule.max_out}"
     side = f"{rule.min_side}..{rule.max_side if rule.max_side < 1 << 30 else 'any'}"
     words = f"Winograd {directions} for >= {rule.min_in} -> {out} channels, side {side}"
-    if rule.min_block:
-        words += f", blocks {rule.min_block} on"
     if rule.shared:
         words += ", one set of kernels for both directions"
     if rule.native:
@@ -218,8 +209,7 @@ class Tuner:
     """The choices of one trunk's convolutions: which way each layer runs each input shape.
 
     A function of the CPU class (read from `capabilities.current()` at each call, so that a test
-    can force one), the shape and the layer's block only, through `rules`: every process on a
-    machine computes the
+    can force one) and the shape only, through `rules`: every process on a machine computes the
     same arithmetic. Its layers pack their kernels under its `packing` lock, so that two threads
     meeting one layer's new shape pack it once.
     """
@@ -228,7 +218,6 @@ class Tuner:
         self.rules = rules
         self.packing = threading.Lock()
 
-    def plan(self, in_channels: int, out_channels: int, height: int, width: int, block: int = 0) -> Plan:
-        """The way each direction of a float32 layer (of the trunk's `block`) runs for one input
-        shape."""
-        return choose(capabilities.current(), in_channels, out_channels, height, width, self.rules, block)
+    def plan(self, in_channels: int, out_channels: int, height: int, width: int) -> Plan:
+        """The way each direction of a float32 layer runs for one input shape."""
+        return choose(capabilities.current(), in_channels, out_channels, height, width, self.rules)
