@@ -66,9 +66,9 @@ WINOGRAD_VALUES = 36
 # layers with this many output channels.
 SHARED_CLASSES = ("avx2",)
 SHARED_MIN_OUT = 512
-# On those classes the 512 -> 512 layers of blocks 4 and 5 hold their one set from this smaller
-# side on.
-SHARED_SMALL_SIDE = 16
+# On those classes the layers with this many input and output channels (blocks 4 and 5 but
+# conv4_1) hold their one set from this smaller side on.
+SHARED_SMALL_CHANNELS, SHARED_SMALL_SIDE = 512, 16
 
 
 def kernel_bytes(
@@ -83,7 +83,11 @@ def kernel_bytes(
         if layer.kind is not vgg.Kind.CONV:
             continue
         h, w = vgg.feature_size(layer.name, height, width)
-        small = shares and layer.in_channels >= SHARED_MIN_OUT and min(h, w) >= SHARED_SMALL_SIDE
+        small = (
+            shares
+            and min(layer.in_channels, layer.out_channels) >= SHARED_SMALL_CHANNELS
+            and min(h, w) >= SHARED_SMALL_SIDE
+        )
         if small or (
             layer.in_channels >= WINOGRAD_MIN_IN
             and layer.out_channels >= WINOGRAD_MIN_OUT
