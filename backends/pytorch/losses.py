@@ -7,6 +7,15 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from backends.pytorch import capabilities
+
+# CPU classes (`Capabilities.cpu_class`) whose Gram runs as MKL's matrix product, not oneDNN's
+# convolution, from this many channels up: on the 2-core AVX2 EPYC (2026-12-03, activations of a
+# 256 px job, best of 15, two runs) 128 channels at 128x128 5.1-5.6 -> 4.5-5.1 ms, 256 at 64x64
+# 4.7-5.4 -> 3.4-4.5, 512 at 32x32 4.4-5.9 -> 3.5-4.6, 512 at 16x16 1.2-1.9 -> 0.8-1.2; 64
+# channels at 256x256 a tie. On the AVX-512 EPYC oneDNN's ran at twice MKL's rate.
+_MATMUL_GRAM: dict[str, int] = {"avx2": 128}
+
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L_c = 1/2 * sum((F - P)^2)."""
@@ -20,6 +29,7 @@ def _onednn(x: torch.Tensor) -> bool:
     processors MKL's matrix product takes a slower code path). A Gram is the weight gradient of
     a 1x1 convolution of the activations with themselves, and its backward is a 1x1 convolution:
     both read the channels-last layout as it is. Float32 only; elsewhere the matrix product runs.
+    (The forward product runs as MKL's on the CPU classes of `_MATMUL_GRAM`, `_matmul_forward`.)
     """
     return (
         x.device.type == "cpu"
@@ -27,6 +37,14 @@ def _onednn(x: torch.Tensor) -> bool:
         and x.is_contiguous(memory_format=torch.channels_last)
         and torch.backends.mkldnn.is_available()
     )
+
+
+def _matmul_forward(x: torch.Tensor) -> bool:
+    """Whether the Gram's forward product of these activations runs as MKL's matrix product even
+    where oneDNN could run it (`_MATMUL_GRAM`): a function of the CPU's class and the shape only,
+    so that every process on a machine rounds the same way."""
+    least = _MATMUL_GRAM.get(capabilities.current().cpu_class)
+    return least is not None and x.shape[1] >= least
 
 
 _ONE = [1, 1]
@@ -44,7 +62,7 @@ class _Gram(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         channels = x.shape[1]
-        if _onednn(x):
+        if _onednn(x) and not _matmul_forward(x):
             shape = x.new_empty((channels, channels, 1, 1))  # only its shape is read
             mask = [False, True, False]
             weight_grad: torch.Tensor = torch.ops.aten.convolution_backward(

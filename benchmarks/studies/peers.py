@@ -222,10 +222,13 @@ def peers(
     quality_size: int,
     quality_iterations: int,
     warmup: int = 2,
+    plain: bool = True,
 ) -> Peers:
     """The table and the time-to-quality comparisons (against the reference and each published
-    peer); `backend` scores the other implementations' images with our loss."""
-    everyone, missing = start(["ours", PLAIN, "reference", *PEER_NAMES], weights)
+    peer); `backend` scores the other implementations' images with our loss. With `plain`, the
+    table has ours with PyTorch's own convolutions too."""
+    names = ["ours", *([PLAIN] if plain else []), "reference", *PEER_NAMES]
+    everyone, missing = start(names, weights)
     try:
         for name in ("ours", "reference"):
             if name in missing:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from backends.pytorch.losses import _onednn, content_loss, gram, style_layer_loss, tv_loss
+from backends.pytorch import capabilities
+from backends.pytorch.losses import _matmul_forward, _onednn, content_loss, gram, style_layer_loss, tv_loss
 
 RNG = np.random.default_rng(1234)
 
@@ -69,6 +70,29 @@ def test_float32_channels_last_gram_runs_on_onednn_and_matches_the_product() -> 
     ((flat @ flat.T) * weights).sum().backward()
     assert f32.grad is not None and plain.grad is not None
     np.testing.assert_allclose(f32.grad.numpy(), plain.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("flags", "channels", "matmul"),
+    [
+        ({"avx2", "fma"}, 128, True),
+        ({"avx2", "fma"}, 64, False),
+        ({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, 128, False),
+        (set(), 128, False),
+    ],
+)
+def test_the_grams_forward_product_follows_the_cpu_class_and_gives_the_same_gram(
+    flags: set[str], channels: int, matmul: bool
+) -> None:
+    """On the AVX2 class a Gram of 128 channels or more runs as MKL's matrix product (faster
+    there), elsewhere as oneDNN's convolution: either way F F^T to float32 precision."""
+    f64 = torch.from_numpy(_features(channels, 9, 7))
+    f32 = f64.float().contiguous(memory_format=torch.channels_last)
+    with capabilities.overridden(cpu_flags=frozenset(flags)):
+        assert _matmul_forward(f32) == matmul
+        g = gram(f32)
+    expected = _np_gram(f64.numpy())
+    np.testing.assert_allclose(g.numpy(), expected, rtol=1e-5, atol=1e-4 * np.abs(expected).max())
 
 
 def test_style_layer_loss_uses_gatys_normalization() -> None:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional
 
 from backends.pytorch import capabilities
-from backends.pytorch.kernels import packing
+from backends.pytorch.kernels import native, packing
 from backends.pytorch.kernels.tuner import MIN_CHANNELS, MIN_SIDE, Tuner
 from backends.pytorch.kernels.winograd import (
     TILES,
@@ -73,6 +73,8 @@ class TunedConv2d(nn.Conv2d):
         self._biases: dict[tuple[bool, torch.dtype], torch.Tensor | None] = {}
         # dtype -> the one set of kernels both directions read where the plan shares them
         self._shared: dict[torch.dtype, torch.Tensor] = {}
+        # conv1_1's kernels as the compiled input gradient reads them (7 KiB)
+        self._first_layer: torch.Tensor | None = None
 
     def _standard(self, x: torch.Tensor) -> bool:
         return (
@@ -149,6 +151,7 @@ class TunedConv2d(nn.Conv2d):
     def packed_bytes(self) -> int:
         """Bytes held by this layer's packed (or shared) kernels, every way and direction so far."""
         held = [kernels for _, kernels in self._packed.values()] + list(self._shared.values())
+        held += [] if self._first_layer is None else [self._first_layer]
         return sum(kernels.numel() * kernels.element_size() for kernels in held)
 
     def _shares(self, shape: torch.Size) -> bool:
@@ -192,6 +195,12 @@ class TunedConv2d(nn.Conv2d):
             return conv3x3(grad, self._kernels(True, True, grad))
         if grad.dtype == torch.bfloat16:
             return packing.conv(grad, self._kernels(False, True, grad), None, padding=1)
+        if native.serves_first_layer(grad, self.in_channels):
+            # The image's gradient: oneDNN's kernels take 2 to 3 times as long for three output
+            # channels (`first_layer.c`).
+            if self._first_layer is None:
+                self._first_layer = native.first_layer_kernels(self.weight)
+            return native.first_layer_input_grad(grad, self._first_layer)
         # The input only lends its shape (as in torch.nn.grad.conv2d_input): one element, not a
         # copy of the activations; the result is the same to the bit and as fast.
         stand_in = grad.new_empty(1).expand(shape)

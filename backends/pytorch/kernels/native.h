@@ -1,4 +1,4 @@
-/* What the compiled kernels (`transforms.c`, `activations.c`) share. */
+/* What the compiled kernels (`transforms.c`, `activations.c`, `first_layer.c`) share. */
 #ifndef STYLETRANSFER_NATIVE_H
 #define STYLETRANSFER_NATIVE_H
 

@@ -1,12 +1,13 @@
 """The trunk's compiled kernels, called through ctypes: the Winograd tile transforms
-(`transforms.c`), and the ReLU and 2x2 max-pooling that keep one byte a value for their backward
-pass (`activations.c`).
+(`transforms.c`), the ReLU and 2x2 max-pooling that keep one byte a value for their backward
+pass (`activations.c`), and conv1_1's input gradient (`first_layer.c`).
 
 `setup.py` builds the library at install (as the extension module `_native`, though it has no
 Python API: ctypes loads it by path). Where it was not built (no C compiler at install) or
 cannot load, `library()` is None and the callers run the same arithmetic as PyTorch operations:
 `winograd.conv3x3` the same transforms up to rounding, three to twenty times slower
-(`winograd.py`); `model.VGGFeatures` PyTorch's ReLU and pooling, the same to the bit.
+(`winograd.py`); `model.VGGFeatures` PyTorch's ReLU and pooling, the same to the bit;
+`conv.TunedConv2d` oneDNN's input gradient for conv1_1, the same up to rounding.
 
 ctypes lets go of the GIL for the call, so other jobs' Python threads run meanwhile. The library
 links OpenMP: torch is imported first (this module imports it), so the dynamic linker gives the
@@ -52,7 +53,14 @@ def library() -> ctypes.CDLL | None:
     lib.relu_backward.argtypes = [*pointers, _I64, ctypes.c_int]
     lib.max_pool_forward.argtypes = [ctypes.c_void_p, *[_I64] * 4, *pointers[:2], ctypes.c_int, ctypes.c_int]
     lib.max_pool_backward.argtypes = [*pointers[:2], *[_I64] * 4, ctypes.c_void_p, ctypes.c_int]
-    for name in ("relu_forward", "relu_backward", "max_pool_forward", "max_pool_backward"):
+    lib.first_layer_input_grad.argtypes = [*pointers[:2], *[_I64] * 4, ctypes.c_void_p, ctypes.c_int]
+    for name in (
+        "relu_forward",
+        "relu_backward",
+        "max_pool_forward",
+        "max_pool_backward",
+        "first_layer_input_grad",
+    ):
         getattr(lib, name).restype = None
     return lib
 
@@ -208,5 +216,43 @@ def pool_backward(grad: torch.Tensor, index: torch.Tensor, shape: torch.Size) ->
     threads = torch.get_num_threads()
     lib.max_pool_backward(
         grad.data_ptr(), index.data_ptr(), n, height, width, channels, result.data_ptr(), threads
+    )
+    return result
+
+
+# The first layer's output channels are reduced in this many lanes (`first_layer.c`).
+_LANES = 16
+
+
+def serves_first_layer(grad: torch.Tensor, in_channels: int) -> bool:
+    """Whether `first_layer_input_grad` takes this output gradient of a 3x3 convolution with
+    `in_channels` input channels: three of them (an RGB image), the gradient `serves`, and its
+    channels a multiple of the kernel's lanes (VGG19's conv1_1 has 64)."""
+    return in_channels == 3 and grad.dim() == 4 and grad.shape[1] % _LANES == 0 and serves(grad)
+
+
+def first_layer_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """A (K, 3, 3, 3) weight as `first_layer_input_grad` reads it: (3, 3, 3, K) float32, dense."""
+    return weight.detach().permute(2, 3, 1, 0).to(torch.float32).contiguous()
+
+
+def first_layer_input_grad(grad: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """The input gradient (N, 3, H, W), channels-last, of a 3x3, stride 1, padding 1 convolution
+    of an image with three channels, from its output gradient (`serves_first_layer`) and its
+    kernels from `first_layer_kernels`."""
+    lib = library()
+    assert lib is not None and serves_first_layer(grad, 3)
+    n, out_channels, height, width = grad.shape
+    assert kernels.shape == (3, 3, 3, out_channels) and kernels.is_contiguous()
+    result = torch.empty((n, 3, height, width), dtype=grad.dtype, memory_format=torch.channels_last)
+    lib.first_layer_input_grad(
+        grad.data_ptr(),
+        kernels.data_ptr(),
+        n,
+        height,
+        width,
+        out_channels,
+        result.data_ptr(),
+        torch.get_num_threads(),
     )
     return result
