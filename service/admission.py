@@ -42,14 +42,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from backends import cpu, vgg
 from backends.errors import ResourceExhausted
 from backends.options import Optimizer, StyleOptions
-
-if TYPE_CHECKING:
-    from service.jobspec import JobSpec
 
 MiB = 1024 * 1024
 FLOAT = 4
@@ -132,20 +128,6 @@ class Shape:
     held: int
 
 
-def shape_of(spec: JobSpec) -> Shape:
-    """The shape of a decoded job."""
-    held = spec.content.nbytes + sum(
-        s.image.nbytes + (s.mask.nbytes if s.mask is not None else 0) for s in spec.styles
-    )
-    if spec.init_image is not None:
-        held += spec.init_image.nbytes
-    sides = spec.style_sides or tuple(max(s.image.shape[:2]) for s in spec.styles)
-    styles = tuple(
-        fitted(s.image.shape[0], s.image.shape[1], side) for s, side in zip(spec.styles, sides, strict=True)
-    )
-    return Shape((int(spec.content.shape[0]), int(spec.content.shape[1])), styles, held)
-
-
 def fitted(height: int, width: int, long_side: int) -> tuple[int, int]:
     """(height, width) resized so that the long side is `long_side`, keeping the aspect ratio."""
     scale = long_side / max(height, width)
@@ -162,13 +144,8 @@ def _largest_pass(shape: Shape, style: StyleOptions) -> tuple[int, int, int]:
     return int(height), int(width), int(iterations)
 
 
-def estimate(spec: JobSpec) -> Estimate:
-    """The memory model above, for a checked job."""
-    return estimate_shape(spec.options.style, shape_of(spec))
-
-
 def estimate_shape(style: StyleOptions, shape: Shape) -> Estimate:
-    """The memory model above, from the sizes alone."""
+    """The memory model above, from the sizes alone (a checked job's: `JobSpec.estimate`)."""
     deepest = vgg.LAYER_NAMES[vgg.deepest(style.content_layers + style.style_layers)]
     height, width, iterations = _largest_pass(shape, style)
     image = 3 * height * width * FLOAT

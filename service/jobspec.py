@@ -19,7 +19,7 @@ from backends.errors import InvalidArgument
 from backends.options import Init, StyleOptions
 from backends.vgg import LOSS_LAYER_NAMES
 from service import images
-from service.admission import Shape, fitted
+from service.admission import Estimate, Shape, estimate_shape, fitted
 from service.options import JobOptions
 from service.settings import Settings
 
@@ -63,6 +63,24 @@ class JobSpec:
             replace(style, image=images.enlarge(cast(RGBImage, style.image), side))
             for style, side in zip(self.styles, self.style_sides, strict=True)
         )
+
+    def shape(self) -> Shape:
+        """The sizes that decide the job's memory (`admission.Shape`)."""
+        held = self.content.nbytes + sum(
+            s.image.nbytes + (s.mask.nbytes if s.mask is not None else 0) for s in self.styles
+        )
+        if self.init_image is not None:
+            held += self.init_image.nbytes
+        sides = self.style_sides or tuple(max(s.image.shape[:2]) for s in self.styles)
+        styles = tuple(
+            fitted(s.image.shape[0], s.image.shape[1], side)
+            for s, side in zip(self.styles, sides, strict=True)
+        )
+        return Shape((int(self.content.shape[0]), int(self.content.shape[1])), styles, held)
+
+    def estimate(self) -> Estimate:
+        """The memory the job is expected to take (the model in `service/admission.py`)."""
+        return estimate_shape(self.options.style, self.shape())
 
 
 def _number(

@@ -174,7 +174,8 @@ def _cuda_devices() -> tuple[CudaDevice, ...]:
 @functools.cache
 def detect() -> Capabilities:
     """Find out, once per process."""
-    from backends.pytorch.kernels import native  # the kernels package reads this module
+    # Imported here: the kernels package's other modules read this one.
+    from backends.pytorch.kernels import library
 
     bfloat16, error = _probe_bfloat16()
     return Capabilities(
@@ -185,7 +186,7 @@ def detect() -> Capabilities:
         onednn_bfloat16=bfloat16,
         onednn_bfloat16_error=error,
         cuda=_cuda_devices(),
-        native_transforms=native.available(),
+        native_transforms=library.available(),
     )
 
 

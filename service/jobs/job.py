@@ -20,7 +20,6 @@ from backends.errors import (
     ShuttingDown,
     StyleTransferError,
 )
-from service import admission
 from service.jobs.events import Accepted, Event, EventLog, Failed, Finished, Heartbeat, Resumed, State
 from service.jobspec import JobSpec
 from service.options import JobOptions
@@ -142,7 +141,7 @@ class Job:
         self.log = EventLog(self.history, self.history_bytes, self.first_sequence)
         self.log.append(Accepted() if self.resumed is None else self.resumed)
         self.last_progress: Iterate | None = None
-        self.estimate = admission.estimate(self.spec)  # the memory it is expected to take
+        self.estimate = self.spec.estimate()  # the memory it is expected to take
 
     @property
     def name(self) -> str:

@@ -14,7 +14,6 @@ from backends.base import BackendJob, StyleInput
 from backends.options import Optimizer, StyleOptions
 from backends.weights.canonical import random_weights
 from service import memory
-from service.admission import estimate
 from service.jobspec import JobSpec
 from service.options import JobOptions
 
@@ -54,7 +53,7 @@ def main() -> None:
         if index == 0:
             continue  # first-use costs of the framework, not the model's business
         measured = _status("VmHWM") - idle
-        predicted = estimate(JobSpec(content, styles, JobOptions(style=options))).peak
+        predicted = JobSpec(content, styles, JobOptions(style=options)).estimate().peak
         case = {
             "side": side,
             "optimizer": optimizer.value,

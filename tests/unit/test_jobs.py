@@ -533,7 +533,6 @@ def test_memory_admission_refuses_what_cannot_fit_and_what_does_not_fit_now() ->
     """A job whose own peak is over the budget is refused for good (reason MEMORY_BUDGET, no
     RetryInfo); queued jobs' decoded images count, so with one running the budget fills up and
     the next is refused for now; once the running job ends, the same job is admitted."""
-    from service import admission
     from service.errors import to_status
 
     backend = ScriptedBackend()
@@ -541,7 +540,7 @@ def test_memory_admission_refuses_what_cannot_fit_and_what_does_not_fit_now() ->
     unbounded = _core(ScriptedBackend())
     options = unbounded.place(JobOptions(style=StyleOptions(iterations=2)))
     unbounded.close(grace=1)
-    model = admission.estimate(JobSpec(big, (StyleInput(IMAGE, 1.0),), options))
+    model = JobSpec(big, (StyleInput(IMAGE, 1.0),), options).estimate()
     big_held = model.held
     budget = model.peak + 2 * big_held + big_held // 2  # one big peak and two big waiters
     core = _core(backend, queue_size=8, memory_budget=budget)

@@ -9,65 +9,20 @@ cannot load, `library()` is None and the callers run the same arithmetic as PyTo
 (`winograd.py`); `model.VGGFeatures` PyTorch's ReLU and pooling, the same to the bit;
 `conv.TunedConv2d` oneDNN's input gradient for conv1_1, the same up to rounding.
 
-ctypes lets go of the GIL for the call, so other jobs' Python threads run meanwhile. The library
-links OpenMP: torch is imported first (this module imports it), so the dynamic linker gives the
-library torch's own libgomp rather than a second thread pool, and each call runs on as many
-threads as torch's operations (`torch.get_num_threads()` of the calling thread).
+`library.py` loads the library (and knows nothing else of the project, so that `capabilities`
+can ask whether it loaded). ctypes lets go of the GIL for the call, so other jobs' Python
+threads run meanwhile. The library links OpenMP: torch is loaded first, so the dynamic linker
+gives the library torch's own libgomp rather than a second thread pool, and each call runs on as
+many threads as torch's operations (`torch.get_num_threads()` of the calling thread).
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import importlib.util
-
 import torch
 
 from backends.pytorch import capabilities
-
-_NAME = "backends.pytorch.kernels._native"
-_I64 = ctypes.c_int64
-
-
-@functools.cache
-def library() -> ctypes.CDLL | None:
-    """The loaded library, or None where it was not built or does not load."""
-    try:
-        spec = importlib.util.find_spec(_NAME)
-    except ImportError:
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError:
-        return None
-    lib.winograd_input.argtypes = [ctypes.c_void_p, *[_I64] * 7, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    lib.winograd_input.restype = ctypes.c_int  # -1: no memory for a row of zeros
-    for name in ("winograd_output", "winograd_gradient_output"):
-        function = getattr(lib, name)
-        function.argtypes = [ctypes.c_void_p, *[_I64] * 7, ctypes.c_void_p, _I64, _I64, ctypes.c_int]
-        function.restype = None
-    pointers = [ctypes.c_void_p] * 3
-    lib.relu_forward.argtypes = [*pointers[:2], _I64, ctypes.c_int]
-    lib.relu_backward.argtypes = [*pointers, _I64, ctypes.c_int]
-    lib.max_pool_forward.argtypes = [ctypes.c_void_p, *[_I64] * 4, *pointers[:2], ctypes.c_int, ctypes.c_int]
-    lib.max_pool_backward.argtypes = [*pointers[:2], *[_I64] * 4, ctypes.c_void_p, ctypes.c_int]
-    lib.first_layer_input_grad.argtypes = [*pointers[:2], *[_I64] * 4, ctypes.c_void_p, ctypes.c_int]
-    for name in (
-        "relu_forward",
-        "relu_backward",
-        "max_pool_forward",
-        "max_pool_backward",
-        "first_layer_input_grad",
-    ):
-        getattr(lib, name).restype = None
-    return lib
-
-
-def available() -> bool:
-    """Whether the compiled transforms are here."""
-    return library() is not None
+from backends.pytorch.kernels.library import available as available
+from backends.pytorch.kernels.library import library as library
 
 
 def serves(x: torch.Tensor) -> bool:
